@@ -1,0 +1,174 @@
+"""The model artifact: a plain folder of safetensors and JSON, written atomically, read safely.
+
+The folder is a Hugging Face checkpoint (`pipeline("text-classification", model=DIR)` loads it as it is)
+plus textfit's labels file and manifest. Tarballs are extracted with no path outside the target and no links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from textfit.errors import ArtifactError
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+LABELS = "labels_info.json"
+MANIFEST = "textfit.json"
+TOKENIZER_FILES = ("tokenizer_config.json",)
+"""Files every saved tokenizer writes; the vocabulary files vary by tokenizer type."""
+REQUIRED = (CONFIG, WEIGHTS, LABELS, MANIFEST, *TOKENIZER_FILES)
+TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+def is_tarball(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(TAR_SUFFIXES)
+
+
+def missing_files(folder: Path) -> list[str]:
+    return [name for name in REQUIRED if not (folder / name).is_file()]
+
+
+def check_complete(folder: Path) -> None:
+    """Raise one error that names every missing file."""
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: no such model folder; pass the output folder of `textfit train` or its tarball")
+    missing = missing_files(folder)
+    if missing:
+        raise ArtifactError(
+            f"{folder}: not a complete textfit model, missing {', '.join(missing)}; "
+            "pass the output folder of `textfit train` (or its model.tar.gz)"
+        )
+
+
+def is_fine_tuned(folder: Path) -> bool:
+    manifest = folder / MANIFEST
+    return manifest.is_file() and bool(read_json(manifest).get("fine_tuned"))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: unreadable ({exc}); the artifact is damaged, train it again") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: expected a JSON object; the artifact is damaged, train it again")
+    return data
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _safe_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
+    members = []
+    root = dest.resolve()
+    for member in tar.getmembers():
+        target = (dest / member.name).resolve()
+        if member.issym() or member.islnk():
+            raise ArtifactError(f"refusing to extract {member.name!r}: links are not allowed in a model tarball")
+        if not (member.isfile() or member.isdir()):
+            raise ArtifactError(f"refusing to extract {member.name!r}: only files and folders are allowed")
+        if os.path.isabs(member.name) or (target != root and root not in target.parents):
+            raise ArtifactError(f"refusing to extract {member.name!r}: it points outside the target folder")
+        members.append(member)
+    return members
+
+
+def safe_extract(tarball: Path, dest: Path) -> None:
+    """Extract a model tarball: regular files and folders only, every path inside `dest`."""
+    try:
+        with tarfile.open(tarball) as tar:
+            members = _safe_members(tar, dest)
+            tar.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise ArtifactError(f"{tarball}: cannot read the tarball ({exc}); check that it is a complete .tar.gz") from None
+
+
+def _model_root(folder: Path) -> Path:
+    """SageMaker tars the folder's contents; a tarball of the folder itself has one subfolder: accept both."""
+    if (folder / CONFIG).is_file():
+        return folder
+    subdirs = [p for p in folder.iterdir() if p.is_dir()]
+    if len(subdirs) == 1 and (subdirs[0] / CONFIG).is_file():
+        return subdirs[0]
+    return folder
+
+
+@contextlib.contextmanager
+def opened(path: str | Path) -> Iterator[Path]:
+    """A folder holding the model: the folder itself, or a tarball extracted to a temporary folder."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such model folder or tarball")
+    if path.is_dir():
+        yield _model_root(path)
+        return
+    if not is_tarball(path):
+        raise ArtifactError(f"{path}: expected a model folder or a .tar.gz of one")
+    with tempfile.TemporaryDirectory(prefix="textfit-model-") as tmp:
+        safe_extract(path, Path(tmp))
+        yield _model_root(Path(tmp))
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Fail before training, not after it, when the output folder cannot be written."""
+    if output.exists() and not output.is_dir():
+        raise ArtifactError(f"{output}: exists and is not a folder; choose another --output")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise ArtifactError(f"{output}: the folder exists and is not empty; choose another --output or pass --overwrite")
+
+
+def _move_into_place(tmp: Path, output: Path) -> None:
+    if output.is_dir() and not any(output.iterdir()):
+        try:
+            os.replace(tmp, output)  # rename(2) replaces an empty folder atomically
+            return
+        except OSError:  # a mount point (SageMaker's /opt/ml/model) cannot be replaced: fill it instead
+            for item in tmp.iterdir():
+                shutil.move(str(item), output / item.name)
+            tmp.rmdir()
+            return
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, old)
+        os.replace(tmp, output)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.replace(tmp, output)
+
+
+def write_atomically(output: Path, write: Callable[[Path], None], *, overwrite: bool = False) -> None:
+    """Write the artifact into a temporary sibling folder, then rename it into place: never a half artifact."""
+    check_output(output, overwrite)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the artifact is an ordinary folder
+        write(tmp)
+        check_complete(tmp)
+        _move_into_place(tmp, output)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_tarball(folder: Path, tarball: Path) -> None:
+    """SageMaker's model.tar.gz: the folder's files at the top level of the archive."""
+    tmp = tarball.with_name(f".{tarball.name}.tmp-{os.getpid()}")
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            for item in sorted(folder.iterdir()):
+                tar.add(item, arcname=item.name)
+        os.replace(tmp, tarball)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,92 @@
+"""Texts to padded tensor batches: tokenize once, group rows of similar length, pad each batch to its longest.
+
+Padding every batch to max_seq_length wastes most of the compute on short texts; grouping by length (as the
+Trainer's `group_by_length` does) keeps batches dense while the order of batches stays random.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# Rows are sorted by length within windows of this many batches, so batches stay random across windows.
+BUCKET_WINDOW = 50
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of each text (unpadded) and, for training data, class indices."""
+
+    input_ids: list[list[int]]
+    labels: list[int] | None
+    pad_id: int
+    has_token_types: bool
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class Batch:
+    rows: list[int]
+    """Positions of this batch's rows in the Encoded set."""
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor | None
+
+    def to(self, device: torch.device) -> Batch:
+        if device.type == "cpu":
+            return self
+        inputs = {k: v.to(device, non_blocking=True) for k, v in self.inputs.items()}
+        labels = None if self.labels is None else self.labels.to(device, non_blocking=True)
+        return Batch(self.rows, inputs, labels)
+
+
+def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequence[int] | None = None) -> Encoded:
+    """Tokenize all texts in one call (the fast tokenizer parallelises it), truncated to max_length tokens."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    has_types = "token_type_ids" in tokenizer.model_input_names
+    return Encoded(list(ids), None if labels is None else list(labels), pad_id, has_types)
+
+
+def collate(data: Encoded, rows: list[int]) -> Batch:
+    """Pad the given rows to their longest and build the model's inputs."""
+    longest = max(len(data.input_ids[r]) for r in rows)
+    ids = torch.full((len(rows), longest), data.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, r in enumerate(rows):
+        seq = data.input_ids[r]
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if data.has_token_types:
+        inputs["token_type_ids"] = torch.zeros_like(ids)
+    labels = None if data.labels is None else torch.tensor([data.labels[r] for r in rows], dtype=torch.long)
+    return Batch(rows, inputs, labels)
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0) -> list[list[int]]:
+    """Row groups of at most batch_size with similar lengths; shuffled (reproducibly) for training."""
+    order = list(range(len(lengths)))
+    if not shuffle:
+        order.sort(key=lambda r: lengths[r])
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    window = batch_size * BUCKET_WINDOW
+    groups: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda r: lengths[r])
+        groups.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(groups)
+    return groups
+
+
+def iterate(data: Encoded, batch_size: int, *, shuffle: bool, seed: int = 0) -> Iterator[Batch]:
+    lengths = [len(ids) for ids in data.input_ids]
+    for rows in plan_batches(lengths, batch_size, shuffle=shuffle, seed=seed):
+        yield collate(data, rows)

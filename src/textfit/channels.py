@@ -1,0 +1,254 @@
+"""Data channels in SageMaker's format: a folder with a headerless `label,text` data.csv (spec §1).
+
+Reading checks every rule a user can break and names the file, the line and the fix. Labels may be any
+integers (mapped, sorted, to class indices) or, beyond SageMaker, names.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from textfit.errors import DataError
+
+DATA_FILE = "data.csv"
+LABELS_FILE = "labels_info.json"
+MAX_ERRORS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class Channel:
+    """The rows of one channel, in file order."""
+
+    path: Path
+    """The CSV file read."""
+    texts: list[str]
+    labels: list[int | str]
+    """Raw labels: all ints, or all strings."""
+    lines: list[int]
+    """Line number (1-based) where each row starts, for messages."""
+    names: dict[str, str]
+    """Class names from labels_info.json, keyed by label value as a string (may be empty)."""
+    fingerprint: str
+    """sha256 of the file's bytes."""
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """The classes of a task: `values[i]` is the label as in data.csv, `names[i]` what predictions show."""
+
+    values: list[int | str]
+    names: list[str]
+
+    def index(self) -> dict[int | str, int]:
+        return {v: i for i, v in enumerate(self.values)}
+
+
+def _data_file(path: Path) -> Path:
+    if path.is_dir():
+        candidate = path / DATA_FILE
+        if candidate.is_file():
+            return candidate
+        csvs = sorted(p for p in path.iterdir() if p.suffix.lower() == ".csv")
+        if len(csvs) == 1:  # a channel holding one CSV under another name is unambiguous
+            return csvs[0]
+        raise DataError(f"{path}: no {DATA_FILE} in this folder; put the training data in {candidate}")
+    if path.is_file():
+        return path
+    raise DataError(f"{path}: no such file or folder; pass a folder holding {DATA_FILE} or a CSV file")
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")  # SageMaker data often comes from Excel, which writes a BOM
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}, line {line}: the file is not valid UTF-8 (byte {raw[exc.start]:#04x}); "
+            "save it as UTF-8 (for example: iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _rows(path: Path, text: str) -> tuple[list[str], list[str], list[int]]:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    labels: list[str] = []
+    texts: list[str] = []
+    lines: list[int] = []
+    problems: list[str] = []
+    start = 1
+    try:
+        for row in reader:
+            line, start = start, reader.line_num + 1
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank lines carry nothing
+            if len(row) != 2:
+                problems.append(
+                    f"line {line}: expected 2 columns (label,text) but found {len(row)}; "
+                    'quote a text that contains commas: 1,"like, this"'
+                )
+                continue
+            if not row[1].strip():
+                problems.append(f"line {line}: the text is empty; remove the row or give it a text")
+                continue
+            labels.append(row[0].strip())
+            texts.append(row[1])
+            lines.append(line)
+    except csv.Error as exc:
+        raise DataError(f"{path}, line {reader.line_num}: malformed CSV ({exc}); check the quotes on that line") from None
+    if problems:
+        raise DataError(_problems(path, problems))
+    return labels, texts, lines
+
+
+def _problems(path: Path, problems: list[str]) -> str:
+    shown = problems[:MAX_ERRORS_SHOWN]
+    more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+    if len(problems) == 1:
+        return f"{path}, {problems[0]}"
+    return f"{path}: {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in shown) + more
+
+
+def _typed_labels(path: Path, labels: list[str], lines: list[int]) -> list[int | str]:
+    is_int = [_is_int(label) for label in labels]
+    if all(is_int):
+        return [int(label) for label in labels]
+    if not is_int[0] and len(labels) > 1 and all(is_int[1:]):
+        raise DataError(
+            f"{path}, line {lines[0]}: this looks like a header row ({labels[0]!r} is not a label); "
+            "data.csv must have no header: delete the first line"
+        )
+    if not any(is_int):
+        return list(labels)  # names as labels: textfit's extension
+    bad = [i for i, ok in enumerate(is_int) if not ok]
+    return _raise_mixed(path, labels, lines, bad)
+
+
+def _raise_mixed(path: Path, labels: list[str], lines: list[int], bad: list[int]) -> list[int | str]:
+    problems = [
+        f"line {lines[i]}: label {labels[i]!r} is not an integer; labels must be all integers "
+        "(class indices) or all class names"
+        for i in bad
+    ]
+    raise DataError(_problems(path, problems))
+
+
+def _names(path: Path) -> dict[str, str]:
+    names_file = (path if path.is_dir() else path.parent) / LABELS_FILE
+    if not names_file.is_file():
+        return {}
+    try:
+        data = json.loads(names_file.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{names_file}: not valid JSON ({exc}); write an object such as {{\"0\": \"negative\"}}") from None
+    if isinstance(data, dict) and isinstance(data.get("labels"), list):
+        data = data["labels"]  # the list form: class names in index order
+    if isinstance(data, list):
+        data = {str(i): name for i, name in enumerate(data)}
+    if not isinstance(data, dict) or not all(isinstance(v, (str, int)) for v in data.values()):
+        raise DataError(f"{names_file}: expected an object mapping label to name, such as {{\"0\": \"negative\"}}")
+    return {str(k).strip(): str(v) for k, v in data.items()}
+
+
+def read_channel(path: str | Path) -> Channel:
+    """Read a channel (a folder holding data.csv, or a CSV file) and check every row.
+
+    >>> channel = read_channel("examples/sentiment")  # doctest: +SKIP
+    """
+    file = _data_file(Path(path))
+    raw = file.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{file}: the file is empty; it needs rows of label,text with no header")
+    labels, texts, lines = _rows(file, _decode(file, raw))
+    if not labels:
+        raise DataError(f"{file}: no rows found; it needs rows of label,text with no header")
+    return Channel(
+        path=file,
+        texts=texts,
+        labels=_typed_labels(file, labels, lines),
+        lines=lines,
+        names=_names(Path(path)),
+        fingerprint=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def class_set(train: Channel) -> ClassSet:
+    """Classes in sorted label order; labels 1..n (JumpStart's UI) map to indices 0..n-1."""
+    values = sorted(set(train.labels), key=lambda v: (isinstance(v, str), v))
+    if len(values) < 2:
+        raise DataError(
+            f"{train.path}: every row has label {values[0]!r}; a classifier needs at least 2 classes"
+        )
+    names = [_name_for(train, i, v) for i, v in enumerate(values)]
+    return ClassSet(values=values, names=names)
+
+
+def _name_for(train: Channel, index: int, value: int | str) -> str:
+    if str(value) in train.names:
+        return train.names[str(value)]
+    if isinstance(value, int) and str(index) in train.names and str(value) not in train.names:
+        # labels_info.json keyed by class index while data.csv uses other integers (1..n)
+        return train.names[str(index)]
+    return str(value)
+
+
+def encode_labels(channel: Channel, classes: ClassSet, *, origin: str) -> list[int]:
+    """Class indices of a channel's rows; a label outside `classes` is an error naming its line."""
+    index = classes.index()
+    unknown = [(line, label) for line, label in zip(channel.lines, channel.labels) if label not in index]
+    if unknown:
+        seen = ", ".join(repr(v) for v in sorted({str(lbl) for _, lbl in unknown}))
+        raise DataError(
+            f"{channel.path}, line {unknown[0][0]}: label {unknown[0][1]!r} is not among the classes of {origin} "
+            f"({', '.join(map(str, classes.values))}); unknown labels: {seen}. Remove those rows or add them "
+            "to the training data"
+        )
+    return [index[label] for label in channel.labels]
+
+
+def stratified_split(labels: list[int], ratio: float, seed: int, *, path: Path) -> tuple[list[int], list[int]]:
+    """Row indices (train, validation): each class keeps its share in both, reproducibly for a seed."""
+    counts = Counter(labels)
+    n_val = round(ratio * len(labels))
+    if n_val < 1 or len(labels) - n_val < len(counts):
+        raise DataError(
+            f"{path}: {len(labels)} rows are too few to hold out validation_split_ratio={ratio} "
+            f"for validation; add rows, raise validation_split_ratio, or pass a validation channel"
+        )
+    quota = _quotas(counts, n_val)
+    rng = random.Random(seed)
+    train: list[int] = []
+    val: list[int] = []
+    for cls in sorted(counts):
+        rows = [i for i, label in enumerate(labels) if label == cls]
+        rng.shuffle(rows)
+        val.extend(rows[: quota[cls]])
+        train.extend(rows[quota[cls] :])
+    return sorted(train), sorted(val)
+
+
+def _quotas(counts: Counter[int], n_val: int) -> dict[int, int]:
+    """Largest-remainder apportionment of n_val over classes, leaving each class at least one training row."""
+    total = sum(counts.values())
+    exact = {c: n_val * n / total for c, n in counts.items()}
+    quota = {c: min(int(q), counts[c] - 1) for c, q in exact.items()}
+    by_remainder = sorted(counts, key=lambda c: (exact[c] - int(exact[c]), counts[c]), reverse=True)
+    for c in by_remainder:
+        if sum(quota.values()) >= n_val:
+            break
+        if quota[c] < counts[c] - 1:
+            quota[c] += 1
+    return quota

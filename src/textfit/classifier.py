@@ -1,0 +1,275 @@
+"""TextClassifier: a pretrained encoder with a Dropout -> Dense head, in scikit-learn's shape.
+
+`fit` trains (fresh from a zoo model, or incrementally from an earlier artifact), `predict_proba` returns
+probabilities whose columns are `classes_`, `save`/`load` round-trip the artifact folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import platform
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from textfit import artifact, batching, training
+from textfit.channels import Channel, ClassSet, class_set, encode_labels, read_channel, stratified_split
+from textfit.errors import ArtifactError, DataError, HyperparameterError, TextfitError
+from textfit.hyperparameters import Hyperparameters, resolve
+from textfit.zoo import ResolvedModel, defaults_for, resolve_model
+
+log = logging.getLogger("textfit")
+
+
+def _quiet_transformers() -> None:
+    """transformers prints load reports and progress bars; textfit says what matters itself."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _load_tokenizer(path: str, allow_network: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=not allow_network)
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: cannot load the tokenizer ({exc}); the folder needs its tokenizer files") from None
+
+
+def _load_model(path: str, allow_network: bool, head: dict[str, Any] | None = None, **kwargs: Any) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    _quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=not allow_network)
+        for key, value in (head or {}).items():
+            if key != "dropout" or not hasattr(config, "classifier_dropout_prob"):
+                setattr(config, "classifier_dropout" if key == "dropout" else key, value)
+            else:
+                config.classifier_dropout_prob = value  # ALBERT's name for the head's dropout
+        # use_safetensors: weights are never unpickled, whatever else the folder holds
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, local_files_only=not allow_network, use_safetensors=True, **kwargs
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"{path}: cannot load the model ({exc}); it needs config.json and model.safetensors") from None
+
+
+def _head_config(classes: ClassSet, dropout: float) -> dict[str, Any]:
+    return {
+        "num_labels": len(classes.names),
+        "id2label": dict(enumerate(classes.names)),
+        "label2id": {name: i for i, name in enumerate(classes.names)},
+        "dropout": dropout,  # the Dropout before the Dense layer
+    }
+
+
+def _reinitialize_head(model: nn.Module) -> None:
+    """A new random head on a fine-tuned encoder (reinitialize_top_layer=True on an artifact)."""
+    for name, module in model.named_modules():
+        if not name.startswith(model.base_model_prefix) and isinstance(module, nn.Linear):
+            model._init_weights(module)  # the architecture's own initialisation (normal, std 0.02 for BERT)
+
+
+def _versions() -> dict[str, str]:
+    import tokenizers
+    import transformers
+
+    from textfit import __version__
+
+    return {"textfit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__, "python": platform.python_version()}
+
+
+def _data_summary(channel: Channel, labels: list[int], classes: ClassSet) -> dict[str, Any]:
+    counts = Counter(labels)
+    return {"file": str(channel.path), "sha256": channel.fingerprint, "rows": len(labels),
+            "class_counts": {classes.names[i]: counts.get(i, 0) for i in range(len(classes.names))}}
+
+
+class TextClassifier:
+    """Fine-tune a pretrained encoder for text classification.
+
+    Args:
+        model_id: a zoo id, a Hugging Face repo id or a local checkpoint folder (default: the embedded model).
+        hyperparameters: SageMaker-style values (strings are fine); unset ones take the model's defaults.
+        init_model: an earlier textfit artifact (folder or model.tar.gz) to continue training from.
+        allow_network: let transformers download a model missing from the local cache.
+
+    >>> clf = TextClassifier(hyperparameters={"epochs": "2"}).fit("examples/sentiment")  # doctest: +SKIP
+    >>> clf.predict(["a wonderful, moving film"])  # doctest: +SKIP
+    ['positive']
+    """
+
+    def __init__(self, model_id: str | None = None, hyperparameters: Mapping[str, object] | None = None, *,
+                 init_model: str | Path | None = None, allow_network: bool = False) -> None:
+        self.model_id = model_id
+        self.hyperparameters = dict(hyperparameters or {})
+        self.init_model = init_model
+        self.allow_network = allow_network
+
+    # ------------------------------------------------------------------------------------------ fitting
+
+    def _classes_for(self, train: Channel, source: Path | None, keep_head: bool) -> ClassSet:
+        if not keep_head or source is None:
+            return class_set(train)
+        info = artifact.read_json(source / artifact.LABELS)
+        return ClassSet(values=list(info["label_values"]), names=list(info["labels"]))
+
+    def _build(self, train: Channel, hp: Hyperparameters, source: Path | None, resolved: ResolvedModel | None
+               ) -> tuple[nn.Module, Any, ClassSet]:
+        """Encoder + head per reinitialize_top_layer's matrix (spec §7.2)."""
+        fine_tuned = source is not None and artifact.is_fine_tuned(source)
+        reinit = {"Auto": not fine_tuned, "True": True, "False": False}[hp.reinitialize_top_layer]
+        path = str(source) if source is not None else resolved.path  # type: ignore[union-attr]
+        if not fine_tuned and not reinit:
+            raise HyperparameterError(
+                f"reinitialize_top_layer=False needs a fine-tuned textfit model, but {path} is a pretrained encoder "
+                "without a classification layer; use reinitialize_top_layer=Auto or True"
+            )
+        classes = self._classes_for(train, source, keep_head=fine_tuned and not reinit)
+        torch.manual_seed(hp.seed)  # the new head's initial weights
+        if fine_tuned and not reinit:
+            model = _load_model(path, False)  # incremental training keeps the trained head and its dropout
+        else:
+            model = _load_model(path, self.allow_network, _head_config(classes, hp.dropout_rate),
+                                ignore_mismatched_sizes=fine_tuned)
+            if fine_tuned:
+                _reinitialize_head(model)
+        return model, _load_tokenizer(path, self.allow_network and not fine_tuned), classes
+
+    def _split(self, train: Channel, validation: Channel | None, classes: ClassSet, hp: Hyperparameters
+               ) -> tuple[list[int], list[int], list[str], list[int], list[str]]:
+        origin = "the model being trained further" if self.init_model else f"the training data ({train.path})"
+        y = encode_labels(train, classes, origin=origin)
+        if validation is not None:
+            return y, encode_labels(validation, classes, origin=origin), train.texts, [], validation.texts
+        if hp.validation_split_ratio == 0:
+            if hp.early_stopping:
+                raise HyperparameterError("early_stopping=True needs validation data; pass a validation channel "
+                                          "or set validation_split_ratio above 0")
+            return y, [], train.texts, [], []
+        tr, va = stratified_split(y, hp.validation_split_ratio, hp.seed, path=train.path)
+        return [y[i] for i in tr], [y[i] for i in va], [train.texts[i] for i in tr], va, [train.texts[i] for i in va]
+
+    def fit(self, train: str | Path | Channel, validation: str | Path | Channel | None = None) -> TextClassifier:
+        """Train on a channel (a folder with data.csv, or a CSV file); returns self.
+
+        Raises:
+            DataError, HyperparameterError, ModelNotFoundError, ArtifactError: with what to fix.
+        """
+        train_ch = train if isinstance(train, Channel) else read_channel(train)
+        val_ch = validation if isinstance(validation, Channel) or validation is None else read_channel(validation)
+        with contextlib.ExitStack() as stack:
+            source = stack.enter_context(artifact.opened(self.init_model)) if self.init_model else None
+            manifest = artifact.read_json(source / artifact.MANIFEST) if source and artifact.is_fine_tuned(source) else {}
+            model_id = manifest.get("model_id") or self.model_id or (str(self.init_model) if self.init_model else None)
+            resolved = None if source else resolve_model(self.model_id, allow_network=self.allow_network)
+            hp = resolve(self.hyperparameters, defaults_for(resolved.model_id if resolved else model_id))
+            log_hyperparameters(hp, self.hyperparameters)
+            model, tokenizer, classes = self._build(train_ch, hp, source, resolved)
+        y_train, y_val, x_train, _, x_val = self._split(train_ch, val_ch, classes, hp)
+        train_data = batching.encode(tokenizer, x_train, hp.max_seq_length, y_train)
+        val_data = batching.encode(tokenizer, x_val, hp.max_seq_length, y_val) if x_val else None
+        log.info("Classes (%d): %s", len(classes.names), ", ".join(classes.names))
+        result = training.train(model, train_data, val_data, hp)
+
+        self.model_, self.tokenizer_, self.hyperparameters_ = model.cpu().eval(), tokenizer, hp
+        self.classes_, self.label_values_ = list(classes.names), list(classes.values)
+        self.model_id_ = resolved.model_id if resolved else model_id
+        self.history_, self.best_epoch_ = [m.as_dict() for m in result.history], result.best_epoch
+        self.manifest_ = {
+            "model_id": self.model_id_,
+            "base_model": manifest.get("base_model") or (resolved.path if resolved else str(self.init_model)),
+            "initialized_from": str(self.init_model) if self.init_model else None,
+            "fine_tuned": True,
+            "hyperparameters": hp.to_strings(),
+            "classes": {"labels": self.classes_, "label_values": self.label_values_},
+            "epochs": self.history_,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "data": {"train": _data_summary(train_ch, y_train, classes),
+                     "validation": _data_summary(val_ch or train_ch, y_val, classes) if y_val else None,
+                     "validation_source": "channel" if val_ch else f"split {hp.validation_split_ratio}"},
+            "versions": _versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        return self
+
+    # ------------------------------------------------------------------------------------------ predicting
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise TextfitError("this TextClassifier is not fitted yet; call fit() or TextClassifier.load()")
+
+    @torch.inference_mode()
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Probabilities, one row per text, columns in the order of `classes_`."""
+        self._check_fitted()
+        if isinstance(texts, str):
+            raise DataError("predict_proba takes a list of texts, not a single string; wrap it: [text]")
+        if len(texts) == 0:
+            return np.zeros((0, len(self.classes_)), dtype=np.float32)
+        data = batching.encode(self.tokenizer_, texts, self.hyperparameters_.max_seq_length)
+        out = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
+        for batch in batching.iterate(data, batch_size, shuffle=False):
+            logits = self.model_(**batch.inputs).logits.float()
+            out[batch.rows] = torch.softmax(logits, dim=-1).numpy()
+        return out
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """The most probable class of each text (its name where the data gave names)."""
+        proba = self.predict_proba(texts)
+        return [self.classes_[i] for i in proba.argmax(axis=1)]
+
+    # ------------------------------------------------------------------------------------------ persistence
+
+    def _write(self, folder: Path) -> None:
+        self.model_.save_pretrained(folder)  # safetensors, config.json with id2label / label2id
+        self.tokenizer_.save_pretrained(folder)
+        artifact.write_json(folder / artifact.LABELS, {"labels": self.classes_, "label_values": self.label_values_})
+        artifact.write_json(folder / artifact.MANIFEST, self.manifest_)
+
+    def save(self, path: str | Path, *, overwrite: bool = False, tar: bool = False) -> Path:
+        """Write the artifact folder atomically; with tar=True also `<path>.tar.gz` (SageMaker's model.tar.gz)."""
+        self._check_fitted()
+        output = Path(path)
+        artifact.write_atomically(output, self._write, overwrite=overwrite)
+        if tar:
+            artifact.write_tarball(output, output.with_name(output.name + ".tar.gz"))
+        return output
+
+    @classmethod
+    def load(cls, path: str | Path) -> TextClassifier:
+        """Load an artifact folder or model.tar.gz written by `save` (weights from safetensors only)."""
+        with artifact.opened(path) as folder:
+            artifact.check_complete(folder)
+            manifest = artifact.read_json(folder / artifact.MANIFEST)
+            labels = artifact.read_json(folder / artifact.LABELS)
+            clf = cls(manifest.get("model_id"), manifest.get("hyperparameters"))
+            clf.model_ = _load_model(str(folder), False).eval()
+            clf.tokenizer_ = _load_tokenizer(str(folder), False)
+        clf.hyperparameters_ = Hyperparameters.from_strings(manifest.get("hyperparameters", {}))
+        clf.classes_, clf.label_values_ = list(labels["labels"]), list(labels["label_values"])
+        clf.model_id_, clf.manifest_ = manifest.get("model_id"), manifest
+        clf.history_, clf.best_epoch_ = manifest.get("epochs", []), manifest.get("best_epoch", 0)
+        return clf
+
+
+def log_hyperparameters(hp: Hyperparameters, given: Mapping[str, object]) -> None:
+    """Every run logs its resolved configuration at start, marking what the user set."""
+    from textfit.hyperparameters import canonical_name
+
+    user = {canonical_name(k) for k in given}
+    log.info("Hyperparameters (* = given, others are defaults for this model):")
+    for name, value in hp.to_strings().items():
+        log.info("  %s%s = %s", "*" if name in user else " ", name, value)

@@ -1,0 +1,26 @@
+"""The one error family of textfit: every mistake a user can fix raises one of these.
+
+Library code raises; only the CLI (and later the server) catches, prints one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class TextfitError(Exception):
+    """Base class: a problem the user can act on, with a message that says what, where and how to fix it."""
+
+
+class DataError(TextfitError):
+    """A data channel (data.csv, labels_info.json) is missing, malformed or unusable."""
+
+
+class HyperparameterError(TextfitError):
+    """A hyperparameter is unknown, of the wrong type or out of its valid range."""
+
+
+class ModelNotFoundError(TextfitError):
+    """A model_id or model path cannot be resolved offline."""
+
+
+class ArtifactError(TextfitError):
+    """A model artifact (folder or model.tar.gz) is incomplete, unsafe or incompatible."""

@@ -1,0 +1,217 @@
+"""The 19 hyperparameters of SageMaker's Text Classification - TensorFlow algorithm, plus textfit's few extras.
+
+Field names, defaults and valid ranges are the SageMaker contract (spec §4). SageMaker passes every value as a
+string ("True", "1e-5"), so parsing from strings is the main way in.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from textfit.errors import HyperparameterError
+
+log = logging.getLogger("textfit")
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "nesterov", "rmsprop", "adagrad", "adadelta")
+REINITIALIZE = ("Auto", "True", "False")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# Other spellings seen in SageMaker's material (spec §4 caveats, §12 rows 1-3): the JumpStart scripts'
+# `train_only_top_layer`, the tuning page's `eps`, and the v1.x dashed names. Dashes are normalised first.
+ALIASES = {
+    "train_only_top_layer": "train_only_on_top_layer",
+    "eps": "epsilon",
+    "adam_learning_rate": "learning_rate",
+}
+
+
+def _unit(lo: float = 0.0, hi: float = 1.0) -> dict[str, Any]:
+    return {"min": lo, "max": hi}
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Training settings; field names and defaults are SageMaker's (spec §4), extras are marked."""
+
+    batch_size: int = field(default=32, metadata={"min": 1, "max": 65536})
+    """Global batch size; split across devices when training on several."""
+    beta_1: float = field(default=0.9, metadata=_unit())
+    """Adam/AdamW decay rate of the first moment estimates."""
+    beta_2: float = field(default=0.999, metadata=_unit())
+    """Adam/AdamW decay rate of the second moment estimates."""
+    dropout_rate: float = field(default=0.2, metadata=_unit())
+    """Dropout before the classification layer (used when a new head is built)."""
+    early_stopping: bool = False
+    """Stop when val_accuracy has not improved for `early_stopping_patience` epochs."""
+    early_stopping_min_delta: float = field(default=0.0, metadata=_unit())
+    """Smallest increase of val_accuracy that counts as an improvement."""
+    early_stopping_patience: int = field(default=5, metadata={"min": 1, "max": 100000})
+    """Epochs without improvement before training stops."""
+    epochs: int = field(default=10, metadata={"min": 1, "max": 100000})
+    """Number of passes over the training data."""
+    epsilon: float = field(default=1e-7, metadata=_unit())
+    """Numerical-stability term of adam, adamw, rmsprop, adadelta and adagrad."""
+    initial_accumulator_value: float = field(default=0.0001, metadata=_unit())
+    """Starting accumulator value of adagrad."""
+    learning_rate: float = field(default=0.001, metadata=_unit())
+    """Optimizer learning rate (the peak rate when warm-up is used)."""
+    momentum: float = field(default=0.9, metadata=_unit())
+    """Momentum of sgd and nesterov."""
+    optimizer: str = field(default="adam", metadata={"choices": OPTIMIZERS})
+    """One of adamw, adam, sgd, nesterov, rmsprop, adagrad, adadelta."""
+    regularizers_l2: float = field(default=0.0001, metadata=_unit())
+    """L2 factor on the classification layer's weights (added to the loss, as Keras does)."""
+    reinitialize_top_layer: str = field(default="Auto", metadata={"choices": REINITIALIZE})
+    """Auto: new head for a pretrained encoder, keep the head of a fine-tuned artifact. True/False force it."""
+    rho: float = field(default=0.95, metadata=_unit())
+    """Discounting factor of rmsprop and adadelta."""
+    train_only_on_top_layer: bool = False
+    """Freeze the encoder and train only the classification layer."""
+    validation_split_ratio: float = field(default=0.2, metadata={"min": 0.0, "max": 0.99})
+    """Fraction of the training data held out (stratified) when no validation channel is given."""
+    warmup_steps_fraction: float = field(default=0.1, metadata=_unit())
+    """Fraction of the update steps with a linear warm-up (adamw only), followed by linear decay."""
+    max_seq_length: int = field(default=128, metadata={"min": 8, "max": 8192, "extra": True})
+    """textfit extra: texts are truncated to this many tokens."""
+    seed: int = field(default=42, metadata={"min": 0, "max": 2**32 - 1, "extra": True})
+    """textfit extra: seed for the split, the head's initialisation, dropout and shuffling."""
+    precision: str = field(default="auto", metadata={"choices": PRECISIONS, "extra": True})
+    """textfit extra: auto (bf16 on CPUs with native bf16, fp16 mixed precision on GPUs), fp32, bf16, fp16."""
+
+    def __post_init__(self) -> None:
+        problems = [p for f in fields(self) if (p := _check_range(f.name, getattr(self, f.name), f.metadata))]
+        if problems:
+            raise HyperparameterError(_join(problems))
+
+    @classmethod
+    def from_strings(cls, values: Mapping[str, object]) -> Hyperparameters:
+        """Build from SageMaker-style values (strings or typed), ignoring unknown names with a log line.
+
+        >>> Hyperparameters.from_strings({"epochs": "3", "early_stopping": "True"}).epochs
+        3
+        """
+        return cls(**parse_hyperparameters(values))
+
+    def to_strings(self) -> dict[str, str]:
+        """The values as SageMaker passes them: every value a string, booleans as "True"/"False"."""
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    def with_values(self, **values: Any) -> Hyperparameters:
+        return replace(self, **values)
+
+
+FIELDS = {f.name: f for f in fields(Hyperparameters)}
+
+
+def _join(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return "found the following hyperparameter problems:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def _check_range(name: str, value: object, meta: Mapping[str, Any]) -> str | None:
+    if "choices" in meta and value not in meta["choices"]:
+        return f"{name}={value!r} is not valid; use one of {', '.join(meta['choices'])}"
+    if "min" in meta and not meta["min"] <= value <= meta["max"]:  # type: ignore[operator]
+        return f"{name}={value} is out of range; valid values are in [{meta['min']}, {meta['max']}]"
+    return None
+
+
+def _parse_value(name: str, raw: object) -> Any:
+    kind = FIELDS[name].type
+    text = str(raw).strip()
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise ValueError(f'{name}={raw!r} is not a boolean; use "True" or "False"')
+    if kind == "int":
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not an integer; use a whole number such as {FIELDS[name].default}")
+        if not number.is_integer():
+            raise ValueError(f"{name}={raw!r} is not an integer; use a whole number such as {FIELDS[name].default}")
+        return int(number)
+    if kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not a number; use a value such as {FIELDS[name].default}")
+    if name == "reinitialize_top_layer":  # SageMaker spells these "Auto"/"True"/"False"; accept any case
+        return {c.lower(): c for c in REINITIALIZE}.get(text.lower(), text)
+    return text.lower() if name in ("optimizer", "precision") else text
+
+
+def canonical_name(name: str) -> str | None:
+    """The field name for a SageMaker spelling (aliases, v1 dashed names), or None when unknown."""
+    key = name.strip().replace("-", "_")
+    key = ALIASES.get(key, key)
+    return key if key in FIELDS else None
+
+
+def parse_hyperparameters(values: Mapping[str, object]) -> dict[str, Any]:
+    """Typed values for the names given, by canonical name; every problem is collected and raised once.
+
+    Unknown names are logged and ignored, as SageMaker's scripts do ("Ignoring unrecognized arguments"):
+    automatic model tuning adds `_tuning_objective_metric`, and the container adds `sagemaker_*` names.
+    """
+    parsed: dict[str, Any] = {}
+    problems: list[str] = []
+    for raw_name, raw in values.items():
+        name = canonical_name(raw_name)
+        if name is None:
+            _log_ignored(raw_name)
+            continue
+        try:
+            value = _parse_value(name, raw)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        if name in parsed and parsed[name] != value:
+            problems.append(f"{name} is given twice with different values ({parsed[name]!r} and {value!r})")
+        parsed[name] = value
+        if problem := _check_range(name, value, FIELDS[name].metadata):
+            problems.append(problem)
+    if problems:
+        raise HyperparameterError(_join(problems))
+    return parsed
+
+
+def _log_ignored(name: str) -> None:
+    if name.startswith(("_", "sagemaker_")):
+        log.info("Ignoring hyperparameter %s (not used by the algorithm)", name)
+        return
+    guess = difflib.get_close_matches(name.replace("-", "_"), list(FIELDS) + list(ALIASES), n=1)
+    hint = f"; did you mean {guess[0]}?" if guess else ""
+    log.warning("Ignoring unrecognized hyperparameter %s%s", name, hint)
+
+
+def resolve(given: Mapping[str, object], model_defaults: Mapping[str, object] | None = None) -> Hyperparameters:
+    """The hyperparameters of a run: the model's own defaults under what the user gave.
+
+    A model's defaults (zoo.py) replace SageMaker's algorithm-level ones only for full fine-tuning: the
+    algorithm-level adam at 1e-3 suits a frozen encoder and wrecks the fine-tuning of a whole transformer.
+    """
+    user = parse_hyperparameters(given)
+    merged: dict[str, Any] = {}
+    if model_defaults and not user.get("train_only_on_top_layer", False):
+        merged.update(parse_hyperparameters(model_defaults))
+    merged.update(user)
+    return Hyperparameters(**merged)
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, str]:
+    """`--hp name=value` pairs from the command line, as strings."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise HyperparameterError(f"--hp {pair!r} is not of the form name=value; for example --hp epochs=3")
+        out[name.strip()] = value.strip()
+    return out

@@ -1,0 +1,348 @@
+"""The training loop, in plain sight: optimizers, warm-up schedule, evaluation, early stopping, metric lines.
+
+The epoch line is Keras's `verbose=2` line that SageMaker's tuner parses (`val_accuracy: 0.8717`), followed by
+the documented `val_accuracy=0.8717` form (spec §5), so either regex finds the metric.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from textfit import batching
+from textfit.batching import Batch, Encoded
+from textfit.hyperparameters import Hyperparameters
+
+log = logging.getLogger("textfit")
+
+
+# ---------------------------------------------------------------------------------------------- devices
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 matmuls natively (avx512_bf16 or AMX): then bf16 is about 2x fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for a precision setting, None for plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+# ---------------------------------------------------------------------------------------------- optimizers
+
+
+def _decay_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW as in the BERT recipe: no weight decay on biases and LayerNorm weights (spec §7.3)."""
+    no_decay = [p for n, p in params if p.ndim < 2 or "LayerNorm" in n or "layer_norm" in n]
+    decay = [p for n, p in params if not (p.ndim < 2 or "LayerNorm" in n or "layer_norm" in n)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# Keras's optimizers mapped to torch.optim with the same knobs (spec §4). Keras RMSprop's `rho` is torch's alpha.
+OPTIMIZERS: dict[str, Callable[[list[tuple[str, nn.Parameter]], Hyperparameters], torch.optim.Optimizer]] = {
+    "adam": lambda p, h: torch.optim.Adam(
+        [x for _, x in p], lr=h.learning_rate, betas=(h.beta_1, h.beta_2), eps=h.epsilon
+    ),
+    "adamw": lambda p, h: torch.optim.AdamW(
+        _decay_groups(p, 0.01), lr=h.learning_rate, betas=(h.beta_1, h.beta_2), eps=h.epsilon
+    ),
+    "sgd": lambda p, h: torch.optim.SGD([x for _, x in p], lr=h.learning_rate, momentum=h.momentum),
+    "nesterov": lambda p, h: torch.optim.SGD(
+        [x for _, x in p], lr=h.learning_rate, momentum=h.momentum, nesterov=h.momentum > 0
+    ),
+    "rmsprop": lambda p, h: torch.optim.RMSprop([x for _, x in p], lr=h.learning_rate, alpha=h.rho, eps=h.epsilon),
+    "adagrad": lambda p, h: torch.optim.Adagrad(
+        [x for _, x in p], lr=h.learning_rate, initial_accumulator_value=h.initial_accumulator_value, eps=h.epsilon
+    ),
+    "adadelta": lambda p, h: torch.optim.Adadelta([x for _, x in p], lr=h.learning_rate, rho=h.rho, eps=h.epsilon),
+}
+
+
+def warmup_then_linear_decay(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    """LR multiplier: 0 -> 1 over the warm-up steps, then linearly down to 0 (the BERT recipe, spec §7.3)."""
+    warmup = int(warmup_fraction * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+# ---------------------------------------------------------------------------------------------- the head
+
+
+def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The classification layer's parameters: everything outside the pretrained encoder."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return [(n, p) for n, p in model.named_parameters() if not n.startswith(prefix + ".")]
+
+
+def l2_penalty(model: nn.Module, factor: float) -> torch.Tensor | float:
+    """Keras's l2 kernel regularizer on the head: factor * sum of squared weights, added to the loss."""
+    if factor == 0:
+        return 0.0
+    return factor * sum(p.float().pow(2).sum() for n, p in head_parameters(model) if p.ndim >= 2)
+
+
+def pooled_features(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """What the head sees: the encoder's pooled output (BERT-like) or its first token's hidden state."""
+    out = model.base_model(**batch.inputs)
+    pooled = getattr(out, "pooler_output", None)
+    return pooled if pooled is not None else out.last_hidden_state[:, 0]
+
+
+def head_logits(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Run only the head on cached features, as the model's own forward would after the encoder."""
+    if hasattr(model, "dropout") and isinstance(getattr(model, "classifier", None), nn.Linear):
+        return model.classifier(model.dropout(features))  # BERT, ALBERT: Dropout -> Dense on the pooled output
+    return model.classifier(features.unsqueeze(1))  # ELECTRA, RoBERTa: the head reads token 0 itself
+
+
+def supports_feature_cache(model: nn.Module) -> bool:
+    return hasattr(model, "classifier") and hasattr(model, "base_model")
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class EpochMetrics:
+    loss: float
+    accuracy: float
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    seconds: float = 0.0
+    steps: int = 0
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "val_loss": self.val_loss,
+            "val_accuracy": self.val_accuracy,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def metric_line(m: EpochMetrics) -> str:
+    """Keras verbose=2 epoch line, as SageMaker's job logs show it (spec §7.1)."""
+    line = f"{m.steps}/{m.steps} - {m.seconds:.0f}s - loss: {m.loss:.4f} - accuracy: {m.accuracy:.4f}"
+    if m.val_accuracy is not None:
+        line += f" - val_loss: {m.val_loss:.4f} - val_accuracy: {m.val_accuracy:.4f}"
+    return line
+
+
+def log_epoch(epoch: int, epochs: int, m: EpochMetrics) -> None:
+    log.info("Epoch %d/%d", epoch, epochs)
+    log.info(metric_line(m))
+    if m.val_accuracy is not None:  # the form of the documented tuning regex `val_accuracy=([0-9\.]+)`
+        log.info("epoch=%d val_loss=%.4f val_accuracy=%.4f", epoch, m.val_loss, m.val_accuracy)
+
+
+def batch_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy and the number of correct predictions: the one place both are computed."""
+    loss = nn.functional.cross_entropy(logits.float(), labels)
+    return loss, int((logits.argmax(-1) == labels).sum())
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: Encoded, batch_size: int, device: torch.device, dtype: torch.dtype | None,
+             l2: float = 0.0) -> tuple[float, float]:
+    """(loss, accuracy) over a whole labelled set; the loss includes the head's L2 term, as Keras reports it."""
+    model.eval()
+    total, correct = 0.0, 0
+    for batch in batching.iterate(data, batch_size * 2, shuffle=False):
+        batch = batch.to(device)
+        with autocast(device, dtype):
+            logits = model(**batch.inputs).logits
+        loss, right = batch_loss(logits, batch.labels)  # type: ignore[arg-type]
+        total += float(loss) * len(batch.rows)
+        correct += right
+    return total / len(data) + float(l2_penalty(model, l2)), correct / len(data)
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    # A bar with rate and time left on a terminal; on a pipe (SageMaker, CI) only the epoch lines.
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=not sys.stderr.isatty(), file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochMetrics] = field(default_factory=list)
+    best_epoch: int = 0
+    """1-based epoch whose weights were kept."""
+    stopped_early: bool = False
+
+
+def _is_better(m: EpochMetrics, best: EpochMetrics | None) -> bool:
+    """Higher val_accuracy wins; an equal one with a lower val_loss too (small sets tie often)."""
+    if best is None or m.val_accuracy is None or best.val_accuracy is None:
+        return True
+    if m.val_accuracy != best.val_accuracy:
+        return m.val_accuracy > best.val_accuracy
+    return m.val_loss < best.val_loss  # type: ignore[operator]
+
+
+def _feature_batches(feats: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int) -> Iterator[Batch]:
+    order = list(range(len(labels)))
+    random.Random(seed).shuffle(order)
+    for i in range(0, len(order), batch_size):
+        rows = order[i : i + batch_size]
+        yield Batch(rows, {"features": feats[rows]}, labels[rows])
+
+
+@torch.inference_mode()
+def _embed(model: nn.Module, data: Encoded, batch_size: int, device: torch.device,
+           dtype: torch.dtype | None) -> torch.Tensor:
+    """The frozen encoder's features of every row, computed once (train_only_on_top_layer)."""
+    model.eval()
+    feats: list[torch.Tensor] = [torch.empty(0)] * len(data)
+    for batch in batching.iterate(data, batch_size * 2, shuffle=False):
+        with autocast(device, dtype):
+            out = pooled_features(model, batch.to(device)).float()
+        for row, vec in zip(batch.rows, out):
+            feats[row] = vec
+    return torch.stack(feats)
+
+
+def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: Hyperparameters,
+          device: torch.device | None = None) -> TrainResult:
+    """Fine-tune `model` in place and leave it holding the weights of the best epoch by val_accuracy."""
+    device = device or pick_device()
+    dtype = autocast_dtype(device, hp.precision)
+    model.to(device)
+    frozen = hp.train_only_on_top_layer
+    cache = frozen and supports_feature_cache(model)
+    if frozen:
+        model.base_model.requires_grad_(False)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = OPTIMIZERS[hp.optimizer](params, hp)
+    steps_per_epoch = math.ceil(len(train_data) / hp.batch_size)
+    schedule = None
+    if hp.optimizer == "adamw":  # warm-up applies to adamw only (spec §4)
+        factor = warmup_then_linear_decay(steps_per_epoch * hp.epochs, hp.warmup_steps_fraction)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    log.info("Training on %s with %s precision: %d rows, %d steps per epoch%s", device.type,
+             "fp32" if dtype is None else str(dtype).removeprefix("torch."), len(train_data), steps_per_epoch,
+             ", encoder frozen (features computed once)" if cache else "")
+    if cache:
+        train_feats = _embed(model, train_data, hp.batch_size, device, dtype)
+        train_labels = torch.tensor(train_data.labels, device=device)
+
+    result, best, best_state = TrainResult(), None, None
+    wait, es_best = 0, -math.inf  # early-stopping counter and the best val_accuracy it has accepted
+    for epoch in range(1, hp.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        if frozen:
+            model.base_model.eval()  # a frozen encoder runs in inference mode, as a non-trainable Keras layer
+        seed = hp.seed + epoch
+        if cache:
+            batches = _feature_batches(train_feats, train_labels, hp.batch_size, seed)
+        else:
+            batches = batching.iterate(train_data, hp.batch_size, shuffle=True, seed=seed)
+        total, correct, seen = 0.0, 0, 0
+        bar = _progress(steps_per_epoch, f"epoch {epoch}/{hp.epochs}")
+        for batch in batches:
+            batch = batch.to(device)
+            with autocast(device, dtype):
+                if cache:
+                    logits = head_logits(model, batch.inputs["features"])
+                else:
+                    logits = model(**batch.inputs).logits
+            ce, right = batch_loss(logits, batch.labels)  # type: ignore[arg-type]
+            loss = ce + l2_penalty(model, hp.regularizers_l2)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if hp.optimizer == "adamw":
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            if schedule is not None:
+                schedule.step()
+            total += float(loss.detach()) * len(batch.rows)
+            correct += right
+            seen += len(batch.rows)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / seen:.4f}", accuracy=f"{correct / seen:.4f}", refresh=False)
+        bar.close()
+        metrics = EpochMetrics(total / seen, correct / seen, steps=steps_per_epoch)
+        if val_data is not None:
+            metrics.val_loss, metrics.val_accuracy = evaluate(model, val_data, hp.batch_size, device, dtype,
+                                                              hp.regularizers_l2)
+        metrics.seconds = time.perf_counter() - start
+        result.history.append(metrics)
+        log_epoch(epoch, hp.epochs, metrics)
+
+        if _is_better(metrics, best):
+            best, result.best_epoch = metrics, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        if val_data is not None and hp.early_stopping:
+            # Keras EarlyStopping: an improvement must beat the best by more than min_delta.
+            if metrics.val_accuracy - hp.early_stopping_min_delta > es_best:  # type: ignore[operator]
+                wait, es_best = 0, metrics.val_accuracy
+            else:
+                wait += 1
+            if wait >= hp.early_stopping_patience:
+                log.info("Early stopping: val_accuracy has not improved for %d epochs", wait)
+                result.stopped_early = True
+                break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    _log_best(result)
+    return result
+
+
+def _log_best(result: TrainResult) -> None:
+    """After training, the kept epoch's metrics: AMT reads the last value it sees (IC-TF does the same)."""
+    best = result.history[result.best_epoch - 1]
+    if best.val_accuracy is None:
+        return
+    log.info("Setting weights to model with maximum val_accuracy at epoch %d/%d:", result.best_epoch,
+             len(result.history))
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        log.info("- %s: %.4f", name, getattr(best, name))
+    log.info("val_accuracy=%.4f", best.val_accuracy)
