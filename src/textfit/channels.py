@@ -192,17 +192,18 @@ def class_set(train: Channel) -> ClassSet:
         raise DataError(
             f"{train.path}: every row has label {values[0]!r}; a classifier needs at least 2 classes"
         )
-    names = [_name_for(train, i, v) for i, v in enumerate(values)]
-    return ClassSet(values=values, names=names)
+    return ClassSet(values=values, names=_class_names(train, values))
 
 
-def _name_for(train: Channel, index: int, value: int | str) -> str:
-    if str(value) in train.names:
-        return train.names[str(value)]
-    if isinstance(value, int) and str(index) in train.names and str(value) not in train.names:
-        # labels_info.json keyed by class index while data.csv uses other integers (1..n)
-        return train.names[str(index)]
-    return str(value)
+def _class_names(train: Channel, values: list[int | str]) -> list[str]:
+    """Names from labels_info.json, keyed by label value or, when the keys are 0..K-1 and the labels are
+    not (JumpStart's 1..n), by class index; classes without a name keep their label."""
+    keys = set(train.names)
+    if keys and not keys & {str(v) for v in values} or (
+        keys >= {str(i) for i in range(len(values))} and not keys >= {str(v) for v in values}
+    ):
+        return [train.names.get(str(i), str(v)) for i, v in enumerate(values)]
+    return [train.names.get(str(v), str(v)) for v in values]
 
 
 def encode_labels(channel: Channel, classes: ClassSet, *, origin: str) -> list[int]:

@@ -23,7 +23,7 @@ from textfit import artifact, batching, training
 from textfit.channels import Channel, ClassSet, class_set, encode_labels, read_channel, stratified_split
 from textfit.errors import ArtifactError, DataError, HyperparameterError, TextfitError
 from textfit.hyperparameters import Hyperparameters, resolve
-from textfit.zoo import ResolvedModel, defaults_for, resolve_model
+from textfit.zoo import defaults_for, resolve_model
 
 log = logging.getLogger("textfit")
 
@@ -119,50 +119,48 @@ class TextClassifier:
 
     # ------------------------------------------------------------------------------------------ fitting
 
-    def _classes_for(self, train: Channel, source: Path | None, keep_head: bool) -> ClassSet:
-        if not keep_head or source is None:
-            return class_set(train)
-        info = artifact.read_json(source / artifact.LABELS)
-        return ClassSet(values=list(info["label_values"]), names=list(info["labels"]))
-
-    def _build(self, train: Channel, hp: Hyperparameters, source: Path | None, resolved: ResolvedModel | None
-               ) -> tuple[nn.Module, Any, ClassSet]:
-        """Encoder + head per reinitialize_top_layer's matrix (spec §7.2)."""
+    def _reinitialize(self, hp: Hyperparameters, source: Path | None, where: str) -> bool:
+        """reinitialize_top_layer's matrix (spec §7.2): whether a new random head is built."""
         fine_tuned = source is not None and artifact.is_fine_tuned(source)
         reinit = {"Auto": not fine_tuned, "True": True, "False": False}[hp.reinitialize_top_layer]
-        path = str(source) if source is not None else resolved.path  # type: ignore[union-attr]
         if not fine_tuned and not reinit:
             raise HyperparameterError(
-                f"reinitialize_top_layer=False needs a fine-tuned textfit model, but {path} is a pretrained encoder "
+                f"reinitialize_top_layer=False needs a fine-tuned textfit model, but {where} is a pretrained encoder "
                 "without a classification layer; use reinitialize_top_layer=Auto or True"
             )
-        classes = self._classes_for(train, source, keep_head=fine_tuned and not reinit)
-        torch.manual_seed(hp.seed)  # the new head's initial weights
-        if fine_tuned and not reinit:
-            model = _load_model(path, False)  # incremental training keeps the trained head and its dropout
-        else:
-            model = _load_model(path, self.allow_network, _head_config(classes, hp.dropout_rate),
-                                ignore_mismatched_sizes=fine_tuned)
-            if fine_tuned:
-                _reinitialize_head(model)
-        return model, _load_tokenizer(path, self.allow_network and not fine_tuned), classes
+        return reinit
 
     def _split(self, train: Channel, validation: Channel | None, classes: ClassSet, hp: Hyperparameters
-               ) -> tuple[list[int], list[int], list[str], list[int], list[str]]:
+               ) -> tuple[list[str], list[int], list[str], list[int]]:
+        """(train texts, train labels, validation texts, validation labels) as class indices."""
         origin = "the model being trained further" if self.init_model else f"the training data ({train.path})"
         y = encode_labels(train, classes, origin=origin)
         if validation is not None:
-            return y, encode_labels(validation, classes, origin=origin), train.texts, [], validation.texts
+            return train.texts, y, validation.texts, encode_labels(validation, classes, origin=origin)
         if hp.validation_split_ratio == 0:
             if hp.early_stopping:
                 raise HyperparameterError("early_stopping=True needs validation data; pass a validation channel "
                                           "or set validation_split_ratio above 0")
-            return y, [], train.texts, [], []
+            return train.texts, y, [], []
         tr, va = stratified_split(y, hp.validation_split_ratio, hp.seed, path=train.path)
-        return [y[i] for i in tr], [y[i] for i in va], [train.texts[i] for i in tr], va, [train.texts[i] for i in va]
+        return [train.texts[i] for i in tr], [y[i] for i in tr], [train.texts[i] for i in va], [y[i] for i in va]
+
+    def _load(self, path: str, classes: ClassSet, hp: Hyperparameters, fine_tuned: bool, reinit: bool
+              ) -> tuple[nn.Module, Any]:
+        torch.manual_seed(hp.seed)  # the new head's initial weights
+        if not reinit:
+            model = _load_model(path, False)  # incremental training keeps the trained head and its dropout
+        else:
+            model = _load_model(path, self.allow_network and not fine_tuned, _head_config(classes, hp.dropout_rate),
+                                ignore_mismatched_sizes=fine_tuned)
+            if fine_tuned:
+                _reinitialize_head(model)
+        return model, _load_tokenizer(path, self.allow_network and not fine_tuned)
 
     def fit(self, train: str | Path | Channel, validation: str | Path | Channel | None = None) -> TextClassifier:
         """Train on a channel (a folder with data.csv, or a CSV file); returns self.
+
+        Every check of data and hyperparameters runs before the model is loaded.
 
         Raises:
             DataError, HyperparameterError, ModelNotFoundError, ArtifactError: with what to fix.
@@ -171,13 +169,21 @@ class TextClassifier:
         val_ch = validation if isinstance(validation, Channel) or validation is None else read_channel(validation)
         with contextlib.ExitStack() as stack:
             source = stack.enter_context(artifact.opened(self.init_model)) if self.init_model else None
-            manifest = artifact.read_json(source / artifact.MANIFEST) if source and artifact.is_fine_tuned(source) else {}
+            fine_tuned = source is not None and artifact.is_fine_tuned(source)
+            manifest = artifact.read_json(source / artifact.MANIFEST) if source and fine_tuned else {}
             model_id = manifest.get("model_id") or self.model_id or (str(self.init_model) if self.init_model else None)
             resolved = None if source else resolve_model(self.model_id, allow_network=self.allow_network)
             hp = resolve(self.hyperparameters, defaults_for(resolved.model_id if resolved else model_id))
+            reinit = self._reinitialize(hp, source, str(self.init_model or resolved.path))  # type: ignore[union-attr]
+            if fine_tuned and not reinit:
+                info = artifact.read_json(source / artifact.LABELS)  # type: ignore[operator]
+                classes = ClassSet(values=list(info["label_values"]), names=list(info["labels"]))
+            else:
+                classes = class_set(train_ch)
+            x_train, y_train, x_val, y_val = self._split(train_ch, val_ch, classes, hp)
             log_hyperparameters(hp, self.hyperparameters)
-            model, tokenizer, classes = self._build(train_ch, hp, source, resolved)
-        y_train, y_val, x_train, _, x_val = self._split(train_ch, val_ch, classes, hp)
+            model, tokenizer = self._load(str(source) if source else resolved.path, classes, hp,  # type: ignore[union-attr]
+                                          fine_tuned, reinit)
         train_data = batching.encode(tokenizer, x_train, hp.max_seq_length, y_train)
         val_data = batching.encode(tokenizer, x_val, hp.max_seq_length, y_val) if x_val else None
         log.info("Classes (%d): %s", len(classes.names), ", ".join(classes.names))
@@ -201,7 +207,7 @@ class TextClassifier:
                      "validation": _data_summary(val_ch or train_ch, y_val, classes) if y_val else None,
                      "validation_source": "channel" if val_ch else f"split {hp.validation_split_ratio}"},
             "versions": _versions(),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         return self
 

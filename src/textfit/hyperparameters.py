@@ -134,7 +134,7 @@ def _parse_value(name: str, raw: object) -> Any:
         try:
             number = float(text)
         except ValueError:
-            raise ValueError(f"{name}={raw!r} is not an integer; use a whole number such as {FIELDS[name].default}")
+            raise ValueError(f"{name}={raw!r} is not an integer; use a whole number such as {FIELDS[name].default}") from None
         if not number.is_integer():
             raise ValueError(f"{name}={raw!r} is not an integer; use a whole number such as {FIELDS[name].default}")
         return int(number)
@@ -142,7 +142,7 @@ def _parse_value(name: str, raw: object) -> Any:
         try:
             return float(text)
         except ValueError:
-            raise ValueError(f"{name}={raw!r} is not a number; use a value such as {FIELDS[name].default}")
+            raise ValueError(f"{name}={raw!r} is not a number; use a value such as {FIELDS[name].default}") from None
     if name == "reinitialize_top_layer":  # SageMaker spells these "Auto"/"True"/"False"; accept any case
         return {c.lower(): c for c in REINITIALIZE}.get(text.lower(), text)
     return text.lower() if name in ("optimizer", "precision") else text

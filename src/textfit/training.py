@@ -287,10 +287,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
         for batch in batches:
             batch = batch.to(device)
             with autocast(device, dtype):
-                if cache:
-                    logits = head_logits(model, batch.inputs["features"])
-                else:
-                    logits = model(**batch.inputs).logits
+                logits = head_logits(model, batch.inputs["features"]) if cache else model(**batch.inputs).logits
             ce, right = batch_loss(logits, batch.labels)  # type: ignore[arg-type]
             loss = ce + l2_penalty(model, hp.regularizers_l2)
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny random BERT checkpoint (2 layers, hidden 32) and small labelled channels."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+from pathlib import Path
+
+import pytest
+
+POSITIVE = ["good", "great", "lovely", "superb", "happy", "wonderful"]
+NEGATIVE = ["bad", "awful", "terrible", "poor", "sad", "horrible"]
+NEUTRAL = ["the", "film", "was", "very", "a", "movie", "it", "and", "plot", "quite", "really", "acting"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+# Fast settings for the tiny random model: it learns from scratch, so it needs a large learning rate.
+FAST = {"epochs": "4", "batch_size": "8", "learning_rate": "0.01", "optimizer": "adam", "precision": "fp32"}
+
+
+def make_rows(n: int, seed: int = 0, labels: tuple[object, object] = (0, 1)) -> list[tuple[object, str]]:
+    """Separable sentences: the label is given by which sentiment words a sentence holds."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = rng.sample(NEUTRAL, 4) + rng.sample(POSITIVE if label else NEGATIVE, 2)
+        rng.shuffle(words)
+        rows.append((labels[label], " ".join(words)))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[object, str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real checkpoint folder (config, safetensors, tokenizer) of a randomly initialised 2-layer BERT."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = {w: i for i, w in enumerate(SPECIAL + POSITIVE + NEGATIVE + NEUTRAL)}
+    BertTokenizer(vocab=vocab).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def channel(tmp_path: Path) -> Path:
+    """A training channel folder with 48 separable rows."""
+    write_csv(tmp_path / "train" / "data.csv", make_rows(48))
+    return tmp_path / "train"
+
+
+@pytest.fixture(autouse=True)
+def _textfit_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="textfit")

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST
+from textfit import TextClassifier, artifact
+from textfit.errors import ArtifactError
+
+
+def test_exact_file_set(tiny_bert: Path, channel: Path, tmp_path: Path) -> None:
+    TextClassifier(str(tiny_bert), FAST).fit(channel).save(tmp_path / "m")
+    names = {p.name for p in (tmp_path / "m").iterdir()}
+    assert names == {"config.json", "model.safetensors", "labels_info.json", "textfit.json", "tokenizer.json",
+                     "tokenizer_config.json"}
+    assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)  # safetensors only
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left over
+
+
+def test_missing_files_are_all_named(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ArtifactError) as info:
+        artifact.check_complete(tmp_path)
+    for name in ("model.safetensors", "labels_info.json", "textfit.json", "tokenizer_config.json"):
+        assert name in str(info.value)
+
+
+def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    def half_write(folder: Path) -> None:
+        (folder / "config.json").write_text("{}")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        artifact.write_atomically(tmp_path / "out", half_write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_incomplete_write_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="missing"):
+        artifact.write_atomically(tmp_path / "out", lambda folder: (folder / "config.json").write_text("{}"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_kept_unless_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match="exists and is not empty; choose another --output or pass --overwrite"):
+        artifact.check_output(out, overwrite=False)
+    artifact.check_output(out, overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ArtifactError, match="not a folder"):
+        artifact.check_output(tmp_path / "file", overwrite=True)
+
+
+def _tar_with(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.addfile(member, io.BytesIO(data) if data else None)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (tarfile.TarInfo("../outside.txt"), "points outside the target folder"),
+        (tarfile.TarInfo("/etc/evil"), "points outside the target folder"),
+    ],
+)
+def test_tarball_paths_outside_the_target_are_refused(tmp_path: Path, member: tarfile.TarInfo, message: str) -> None:
+    member.size = 1
+    tarball = _tar_with(tmp_path, member, b"x")
+    with pytest.raises(ArtifactError, match=message):
+        artifact.safe_extract(tarball, tmp_path / "dest")
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_tarball_links_are_refused(tmp_path: Path) -> None:
+    link = tarfile.TarInfo("config.json")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    with pytest.raises(ArtifactError, match="links are not allowed"):
+        artifact.safe_extract(_tar_with(tmp_path, link), tmp_path / "dest")
+
+
+def test_a_damaged_tarball_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "model.tar.gz"
+    bad.write_bytes(b"not a tarball")
+    with pytest.raises(ArtifactError, match="cannot read the tarball"), artifact.opened(bad):
+        pass

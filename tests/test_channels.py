@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from textfit.channels import class_set, encode_labels, read_channel, stratified_split
+from textfit.errors import DataError
+
+
+def write(tmp_path: Path, content: str | bytes, name: str = "data.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return path
+
+
+def test_real_csv_semantics(tmp_path: Path) -> None:
+    write(tmp_path, '0,plain text\n1,"with, a comma"\n0,"two\nlines"\n1,"a ""quote"""\n\n')
+    ch = read_channel(tmp_path)
+    assert ch.texts == ["plain text", "with, a comma", "two\nlines", 'a "quote"']
+    assert ch.labels == [0, 1, 0, 1]
+    assert ch.lines == [1, 2, 3, 5]  # a quoted newline makes row 4 start on line 5
+
+
+def test_utf8_bom_and_a_csv_file_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "\ufeff1,caf\u00e9 cr\u00e8me\n0,na\u00efve\n", name="reviews.csv")
+    ch = read_channel(path)
+    assert ch.labels == [1, 0] and ch.texts[0] == "caf\u00e9 cr\u00e8me"
+
+
+def test_labels_one_to_n_map_to_indices_with_names(tmp_path: Path) -> None:
+    write(tmp_path, "3,c\n1,a\n2,b\n1,a again\n")
+    write(tmp_path, '{"1": "low", "2": "mid", "3": "high"}', name="labels_info.json")
+    ch = read_channel(tmp_path)
+    classes = class_set(ch)
+    assert classes.values == [1, 2, 3] and classes.names == ["low", "mid", "high"]
+    assert encode_labels(ch, classes, origin="x") == [2, 0, 1, 0]
+
+
+def test_names_keyed_by_index_or_as_a_list(tmp_path: Path) -> None:
+    write(tmp_path, "1,a\n2,b\n")
+    write(tmp_path, '{"0": "first", "1": "second"}', name="labels_info.json")
+    assert class_set(read_channel(tmp_path)).names == ["first", "second"]
+    write(tmp_path, '["neg", "pos"]', name="labels_info.json")
+    assert class_set(read_channel(tmp_path)).names == ["neg", "pos"]
+
+
+def test_string_labels_become_the_classes(tmp_path: Path) -> None:
+    write(tmp_path, "sport,a match\npolitics,a vote\nsport,a goal\n")
+    classes = class_set(read_channel(tmp_path))
+    assert classes.values == ["politics", "sport"] and classes.names == ["politics", "sport"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the file is empty"),
+        (b"label,text\n0,a\n1,b\n", "line 1: this looks like a header row ('label' is not a label)"),
+        (b"0,a\n1,b,c\n", 'line 2: expected 2 columns (label,text) but found 3; quote a text that contains commas'),
+        (b"0,a\n1\n", "line 2: expected 2 columns (label,text) but found 1"),
+        (b"0,a\n1,b\nx,c\n1,d\n", "line 3: label 'x' is not an integer"),
+        (b"0,a\n1,  \n", "line 2: the text is empty"),
+        (b"0,ok\n1,fine\n0,caf\xe9\n", "line 3: the file is not valid UTF-8 (byte 0xe9)"),
+        (b'0,a\n1,"unclosed\n', "malformed CSV"),
+    ],
+)
+def test_bad_files_name_file_line_and_fix(tmp_path: Path, content: bytes, message: str) -> None:
+    path = write(tmp_path, content)
+    with pytest.raises(DataError) as info:
+        read_channel(tmp_path)
+    assert str(path) in str(info.value)
+    assert message in str(info.value)
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file or folder"):
+        read_channel(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no data.csv in this folder"):
+        read_channel(tmp_path / "empty")
+
+
+def test_single_class(tmp_path: Path) -> None:
+    write(tmp_path, "1,a\n1,b\n")
+    with pytest.raises(DataError, match="every row has label 1; a classifier needs at least 2 classes"):
+        class_set(read_channel(tmp_path))
+
+
+def test_validation_labels_missing_from_training(tmp_path: Path) -> None:
+    classes = class_set(read_channel(write(tmp_path, "0,a\n1,b\n")))
+    val = read_channel(write(tmp_path, "0,a\n2,c\n", name="val.csv"))
+    with pytest.raises(DataError, match=r"val.csv, line 2: label 2 is not among the classes"):
+        encode_labels(val, classes, origin="the training data")
+
+
+def test_stratified_split_keeps_class_shares_and_is_reproducible() -> None:
+    labels = [0] * 60 + [1] * 30 + [2] * 10
+    train, val = stratified_split(labels, 0.2, seed=3, path=Path("d.csv"))
+    assert len(val) == 20 and sorted(train + val) == list(range(100))
+    assert Counter(labels[i] for i in val) == {0: 12, 1: 6, 2: 2}
+    assert stratified_split(labels, 0.2, seed=3, path=Path("d.csv")) == (train, val)
+    assert stratified_split(labels, 0.2, seed=4, path=Path("d.csv")) != (train, val)
+
+
+def test_too_few_rows_for_the_split() -> None:
+    with pytest.raises(DataError, match="3 rows are too few to hold out validation_split_ratio=0.1"):
+        stratified_split([0, 1, 1], 0.1, seed=0, path=Path("d.csv"))
+    with pytest.raises(DataError, match="too few"):
+        stratified_split([0, 1, 0, 1], 0.9, seed=0, path=Path("d.csv"))

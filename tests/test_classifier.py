@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import FAST, make_rows, write_csv
+from textfit import TextClassifier
+from textfit.errors import DataError, HyperparameterError, TextfitError
+
+
+@pytest.fixture
+def fitted(tiny_bert: Path, channel: Path) -> TextClassifier:
+    return TextClassifier(str(tiny_bert), {**FAST, "epochs": "6"}).fit(channel)
+
+
+def test_fit_predict_and_classes_order(fitted: TextClassifier) -> None:
+    texts = ["the film was good and great", "the film was bad and awful", "lovely superb acting"]
+    proba = fitted.predict_proba(texts)
+    assert proba.shape == (3, 2) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert fitted.classes_ == ["0", "1"]
+    assert fitted.predict(texts) == [fitted.classes_[i] for i in proba.argmax(axis=1)]
+    assert fitted.predict(texts) == ["1", "0", "1"]
+
+
+def test_predict_keeps_input_order_across_length_sorted_batches(fitted: TextClassifier) -> None:
+    texts = [t for _, t in make_rows(20, seed=5)]
+    texts[3] = texts[3] + " very very very really quite"  # lengths differ: batches are sorted by length
+    proba = fitted.predict_proba(texts)
+    one_by_one = np.vstack([fitted.predict_proba([t]) for t in texts])
+    np.testing.assert_allclose(proba, one_by_one, atol=1e-5)
+
+
+def test_save_load_round_trip(fitted: TextClassifier, tmp_path: Path) -> None:
+    texts = ["good film", "awful plot"]
+    fitted.save(tmp_path / "model", tar=True)
+    for source in (tmp_path / "model", tmp_path / "model.tar.gz"):
+        loaded = TextClassifier.load(source)
+        np.testing.assert_allclose(loaded.predict_proba(texts), fitted.predict_proba(texts), atol=1e-6)
+        assert loaded.classes_ == fitted.classes_ and loaded.best_epoch_ == fitted.best_epoch_
+
+
+def test_manifest_records_the_run(fitted: TextClassifier, tmp_path: Path, channel: Path) -> None:
+    fitted.save(tmp_path / "model")
+    manifest = json.loads((tmp_path / "model" / "textfit.json").read_text())
+    assert manifest["fine_tuned"] is True
+    assert manifest["hyperparameters"]["epochs"] == "6" and manifest["hyperparameters"]["optimizer"] == "adam"
+    assert len(manifest["epochs"]) == 6 and 1 <= manifest["best_epoch"] <= 6
+    assert manifest["data"]["train"]["rows"] + manifest["data"]["validation"]["rows"] == 48
+    assert manifest["data"]["train"]["class_counts"] == {"0": 19, "1": 19}
+    assert len(manifest["data"]["train"]["sha256"]) == 64
+    assert {"torch", "transformers", "textfit"} <= set(manifest["versions"])
+
+
+def test_hugging_face_pipeline_loads_the_artifact(fitted: TextClassifier, tmp_path: Path) -> None:
+    from transformers import pipeline
+
+    fitted.save(tmp_path / "model")
+    pipe = pipeline("text-classification", model=str(tmp_path / "model"))
+    out = pipe(["the film was good and great"])
+    assert out[0]["label"] == fitted.predict(["the film was good and great"])[0]
+    assert out[0]["score"] == pytest.approx(float(fitted.predict_proba(["the film was good and great"]).max()), abs=1e-4)
+
+
+def test_names_and_one_to_n_labels_carry_into_predictions(tiny_bert: Path, tmp_path: Path) -> None:
+    write_csv(tmp_path / "d" / "data.csv", make_rows(48, labels=(1, 2)))
+    (tmp_path / "d" / "labels_info.json").write_text('{"1": "negative", "2": "positive"}')
+    clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "6"}).fit(tmp_path / "d")
+    assert clf.classes_ == ["negative", "positive"] and clf.label_values_ == [1, 2]
+    assert clf.predict(["good great lovely film"]) == ["positive"]
+    assert clf.model_.config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_string_labels(tiny_bert: Path, tmp_path: Path) -> None:
+    write_csv(tmp_path / "data.csv", make_rows(48, labels=("neg", "pos")))
+    clf = TextClassifier(str(tiny_bert), FAST).fit(tmp_path / "data.csv")
+    assert clf.classes_ == ["neg", "pos"]
+
+
+def test_validation_channel_is_used_whole(tiny_bert: Path, channel: Path, tmp_path: Path) -> None:
+    val = write_csv(tmp_path / "val" / "data.csv", make_rows(10, seed=9))
+    clf = TextClassifier(str(tiny_bert), FAST).fit(channel, val.parent)
+    assert clf.manifest_["data"]["train"]["rows"] == 48 and clf.manifest_["data"]["validation"]["rows"] == 10
+
+
+def test_incremental_training_keeps_the_head(fitted: TextClassifier, tmp_path: Path, channel: Path) -> None:
+    fitted.save(tmp_path / "first", tar=True)
+    first_proba = fitted.predict_proba(["good film"])
+    more = TextClassifier(hyperparameters={**FAST, "epochs": "1", "learning_rate": "1e-6"},
+                          init_model=tmp_path / "first.tar.gz").fit(channel)
+    # Auto keeps the trained head: one tiny step cannot move a well-trained model far
+    np.testing.assert_allclose(more.predict_proba(["good film"]), first_proba, atol=0.05)
+    assert more.manifest_["initialized_from"].endswith("first.tar.gz")
+    assert more.model_id_ == fitted.model_id_
+
+
+def test_incremental_training_with_new_classes_is_refused(fitted: TextClassifier, tmp_path: Path) -> None:
+    fitted.save(tmp_path / "first")
+    write_csv(tmp_path / "new" / "data.csv", make_rows(20, labels=(0, 5)))
+    with pytest.raises(DataError, match="label 5 is not among the classes of the model being trained further"):
+        TextClassifier(hyperparameters=FAST, init_model=tmp_path / "first").fit(tmp_path / "new")
+
+
+def test_reinitialized_head_accepts_new_classes(fitted: TextClassifier, tmp_path: Path) -> None:
+    fitted.save(tmp_path / "first")
+    write_csv(tmp_path / "new" / "data.csv", make_rows(30, labels=("a", "b")))
+    clf = TextClassifier(hyperparameters={**FAST, "reinitialize_top_layer": "True"},
+                         init_model=tmp_path / "first").fit(tmp_path / "new")
+    assert clf.classes_ == ["a", "b"]
+
+
+def test_keeping_a_head_that_a_pretrained_encoder_lacks_is_an_error(tiny_bert: Path, channel: Path) -> None:
+    with pytest.raises(HyperparameterError, match="reinitialize_top_layer=False needs a fine-tuned textfit model"):
+        TextClassifier(str(tiny_bert), {**FAST, "reinitialize_top_layer": "False"}).fit(channel)
+
+
+def test_unfitted_and_wrong_input() -> None:
+    with pytest.raises(TextfitError, match="not fitted yet"):
+        TextClassifier().predict(["x"])
+
+
+def test_single_string_is_refused(fitted: TextClassifier) -> None:
+    with pytest.raises(DataError, match="wrap it"):
+        fitted.predict_proba("the film")  # type: ignore[arg-type]

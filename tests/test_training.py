@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import make_rows
+from textfit import batching, training
+from textfit.hyperparameters import OPTIMIZERS, Hyperparameters
+
+
+def tiny_model(tiny_bert: Path, num_labels: int = 2, seed: int = 0) -> tuple[torch.nn.Module, object]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=num_labels)
+    return model, AutoTokenizer.from_pretrained(tiny_bert)
+
+
+def data(tokenizer: object, n: int, seed: int) -> batching.Encoded:
+    rows = make_rows(n, seed)
+    return batching.encode(tokenizer, [t for _, t in rows], 32, [int(y) for y, _ in rows])  # type: ignore[arg-type]
+
+
+def hp(**values: object) -> Hyperparameters:
+    base = {"epochs": 4, "batch_size": 8, "learning_rate": 0.01, "precision": "fp32"}
+    return Hyperparameters(**{**base, **values})  # type: ignore[arg-type]
+
+
+def test_loss_falls_and_accuracy_rises_on_a_separable_set(tiny_bert: Path) -> None:
+    model, tok = tiny_model(tiny_bert)
+    result = training.train(model, data(tok, 64, 0), data(tok, 32, 1), hp(epochs=8))
+    losses = [m.loss for m in result.history]
+    assert losses[-1] < losses[0] * 0.5
+    assert max(m.val_accuracy for m in result.history) >= 0.9  # type: ignore[type-var]
+
+
+def test_seeded_runs_are_identical(tiny_bert: Path) -> None:
+    runs = []
+    for _ in range(2):
+        model, tok = tiny_model(tiny_bert)
+        runs.append([m.loss for m in training.train(model, data(tok, 32, 0), data(tok, 16, 1), hp(epochs=2)).history])
+    assert runs[0] == runs[1]
+
+
+def test_golden_first_losses(tiny_bert: Path) -> None:
+    """Pins the loop's numbers: a change to the loss, batching or optimizer mapping shows up here."""
+    model, tok = tiny_model(tiny_bert)
+    result = training.train(model, data(tok, 32, 0), None, hp(epochs=3))
+    assert [m.loss for m in result.history] == pytest.approx([0.7055, 0.7096, 0.6929], abs=2e-3)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_trains(tiny_bert: Path, optimizer: str) -> None:
+    model, tok = tiny_model(tiny_bert)
+    before = model.classifier.weight.detach().clone()
+    lr = 1.0 if optimizer == "adadelta" else 0.01
+    result = training.train(model, data(tok, 16, 0), None, hp(epochs=1, optimizer=optimizer, learning_rate=lr))
+    assert not torch.equal(before, model.classifier.weight)
+    assert result.history[0].loss > 0
+
+
+def test_optimizer_mapping_carries_the_knobs() -> None:
+    params = [("w", torch.nn.Parameter(torch.zeros(2, 2))), ("b", torch.nn.Parameter(torch.zeros(2)))]
+    h = Hyperparameters(beta_1=0.8, beta_2=0.95, epsilon=1e-6, momentum=0.5, rho=0.7, initial_accumulator_value=0.2)
+    adam = training.OPTIMIZERS["adam"](params, h).defaults
+    assert (adam["betas"], adam["eps"]) == ((0.8, 0.95), 1e-6)
+    adamw = training.OPTIMIZERS["adamw"](params, h)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.01, 0.0]  # no decay on the bias
+    assert training.OPTIMIZERS["nesterov"](params, h).defaults["nesterov"] is True
+    assert training.OPTIMIZERS["sgd"](params, h).defaults["momentum"] == 0.5
+    assert training.OPTIMIZERS["rmsprop"](params, h).defaults["alpha"] == 0.7
+    assert training.OPTIMIZERS["adadelta"](params, h).defaults["rho"] == 0.7
+    assert training.OPTIMIZERS["adagrad"](params, h).defaults["initial_accumulator_value"] == 0.2
+
+
+def test_warmup_then_linear_decay() -> None:
+    f = training.warmup_then_linear_decay(total_steps=100, warmup_fraction=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5) and f(100) == 0.0
+
+
+def test_early_stopping_stops_and_the_best_epoch_is_kept(tiny_bert: Path) -> None:
+    model, tok = tiny_model(tiny_bert)
+    # a learning rate this high makes val_accuracy stall quickly; patience 1 must then stop the run
+    h = hp(epochs=30, early_stopping=True, early_stopping_patience=1, early_stopping_min_delta=0.5)
+    result = training.train(model, data(tok, 32, 0), data(tok, 16, 1), h)
+    assert result.stopped_early and len(result.history) == 2
+    assert result.best_epoch in (1, 2)
+
+
+def test_the_best_epoch_not_the_last_is_kept(tiny_bert: Path) -> None:
+    model, tok = tiny_model(tiny_bert)
+    val = data(tok, 16, 1)
+    result = training.train(model, data(tok, 48, 0), val, hp(epochs=6, learning_rate=0.05))
+    best = result.history[result.best_epoch - 1]
+    assert all(best.val_accuracy >= m.val_accuracy for m in result.history)  # type: ignore[operator]
+    _, accuracy = training.evaluate(model, val, 8, torch.device("cpu"), None)
+    assert accuracy == best.val_accuracy
+
+
+def test_train_only_on_top_layer_freezes_the_encoder(tiny_bert: Path) -> None:
+    model, tok = tiny_model(tiny_bert)
+    encoder = {k: v.clone() for k, v in model.base_model.state_dict().items()}
+    result = training.train(model, data(tok, 48, 0), data(tok, 16, 1),
+                            hp(epochs=3, train_only_on_top_layer=True, learning_rate=0.05))
+    assert all(torch.equal(encoder[k], v) for k, v in model.base_model.state_dict().items())
+    assert result.history[-1].loss < result.history[0].loss
+
+
+def test_cached_features_match_the_full_forward(tiny_bert: Path) -> None:
+    model, tok = tiny_model(tiny_bert)
+    model.eval()
+    batch = next(batching.iterate(data(tok, 8, 0), 8, shuffle=False))
+    with torch.inference_mode():
+        full = model(**batch.inputs).logits
+        cached = training.head_logits(model, training.pooled_features(model, batch))
+    torch.testing.assert_close(full, cached)
+
+
+def test_l2_penalty_is_on_the_head_weights_only(tiny_bert: Path) -> None:
+    model, _ = tiny_model(tiny_bert)
+    expected = 0.5 * model.classifier.weight.pow(2).sum()
+    torch.testing.assert_close(training.l2_penalty(model, 0.5), expected)
+    assert training.l2_penalty(model, 0.0) == 0.0
+
+
+# SageMaker's tuning regexes (spec §5): the documented one and the one every AWS notebook uses.
+SAGEMAKER_REGEXES = {
+    "val_accuracy (doc)": r"val_accuracy=([0-9\.]+)",
+    "val_accuracy (notebooks)": r"val_accuracy: ([0-9\.]+)",
+    "val_loss": r"val_loss: ([0-9\.]+)",
+    "train_accuracy": r"- accuracy: ([0-9\.]+)",
+    "train_loss": r"- loss: ([0-9\.]+)",
+}
+
+
+def test_metric_lines_parse_with_sagemaker_regexes(tiny_bert: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model, tok = tiny_model(tiny_bert)
+    result = training.train(model, data(tok, 32, 0), data(tok, 16, 1), hp(epochs=2))
+    log = "\n".join(caplog.messages)
+    assert re.search(r"^Epoch 1/2$", log, re.M) and re.search(r"^4/4 - \d+s - loss: ", log, re.M)
+    for name, regex in SAGEMAKER_REGEXES.items():
+        values = [float(v) for v in re.findall(regex, log)]
+        assert values, name
+    val = [float(v) for v in re.findall(SAGEMAKER_REGEXES["val_accuracy (doc)"], log)]
+    best = result.history[result.best_epoch - 1].val_accuracy
+    assert val[:2] == [round(m.val_accuracy, 4) for m in result.history]  # type: ignore[arg-type]
+    assert val[-1] == round(best, 4)  # the tuner's last reading is the kept epoch  # type: ignore[arg-type]
+
+
+def test_length_bucketed_batches_cover_every_row_once() -> None:
+    lengths = [5, 50, 6, 49, 7, 48, 8, 47] * 10
+    plan = batching.plan_batches(lengths, 8, shuffle=True, seed=1)
+    assert sorted(r for group in plan for r in group) == list(range(80))
+    assert batching.plan_batches(lengths, 8, shuffle=True, seed=1) == plan
+    spread = [max(lengths[r] for r in g) - min(lengths[r] for r in g) for g in plan]
+    assert max(spread) <= 3  # rows of similar length share a batch
