@@ -53,6 +53,17 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained artifact folder of the tiny BERT on separable data (accuracy 1.0 on its validation split)."""
+    from textfit import TextClassifier
+
+    root = tmp_path_factory.mktemp("tiny-artifact")
+    write_csv(root / "train" / "data.csv", make_rows(64))
+    clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "8"}).fit(root / "train")
+    return clf.save(root / "model")
+
+
 @pytest.fixture
 def channel(tmp_path: Path) -> Path:
     """A training channel folder with 48 separable rows."""

@@ -124,11 +124,11 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert f"usage: textfit {name}" in capsys.readouterr().out
 
 
-def test_models_lists_the_zoo_with_defaults(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["models"]) == 0
-    out = capsys.readouterr().out
-    assert "textfit-tc-all-minilm-l6-v2" in out and "tensorflow-tc-talking-heads-large" in out
-    assert "learning_rate=1e-4" in out
+def test_models_info_shows_the_fine_tuning_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "info", "textfit-tc-all-minilm-l6-v2"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["fine_tuning_defaults"]["learning_rate"] == "0.0001"
+    assert info["fine_tuning_defaults"]["optimizer"] == "adamw" and info["parameters"] == 22_713_216
 
 
 def test_a_run_killed_mid_training_leaves_no_artifact(tiny_bert: Path, tmp_path: Path) -> None:

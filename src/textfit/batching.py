@@ -25,6 +25,8 @@ class Encoded:
     labels: list[int] | None
     pad_id: int
     has_token_types: bool
+    owners: list[int] | None = None
+    """With windows: the text each row (window) belongs to."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -45,12 +47,21 @@ class Batch:
         return Batch(self.rows, inputs, labels)
 
 
-def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequence[int] | None = None) -> Encoded:
-    """Tokenize all texts in one call (the fast tokenizer parallelises it), truncated to max_length tokens."""
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
+def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequence[int] | None = None,
+           window_overlap: int | None = None) -> Encoded:
+    """Tokenize all texts in one call (the fast tokenizer parallelises it), truncated to max_length tokens.
+
+    With `window_overlap`, a text longer than max_length becomes several overlapping windows instead,
+    each `window_overlap` tokens into the previous one; `owners` maps windows back to texts.
+    """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     has_types = "token_type_ids" in tokenizer.model_input_names
-    return Encoded(list(ids), None if labels is None else list(labels), pad_id, has_types)
+    if window_overlap is None:
+        ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
+        return Encoded(list(ids), None if labels is None else list(labels), pad_id, has_types)
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length, stride=window_overlap, padding=False,
+                    return_overflowing_tokens=True)
+    return Encoded(list(enc["input_ids"]), None, pad_id, has_types, list(enc["overflow_to_sample_mapping"]))
 
 
 def collate(data: Encoded, rows: list[int]) -> Batch:

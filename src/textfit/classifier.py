@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import logging
 import platform
+import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from textfit import artifact, batching, training
+from textfit import artifact, batching, export, training
 from textfit.channels import Channel, ClassSet, class_set, encode_labels, read_channel, stratified_split
 from textfit.errors import ArtifactError, DataError, HyperparameterError, TextfitError
 from textfit.hyperparameters import Hyperparameters, resolve
@@ -190,6 +191,7 @@ class TextClassifier:
         result = training.train(model, train_data, val_data, hp)
 
         self.model_, self.tokenizer_, self.hyperparameters_ = model.cpu().eval(), tokenizer, hp
+        self.runner_ = export.TorchRunner(self.model_)
         self.classes_, self.label_values_ = list(classes.names), list(classes.values)
         self.model_id_ = resolved.model_id if resolved else model_id
         self.history_, self.best_epoch_ = [m.as_dict() for m in result.history], result.best_epoch
@@ -217,20 +219,35 @@ class TextClassifier:
         if not hasattr(self, "model_"):
             raise TextfitError("this TextClassifier is not fitted yet; call fit() or TextClassifier.load()")
 
-    @torch.inference_mode()
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Probabilities, one row per text, columns in the order of `classes_`."""
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64, *, long_texts: str = "truncate"
+                      ) -> np.ndarray:
+        """Probabilities, one row per text, columns in the order of `classes_`.
+
+        Args:
+            texts: the texts; they are batched by length and padded per batch.
+            long_texts: "truncate" (SageMaker's behaviour) cuts texts at max_seq_length tokens; "window"
+                classifies overlapping windows of a longer text and averages their probabilities,
+                weighted by window length.
+        """
         self._check_fitted()
         if isinstance(texts, str):
             raise DataError("predict_proba takes a list of texts, not a single string; wrap it: [text]")
+        if long_texts not in ("truncate", "window"):
+            raise DataError(f"long_texts={long_texts!r} is not valid; use truncate or window")
         if len(texts) == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
-        data = batching.encode(self.tokenizer_, texts, self.hyperparameters_.max_seq_length)
-        out = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
+        max_length = self.hyperparameters_.max_seq_length
+        overlap = max_length // 4 if long_texts == "window" else None
+        data = batching.encode(self.tokenizer_, texts, max_length, window_overlap=overlap)
+        rows = np.zeros((len(data), len(self.classes_)), dtype=np.float32)
         for batch in batching.iterate(data, batch_size, shuffle=False):
-            logits = self.model_(**batch.inputs).logits.float()
-            out[batch.rows] = torch.softmax(logits, dim=-1).numpy()
-        return out
+            rows[batch.rows] = _softmax(self.runner_(batch.inputs))
+        if data.owners is None:
+            return rows
+        weights = np.array([len(ids) for ids in data.input_ids], dtype=np.float32)
+        out = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
+        np.add.at(out, data.owners, rows * weights[:, None])
+        return out / out.sum(axis=1, keepdims=True)
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         """The most probable class of each text (its name where the data gave names)."""
@@ -255,8 +272,15 @@ class TextClassifier:
         return output
 
     @classmethod
-    def load(cls, path: str | Path) -> TextClassifier:
-        """Load an artifact folder or model.tar.gz written by `save` (weights from safetensors only)."""
+    def load(cls, path: str | Path, *, backend: str = "torch", quantized: bool = False,
+             threads: int | None = None) -> TextClassifier:
+        """Load an artifact folder or model.tar.gz written by `save` (weights from safetensors only).
+
+        Args:
+            backend: "torch", or "onnx" for ONNX Runtime (the artifact's onnx/ export, made on the fly if missing).
+            quantized: with onnx, the int8 dynamically quantized model.
+            threads: intra-op threads of the ONNX Runtime session (default: torch's thread count).
+        """
         with artifact.opened(path) as folder:
             artifact.check_complete(folder)
             manifest = artifact.read_json(folder / artifact.MANIFEST)
@@ -264,11 +288,30 @@ class TextClassifier:
             clf = cls(manifest.get("model_id"), manifest.get("hyperparameters"))
             clf.model_ = _load_model(str(folder), False).eval()
             clf.tokenizer_ = _load_tokenizer(str(folder), False)
+            clf.runner_ = export.runner(clf.model_, folder, backend, input_names(clf.tokenizer_), quantized, threads)
         clf.hyperparameters_ = Hyperparameters.from_strings(manifest.get("hyperparameters", {}))
         clf.classes_, clf.label_values_ = list(labels["labels"]), list(labels["label_values"])
         clf.model_id_, clf.manifest_ = manifest.get("model_id"), manifest
         clf.history_, clf.best_epoch_ = manifest.get("epochs", []), manifest.get("best_epoch", 0)
+        clf.backend_ = backend
         return clf
+
+    def export_onnx(self, folder: str | Path, *, quantize: bool = False) -> Path:
+        """Write onnx/model.onnx (and with quantize, onnx/model.int8.onnx) into a saved artifact folder."""
+        self._check_fitted()
+        fp32 = export.export_onnx(self.model_, input_names(self.tokenizer_), export.onnx_path(Path(folder), False))
+        return export.quantize_int8(fp32, export.onnx_path(Path(folder), True)) if quantize else fp32
+
+
+def input_names(tokenizer: Any) -> list[str]:
+    """The model inputs that batching.collate builds for this tokenizer."""
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names
+                                              else [])
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def log_hyperparameters(hp: Hyperparameters, given: Mapping[str, object]) -> None:
@@ -279,3 +322,45 @@ def log_hyperparameters(hp: Hyperparameters, given: Mapping[str, object]) -> Non
     log.info("Hyperparameters (* = given, others are defaults for this model):")
     for name, value in hp.to_strings().items():
         log.info("  %s%s = %s", "*" if name in user else " ", name, value)
+
+
+def train(train: str | Path, validation: str | Path | None = None, *, model_id: str | None = None,
+          hyperparameters: Mapping[str, object] | None = None, output: str | Path | None = None,
+          model: str | Path | None = None, tar: bool = False, overwrite: bool = False,
+          allow_network: bool = False) -> TextClassifier:
+    """Fine-tune and (with `output`) save: what `textfit train` does, from Python. Paths may be s3:// URIs.
+
+    >>> clf = textfit.train("data/", model_id="textfit-tc-all-minilm-l6-v2", output="model/")  # doctest: +SKIP
+    >>> textfit.load("model/").predict(["a lovely film"])  # doctest: +SKIP
+    """
+    from textfit import remote
+
+    if output is not None and not remote.is_remote(output):
+        artifact.check_output(Path(output), overwrite)  # before hours of training, not after
+    with contextlib.ExitStack() as stack:
+        local = lambda loc: None if loc is None else stack.enter_context(remote.local_copy(loc))  # noqa: E731
+        clf = TextClassifier(model_id, hyperparameters, init_model=local(model), allow_network=allow_network)
+        clf.fit(local(train), local(validation))  # type: ignore[arg-type]
+        clf.init_model = model  # the manifest names where it came from, not the temporary copy
+        if model is not None:
+            clf.manifest_["initialized_from"] = str(model)
+    if output is None:
+        return clf
+    if not remote.is_remote(output):
+        clf.save(output, overwrite=overwrite, tar=tar)
+        return clf
+    with tempfile.TemporaryDirectory(prefix="textfit-out-") as tmp:
+        folder = clf.save(Path(tmp) / "model", tar=tar)
+        remote.upload(folder, str(output))
+        if tar:
+            remote.upload(folder.with_name("model.tar.gz"), str(output).rstrip("/") + ".tar.gz")
+    return clf
+
+
+def load(path: str | Path, *, backend: str = "torch", quantized: bool = False,
+         threads: int | None = None) -> TextClassifier:
+    """Load a trained model (folder, model.tar.gz, or an s3:// URI of either); see TextClassifier.load."""
+    from textfit import remote
+
+    with remote.local_copy(path) as local:
+        return TextClassifier.load(local, backend=backend, quantized=quantized, threads=threads)

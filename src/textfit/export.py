@@ -1,0 +1,172 @@
+"""ONNX export of a trained model, its int8 dynamic quantization, and the ONNX Runtime forward pass.
+
+ONNX Runtime runs these encoders about 3x faster than eager PyTorch at batch 1 on CPU, and int8 dynamic
+quantization doubles that again at a small accuracy cost, which `export` measures and reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from textfit.errors import ArtifactError
+
+log = logging.getLogger("textfit")
+
+ONNX_DIR = "onnx"
+FP32 = "model.onnx"
+INT8 = "model.int8.onnx"
+OPSET = 17
+
+
+def onnx_path(folder: Path, quantized: bool) -> Path:
+    return folder / ONNX_DIR / (INT8 if quantized else FP32)
+
+
+def export_onnx(model: torch.nn.Module, input_names: list[str], output: Path) -> Path:
+    """Trace the model to ONNX with dynamic batch and sequence axes (TorchScript exporter, opset 17)."""
+    model = model.eval().float()
+    example = {name: torch.ones((2, 8), dtype=torch.long) for name in input_names}
+    # Padding in the example, so that the traced graph takes the masking path whatever shortcut the model
+    # code has for unpadded inputs.
+    example["attention_mask"][1, 5:] = 0
+    axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            # The TorchScript exporter is deprecated but exact for these encoders (the dynamo one needs onnxscript);
+            # its tracer warns about shape-dependent Python branches, which the padded example exercises.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (), str(tmp), kwargs=example, input_names=input_names,
+                              output_names=["logits"], dynamic_axes={**axes, "logits": {0: "batch"}},
+                              opset_version=OPSET, dynamo=False)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output
+
+
+def quantize_int8(source: Path, output: Path) -> Path:
+    """Dynamic int8 quantization of the weights of MatMul layers (activations stay float)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / output.name
+        quantize_dynamic(str(source), str(staged), weight_type=QuantType.QInt8)
+        os.replace(staged, output)
+    return output
+
+
+class OnnxRunner:
+    """The ONNX Runtime forward pass: inputs as torch tensors, logits as a numpy array."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        if not path.is_file():
+            raise ArtifactError(f"{path}: no ONNX model; run `textfit export --model MODEL --format onnx` first")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.path = path
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+        feed = {name: inputs[name].numpy() for name in self.input_names}
+        return np.asarray(self.session.run(["logits"], feed)[0], dtype=np.float32)
+
+
+class TorchRunner:
+    """The PyTorch forward pass, fp32, on CPU."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    @torch.inference_mode()
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+        return self.model(**inputs).logits.float().numpy()
+
+
+def runner(model: torch.nn.Module, folder: Path | None, backend: str, input_names: list[str],
+           quantized: bool = False, threads: int | None = None) -> Any:
+    """A forward pass for `backend`: torch, or onnx from the artifact's onnx/ folder (exported if missing)."""
+    if backend == "torch":
+        return TorchRunner(model)
+    if backend != "onnx":
+        raise ArtifactError(f"unknown backend {backend!r}; use torch or onnx")
+    path = onnx_path(folder, quantized) if folder is not None else None
+    if path is None or not path.is_file():
+        cache = Path(tempfile.mkdtemp(prefix="textfit-onnx-"))
+        log.info("No %s in the model folder: exporting to %s", INT8 if quantized else FP32, cache)
+        path = export_onnx(model, input_names, cache / FP32)
+        if quantized:
+            path = quantize_int8(path, cache / INT8)
+    return OnnxRunner(path, threads)
+
+
+# Texts to compare engines on when no labelled data is given: varied length and topic, no signal intended.
+PROBE_TEXTS = [
+    "The results were announced this morning.", "I would not recommend it to anyone.",
+    "An absolute delight from start to finish, with a superb cast.", "Prices rose sharply in the third quarter.",
+    "The team won the final after extra time.", "It stopped working after a week and support never answered.",
+    "A new study links sleep to memory.", "Fine.", "The software update adds several features and fixes bugs.",
+    "The minister resigned after the vote.",
+]
+
+
+def _compare(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    return {"max_abs_probability_diff": float(np.abs(reference - other).max()),
+            "agreement": float((reference.argmax(1) == other.argmax(1)).mean())}
+
+
+def quantization_report(clf: Any, folder: Path, data: Path | None) -> dict[str, Any]:
+    """How far the ONNX engines are from PyTorch: probability differences, agreement and, with data, accuracy."""
+    from textfit.channels import read_channel
+
+    if data is not None:
+        channel = read_channel(data)
+        texts = channel.texts
+        truth = [_name(clf, label) for label in channel.labels]
+    else:
+        texts, truth = PROBE_TEXTS, None
+    torch_probs = clf.predict_proba(texts)
+    report: dict[str, Any] = {"texts": len(texts)}
+    if truth is not None:
+        report["accuracy_torch"] = _accuracy(torch_probs, truth, clf.classes_)
+    for name, quantized in (("onnx_fp32", False), ("onnx_int8", True)):
+        path = onnx_path(folder, quantized)
+        if not path.is_file():
+            continue
+        saved = clf.runner_
+        clf.runner_ = OnnxRunner(path)
+        try:
+            probs = clf.predict_proba(texts)
+        finally:
+            clf.runner_ = saved
+        report[name] = _compare(torch_probs, probs)
+        if truth is not None:
+            report[name]["accuracy"] = _accuracy(probs, truth, clf.classes_)
+    if truth is None:
+        log.info("Pass --data with labelled rows to measure the accuracy cost; probe texts compare engines only")
+    return report
+
+
+def _name(clf: Any, label: object) -> str:
+    for value, name in zip(clf.label_values_, clf.classes_):
+        if str(label) == str(value):
+            return str(name)
+    return str(label)
+
+
+def _accuracy(probs: np.ndarray, truth: list[str], classes: list[str]) -> float:
+    return float(np.mean([classes[i] == t for i, t in zip(probs.argmax(1), truth)]))

@@ -1,0 +1,158 @@
+"""SageMaker's container contract in one place, and the only module that reads the environment.
+
+Training (spec §11): hyperparameters.json, the channels, /opt/ml/model and the failure file. Serving
+(spec §9-§10): the port, the payload limit, batch transform's settings and the default Accept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from textfit.errors import TextfitError
+
+DEFAULT_PREFIX = "/opt/ml"
+
+
+@dataclass(frozen=True)
+class ServeEnvironment:
+    port: int = 8080
+    max_payload_mb: float = 6.0
+    default_accept: str = "application/json"
+    batch: bool = False
+    batch_strategy: str = "MULTI_RECORD"
+    max_concurrent_transforms: int = 4
+    model_dir: str = f"{DEFAULT_PREFIX}/model"
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise TextfitError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def serve_environment() -> ServeEnvironment:
+    """SAGEMAKER_* settings of a hosting or batch transform container; unset ones keep SageMaker's defaults."""
+    payload = os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", "").strip()
+    try:
+        max_payload = float(payload) if payload else 6.0
+    except ValueError:
+        raise TextfitError(f"environment variable SAGEMAKER_MAX_PAYLOAD_IN_MB={payload!r} is not a number") from None
+    strategy = os.environ.get("SAGEMAKER_BATCH_STRATEGY", "MULTI_RECORD").strip().upper().replace("MULTIRECORD",
+                                                                                                    "MULTI_RECORD")
+    return ServeEnvironment(
+        port=_int("SAGEMAKER_BIND_TO_PORT", 8080),
+        # 0 means chunked transfer, which built-in algorithms do not support: keep the default limit then
+        max_payload_mb=max_payload if max_payload > 0 else 6.0,
+        default_accept=os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "application/json").strip(),
+        batch=os.environ.get("SAGEMAKER_BATCH", "").strip().lower() == "true",
+        batch_strategy=strategy.replace("SINGLERECORD", "SINGLE_RECORD"),
+        max_concurrent_transforms=_int("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", 4),
+        model_dir=os.environ.get("SM_MODEL_DIR", f"{DEFAULT_PREFIX}/model"),
+    )
+
+
+def model_store_dir() -> Path:
+    """The local model store: TEXTFIT_MODEL_STORE, else ~/.cache/textfit/models (XDG_CACHE_HOME respected)."""
+    configured = os.environ.get("TEXTFIT_MODEL_STORE", "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(cache) if cache else Path.home() / ".cache") / "textfit" / "models"
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """What a SageMaker training container sees (spec §11), under a prefix (default /opt/ml)."""
+
+    prefix: Path
+    hyperparameters: dict[str, str]
+    train: Path
+    validation: Path | None
+    model: Path | None
+    """The `model` channel: a pretrained checkpoint or an earlier fine-tuned model.tar.gz (incremental)."""
+    model_dir: Path
+    failure_file: Path
+    hosts: list[str]
+    current_host: str
+
+    @property
+    def model_id(self) -> str | None:
+        """textfit's extra hyperparameter naming the encoder when no model channel is given."""
+        return self.hyperparameters.get("model_id")
+
+    @property
+    def algorithm_hyperparameters(self) -> dict[str, str]:
+        return {k: v for k, v in self.hyperparameters.items() if k != "model_id"}
+
+
+def _read_json(path: Path, what: str) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TextfitError(f"{path}: cannot read the {what} ({exc})") from None
+
+
+def _channel(prefix: Path, name: str) -> Path | None:
+    configured = os.environ.get(f"SM_CHANNEL_{name.upper()}", "").strip()
+    path = Path(configured) if configured else prefix / "input" / "data" / name
+    return path if path.exists() and any(path.iterdir()) else None
+
+
+def _model_channel(path: Path | None) -> Path | None:
+    """The model channel holds a checkpoint folder, or a tarball of one (the first *.tar.gz, as JumpStart)."""
+    if path is None or (path / "config.json").is_file():
+        return path
+    tarballs = sorted(path.glob("*.tar.gz"))
+    if tarballs:
+        return tarballs[0]
+    return path
+
+
+def training_job(prefix: str | Path | None = None) -> TrainingJob:
+    """The container layout of a training job; SM_* variables win over the prefix's defaults."""
+    root = Path(prefix or os.environ.get("SM_BASE_DIR", DEFAULT_PREFIX))
+    config = root / "input" / "config"
+    hp_file = config / "hyperparameters.json"
+    hyperparameters = _read_json(hp_file, "hyperparameters") if hp_file.is_file() else {}
+    if not isinstance(hyperparameters, dict):
+        raise TextfitError(f"{hp_file}: expected a JSON object of hyperparameters")
+    train = _channel(root, "training") or _channel(root, "train")
+    if train is None:
+        raise TextfitError(f"no training channel: put data.csv in {root / 'input' / 'data' / 'training'} "
+                           "(the estimator's fit({'training': 's3://bucket/prefix/'}))")
+    resources = config / "resourceconfig.json"
+    resource = _read_json(resources, "resource config") if resources.is_file() else {}
+    hosts = json.loads(os.environ["SM_HOSTS"]) if os.environ.get("SM_HOSTS") else resource.get("hosts", [])  # type: ignore[union-attr]
+    current = os.environ.get("SM_CURRENT_HOST") or resource.get("current_host", "")  # type: ignore[union-attr]
+    model_dir = os.environ.get("SM_MODEL_DIR") if prefix is None else None
+    return TrainingJob(
+        prefix=root,
+        hyperparameters={str(k): str(v) for k, v in hyperparameters.items()},
+        train=train,
+        validation=_channel(root, "validation"),
+        model=_model_channel(_channel(root, "model")),
+        model_dir=Path(model_dir) if model_dir else root / "model",
+        failure_file=root / "output" / "failure",
+        hosts=list(hosts) or ["localhost"],
+        current_host=current or "localhost",
+    )
+
+
+def write_failure(prefix: str | Path | None, message: str) -> None:
+    """SageMaker shows the first 1024 characters of /opt/ml/output/failure as the job's FailureReason."""
+    path = Path(prefix or os.environ.get("SM_BASE_DIR", DEFAULT_PREFIX)) / "output" / "failure"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(message[:1024] + "\n", encoding="utf-8")
+    except OSError:
+        pass  # the message still goes to stderr, which SageMaker logs
