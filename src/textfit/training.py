@@ -246,8 +246,13 @@ def _embed(model: nn.Module, data: Encoded, batch_size: int, device: torch.devic
 
 
 def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: Hyperparameters,
-          device: torch.device | None = None) -> TrainResult:
-    """Fine-tune `model` in place and leave it holding the weights of the best epoch by val_accuracy."""
+          device: torch.device | None = None, on_epoch: Callable[[int, EpochMetrics], None] | None = None
+          ) -> TrainResult:
+    """Fine-tune `model` in place and leave it holding the weights of the best epoch by val_accuracy.
+
+    `on_epoch(epoch, metrics)` sees each epoch's metrics; hyperparameter tuning reports them to its pruner there,
+    and stops a hopeless trial by raising.
+    """
     device = device or pick_device()
     dtype = autocast_dtype(device, hp.precision)
     model.to(device)
@@ -312,6 +317,8 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
         metrics.seconds = time.perf_counter() - start
         result.history.append(metrics)
         log_epoch(epoch, hp.epochs, metrics)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
 
         if _is_better(metrics, best):
             best, result.best_epoch = metrics, epoch

@@ -1,0 +1,466 @@
+"""Hyperparameter tuning on Optuna: maximise val_accuracy, as SageMaker's Automatic Model Tuning does (spec §5).
+
+Ranges come in SageMaker's `ParameterRanges` shape; each trial is a real `TextClassifier.fit`; a median pruner
+stops hopeless trials at epoch ends (AMT's early stopping); an RDB storage (SQLite by default, in the output
+folder) makes a killed run resumable and lets workers on several machines share one study.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from textfit.errors import HyperparameterError
+from textfit.hyperparameters import FIELDS, canonical_name, parse_hyperparameters
+
+log = logging.getLogger("textfit")
+
+STRATEGIES = ("bayesian", "random", "grid")
+SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
+
+# spec §5: the recommended ranges of SageMaker's tuning page for this algorithm.
+DEFAULT_RANGES: dict[str, list[dict[str, Any]]] = {
+    "IntegerParameterRanges": [{"Name": "batch_size", "MinValue": "4", "MaxValue": "128", "ScalingType": "Auto"}],
+    "ContinuousParameterRanges": [
+        {"Name": "beta_1", "MinValue": "1e-6", "MaxValue": "0.999", "ScalingType": "Auto"},
+        {"Name": "beta_2", "MinValue": "1e-6", "MaxValue": "0.999", "ScalingType": "Auto"},
+        {"Name": "eps", "MinValue": "1e-8", "MaxValue": "1.0", "ScalingType": "Auto"},
+        {"Name": "learning_rate", "MinValue": "1e-6", "MaxValue": "0.5", "ScalingType": "Auto"},
+        {"Name": "momentum", "MinValue": "0.0", "MaxValue": "0.999", "ScalingType": "Auto"},
+        {"Name": "regularizers_l2", "MinValue": "0.0", "MaxValue": "0.999", "ScalingType": "Auto"},
+    ],
+    "CategoricalParameterRanges": [
+        {"Name": "optimizer", "Values": ["adamw", "adam", "sgd", "rmsprop", "nesterov", "adagrad", "adadelta"]},
+        {"Name": "train_only_on_top_layer", "Values": ["True", "False"]},
+    ],
+}
+
+# Optimizer-specific hyperparameters are sampled only with their optimizer (spec §5: "use beta_1 and beta_2
+# only when adamw or adam is the optimizer"), so the search does not spend trials on values that do nothing.
+CONDITIONS: dict[str, set[str]] = {
+    "beta_1": {"adam", "adamw"},
+    "beta_2": {"adam", "adamw"},
+    "momentum": {"sgd", "nesterov"},
+    "epsilon": {"adam", "adamw", "rmsprop", "adadelta", "adagrad"},
+    "rho": {"rmsprop", "adadelta"},
+    "initial_accumulator_value": {"adagrad"},
+    "warmup_steps_fraction": {"adamw"},
+}
+
+
+@dataclass(frozen=True)
+class Range:
+    name: str
+    kind: str
+    """continuous, integer or categorical."""
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    values: tuple[str, ...] = ()
+
+
+def _range(kind: str, item: Mapping[str, Any], problems: list[str]) -> Range | None:
+    raw_name = str(item.get("Name", ""))
+    name = canonical_name(raw_name)
+    if name is None:
+        problems.append(f"{kind} range {raw_name!r} is not a hyperparameter of this algorithm")
+        return None
+    if kind == "categorical":
+        values = tuple(str(v) for v in item.get("Values", []))
+        if not values:
+            problems.append(f"{raw_name}: a categorical range needs a non-empty Values list")
+            return None
+        for value in values:
+            try:
+                parse_hyperparameters({name: value})
+            except HyperparameterError as exc:
+                problems.append(f"{raw_name}: {exc}")
+        return Range(name, kind, values=values)
+    try:
+        low, high = float(item["MinValue"]), float(item["MaxValue"])
+    except (KeyError, ValueError):
+        problems.append(f"{raw_name}: MinValue and MaxValue must be numbers given as strings, e.g. \"1e-5\"")
+        return None
+    scaling = str(item.get("ScalingType", "Auto"))
+    meta = FIELDS[name].metadata
+    if kind == "integer" and FIELDS[name].type != "int":
+        problems.append(f"{raw_name} is not an integer hyperparameter; use ContinuousParameterRanges")
+    if scaling not in SCALINGS:
+        problems.append(f"{raw_name}: ScalingType {scaling!r} is not one of {', '.join(SCALINGS)}")
+    if not low < high:
+        problems.append(f"{raw_name}: MinValue {low} must be below MaxValue {high}")
+    elif "min" in meta and (low < meta["min"] or high > meta["max"]):
+        problems.append(f"{raw_name}: [{low}, {high}] leaves the valid range [{meta['min']}, {meta['max']}]")
+    if scaling in ("Logarithmic", "ReverseLogarithmic") and low <= 0:
+        problems.append(f"{raw_name}: logarithmic scaling needs MinValue above 0")
+    # Auto: logarithmic when the range spans orders of magnitude, as AMT picks for learning rates
+    use_log = scaling in ("Logarithmic", "ReverseLogarithmic") or (scaling == "Auto" and low > 0 and high / low >= 100)
+    return Range(name, kind, low, high, use_log)
+
+
+def parse_ranges(data: Mapping[str, Any] | None, fixed: Mapping[str, object] | None = None) -> list[Range]:
+    """SageMaker's ParameterRanges as Range objects; every problem is reported at once, before any trial.
+
+    Raises:
+        HyperparameterError: unknown names, empty or inverted ranges, values outside a hyperparameter's range.
+    """
+    data = DEFAULT_RANGES if data is None else data
+    problems: list[str] = []
+    unknown = set(data) - {"ContinuousParameterRanges", "IntegerParameterRanges", "CategoricalParameterRanges"}
+    problems += [f"{key!r} is not a kind of parameter range" for key in sorted(unknown)]
+    kinds = {"ContinuousParameterRanges": "continuous", "IntegerParameterRanges": "integer",
+             "CategoricalParameterRanges": "categorical"}
+    ranges = [r for key, kind in kinds.items() for item in data.get(key, []) if (r := _range(kind, item, problems))]
+    fixed_names = {canonical_name(k) for k in (fixed or {})}
+    seen: set[str] = set()
+    for r in ranges:
+        if r.name in seen:
+            problems.append(f"{r.name} has more than one range")
+        if r.name in fixed_names:
+            problems.append(f"{r.name} is both fixed (--hp) and tuned; drop one of the two")
+        seen.add(r.name)
+    if not ranges and not problems:
+        problems.append("no parameter ranges to tune")
+    if problems:
+        raise HyperparameterError("invalid tuning ranges:\n" + "\n".join(f"  - {p}" for p in problems))
+    return ranges
+
+
+def sample(trial: Any, ranges: list[Range], fixed: Mapping[str, object], default_optimizer: str) -> dict[str, str]:
+    """One trial's hyperparameters: the fixed ones plus a sample of each range whose condition holds."""
+    chosen = {k: str(v) for k, v in fixed.items()}
+    by_name = {r.name: r for r in ranges}
+    optimizer = str(parse_hyperparameters(fixed).get("optimizer", default_optimizer))
+    if "optimizer" in by_name:  # sampled first: the conditions below depend on it
+        optimizer = trial.suggest_categorical("optimizer", list(by_name["optimizer"].values))
+        chosen["optimizer"] = optimizer
+    for r in ranges:
+        if r.name == "optimizer" or optimizer not in CONDITIONS.get(r.name, {optimizer}):
+            continue
+        if r.kind == "categorical":
+            chosen[r.name] = str(trial.suggest_categorical(r.name, list(r.values)))
+        elif r.kind == "integer":
+            chosen[r.name] = str(trial.suggest_int(r.name, int(r.low), int(r.high), log=r.log))
+        else:
+            chosen[r.name] = repr(trial.suggest_float(r.name, r.low, r.high, log=r.log))
+    return chosen
+
+
+@dataclass
+class TuningJob:
+    """Everything a worker process needs to run trials of one study."""
+
+    train: str
+    validation: str | None
+    model_id: str | None
+    output: str
+    ranges: list[Range]
+    fixed: dict[str, str]
+    storage: str
+    study_name: str
+    strategy: str = "bayesian"
+    early_stopping: str = "auto"
+    max_jobs: int = 10
+    seed: int = 0
+    threads: int = 0
+    default_optimizer: str = "adam"
+    initial: list[dict[str, Any]] = field(default_factory=list)
+    """Configurations to run first (known-good settings, say), typed per range."""
+
+
+def _sampler(job: TuningJob) -> Any:
+    import optuna
+
+    if job.strategy == "random":
+        return optuna.samplers.RandomSampler(seed=job.seed)
+    if job.strategy == "grid":
+        if any(r.kind != "categorical" for r in job.ranges):
+            raise HyperparameterError("grid search takes categorical ranges only (as SageMaker's); "
+                                      "list the values to try in CategoricalParameterRanges")
+        return optuna.samplers.GridSampler({r.name: list(r.values) for r in job.ranges}, seed=job.seed)
+    with warnings.catch_warnings():  # multivariate TPE with groups is "experimental", and the right tool for
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # conditional search spaces
+        return optuna.samplers.TPESampler(seed=job.seed, multivariate=True, group=True)
+
+
+def _pruner(job: TuningJob) -> Any:
+    import optuna
+
+    if job.early_stopping == "off":
+        return optuna.pruners.NopPruner()
+    # AMT's early stopping: stop a job whose val_accuracy at an epoch is below the median of earlier jobs there
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+
+
+def _study(job: TuningJob) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(study_name=job.study_name, storage=job.storage, direction="maximize",
+                               sampler=_sampler(job), pruner=_pruner(job), load_if_exists=True)
+
+
+def _counted(study: Any) -> int:
+    """Trials that count toward max_jobs: finished ones, not those a killed run left behind."""
+    from optuna.trial import TrialState
+
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+               or (t.state == TrialState.FAIL and not t.system_attrs.get("textfit_interrupted")))
+
+
+def _objective(job: TuningJob) -> Any:
+    import optuna
+
+    from textfit.classifier import TextClassifier
+
+    def objective(trial: optuna.Trial) -> float:
+        params = sample(trial, job.ranges, job.fixed, job.default_optimizer)
+        trial.set_user_attr("hyperparameters", params)
+
+        def report(epoch: int, metrics: Any) -> None:
+            trial.report(metrics.val_accuracy, epoch)
+            if trial.should_prune():
+                log.info("Trial %d stopped early at epoch %d (val_accuracy %.4f below the median)", trial.number,
+                         epoch, metrics.val_accuracy)
+                raise optuna.TrialPruned()
+
+        clf = TextClassifier(job.model_id, params).fit(job.train, job.validation, on_epoch=report)
+        clf.save(Path(job.output) / "trials" / f"trial-{trial.number}", overwrite=True)
+        best = clf.history_[clf.best_epoch_ - 1]["val_accuracy"]
+        trial.set_user_attr("epochs_run", len(clf.history_))
+        log.info("Trial %d: val_accuracy=%.4f", trial.number, best)
+        return float(best)
+
+    return objective
+
+
+def _stop_at(max_jobs: int) -> Any:
+    def callback(study: Any, trial: Any) -> None:
+        if _counted(study) >= max_jobs:
+            study.stop()
+
+    return callback
+
+
+def run_worker(job: TuningJob) -> None:
+    """Run trials until the study holds max_jobs of them; workers on other machines may share the study."""
+    import optuna
+    import torch
+
+    from textfit.errors import TextfitError
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    study = _study(job)
+    if _counted(study) >= job.max_jobs:
+        return
+    if not study.get_trials(deepcopy=False):
+        for params in job.initial:
+            study.enqueue_trial(params, skip_if_exists=True)
+    study.optimize(_objective(job), callbacks=[_stop_at(job.max_jobs)], catch=(TextfitError,),
+                   n_trials=job.max_jobs)
+    del optuna
+
+
+def _typed_initial(initial: list[Mapping[str, object]], ranges: list[Range]) -> list[dict[str, Any]]:
+    """Initial configurations as the sampler's types; a name or value outside the ranges is an error."""
+    by_name = {r.name: r for r in ranges}
+    typed = []
+    for i, params in enumerate(initial, start=1):
+        row: dict[str, Any] = {}
+        for raw, value in params.items():
+            name = canonical_name(raw)
+            r = by_name.get(name or "")
+            if r is None:
+                raise HyperparameterError(f"initial configuration {i}: {raw} has no range; fix it with --hp instead")
+            if r.kind == "categorical":
+                if str(value) not in r.values:
+                    raise HyperparameterError(f"initial configuration {i}: {raw}={value} is not among {list(r.values)}")
+                row[r.name] = str(value)
+            else:
+                number = int(float(str(value))) if r.kind == "integer" else float(str(value))
+                if not r.low <= number <= r.high:
+                    raise HyperparameterError(f"initial configuration {i}: {raw}={value} is outside [{r.low}, {r.high}]")
+                row[r.name] = number
+        typed.append(row)
+    return typed
+
+
+def _interrupt_stale(job: TuningJob) -> int:
+    """Trials left RUNNING by a killed run of this (local, unshared) study: mark them failed, to be re-run."""
+    from optuna.trial import TrialState
+
+    study = _study(job)
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        study._storage.set_trial_system_attr(t._trial_id, "textfit_interrupted", True)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return len(stale)
+
+
+@dataclass
+class TuningResult:
+    best_trial: int
+    best_val_accuracy: float
+    best_hyperparameters: dict[str, str]
+    trials: list[dict[str, Any]]
+    output: Path
+
+
+def _rows(study: Any) -> list[dict[str, Any]]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
+        value = t.value if t.value is not None else (max(t.intermediate_values.values())
+                                                     if t.intermediate_values else None)
+        rows.append({"trial": t.number, "state": t.state.name.lower(), "val_accuracy": value,
+                     "duration_s": None if duration is None else round(duration, 1),
+                     "epochs_run": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
+                     **t.user_attrs.get("hyperparameters", {})})
+    return rows
+
+
+def _write_table(rows: list[dict[str, Any]], path: Path) -> None:
+    columns = ["trial", "state", "val_accuracy", "duration_s", "epochs_run"]
+    columns += sorted({k for r in rows for k in r} - set(columns))
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _plots(rows: list[dict[str, Any]], output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["val_accuracy"] is not None]
+    colors = {"complete": "tab:blue", "pruned": "tab:orange", "fail": "tab:red", "running": "tab:gray"}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for state, color in colors.items():
+        pts = [r for r in done if r["state"] == state]
+        if pts:
+            ax.scatter([r["trial"] for r in pts], [r["val_accuracy"] for r in pts], c=color, label=state)
+    ax.set(xlabel="trial", ylabel="val_accuracy", title="val_accuracy by trial (pruned: best before stopping)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(output / "val_accuracy_by_trial.png", dpi=100)
+    plt.close(fig)
+
+    complete = sorted((r for r in done if r["state"] == "complete"), key=lambda r: r["trial"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    best, xs, ys = -math.inf, [], []
+    for r in complete:
+        best = max(best, r["val_accuracy"])
+        xs.append(r["trial"])
+        ys.append(best)
+    ax.scatter([r["trial"] for r in complete], [r["val_accuracy"] for r in complete], label="objective")
+    ax.step(xs, ys, where="post", color="tab:red", label="best so far")
+    ax.set(xlabel="trial", ylabel="val_accuracy", title="optimization history")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(output / "optimization_history.png", dpi=100)
+    plt.close(fig)
+
+
+def _summary(rows: list[dict[str, Any]], best: int) -> None:
+    log.info("%-6s %-9s %-12s %-10s %s", "trial", "state", "val_accuracy", "seconds", "hyperparameters")
+    for r in rows:
+        acc = "" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
+        hp = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("trial", "state", "val_accuracy", "duration_s",
+                                                                      "epochs_run"))
+        mark = " *" if r["trial"] == best else ""
+        log.info("%-6s %-9s %-12s %-10s %s%s", r["trial"], r["state"], acc, r["duration_s"] or "", hp, mark)
+
+
+def tune(train: str | Path, validation: str | Path | None = None, *, model_id: str | None = None,
+         output: str | Path = "tuning", max_jobs: int = 10, max_parallel_jobs: int = 1,
+         ranges: Mapping[str, Any] | None = None, hyperparameters: Mapping[str, object] | None = None,
+         storage: str | None = None, study_name: str = "textfit", strategy: str = "bayesian",
+         early_stopping: str = "auto", seed: int = 0, keep_trials: bool = False,
+         initial: list[Mapping[str, object]] | None = None) -> TuningResult:
+    """Search hyperparameters to maximise val_accuracy; the best trial's model is copied to OUTPUT/best.
+
+    Running the same command again resumes the study where it stopped. `initial` configurations (values for
+    some of the ranges) run first, in order, before the strategy takes over.
+
+    Raises:
+        HyperparameterError: invalid ranges, strategy or job counts, before any trial starts.
+    """
+    from textfit.channels import read_channel
+    from textfit.zoo import defaults_for
+
+    if strategy not in STRATEGIES:
+        raise HyperparameterError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if early_stopping not in ("auto", "off"):
+        raise HyperparameterError(f"early stopping {early_stopping!r} is not auto or off")
+    if max_jobs < 1 or not 1 <= max_parallel_jobs <= max_jobs:
+        raise HyperparameterError("need max_jobs >= 1 and 1 <= max_parallel_jobs <= max_jobs")
+    fixed = {k: str(v) for k, v in (hyperparameters or {}).items()}
+    parse_hyperparameters(fixed)  # bad fixed values fail now, not in every trial
+    parsed = parse_ranges(ranges, fixed)
+    typed_initial = _typed_initial(list(initial or []), parsed)
+    read_channel(train)  # bad data fails now, not in every trial
+    if validation is not None:
+        read_channel(validation)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    default_opt = parse_hyperparameters(defaults_for(model_id)).get("optimizer", "adam")
+    job = TuningJob(str(train), None if validation is None else str(validation), model_id, str(out), parsed, fixed,
+                    storage or f"sqlite:///{(out / 'study.db').resolve()}", study_name, strategy, early_stopping,
+                    max_jobs, seed, max(1, (os.cpu_count() or 1) // max_parallel_jobs), str(default_opt),
+                    typed_initial)
+    if storage is None and (n := _interrupt_stale(job)):
+        log.info("Resuming: %d trial(s) interrupted by an earlier run will be run again", n)
+    start = time.perf_counter()
+    _run(job, max_parallel_jobs)
+    return _finish(job, out, keep_trials, time.perf_counter() - start)
+
+
+def _run(job: TuningJob, parallel: int) -> None:
+    if parallel == 1:
+        run_worker(job)
+        return
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    workers = [context.Process(target=run_worker, args=(job,), name=f"textfit-tune-{i}") for i in range(parallel)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+def _finish(job: TuningJob, out: Path, keep_trials: bool, seconds: float) -> TuningResult:
+    from optuna.trial import TrialState
+
+    study = _study(job)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise HyperparameterError("no trial completed; see the log above for why each one stopped")
+    best = study.best_trial
+    rows = _rows(study)
+    _write_table(rows, out / "trials.csv")
+    _plots(rows, out)
+    source = out / "trials" / f"trial-{best.number}"
+    if (out / "best").exists():
+        shutil.rmtree(out / "best")
+    shutil.copytree(source, out / "best")
+    if not keep_trials:
+        for folder in (out / "trials").iterdir():
+            if folder.name != source.name:
+                shutil.rmtree(folder, ignore_errors=True)
+    _summary(rows, best.number)
+    log.info("Best: trial %d, val_accuracy=%.4f, in %.0f s; its model is in %s", best.number, best.value, seconds,
+             out / "best")
+    return TuningResult(best.number, float(best.value), dict(best.user_attrs.get("hyperparameters", {})), rows, out)

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_rows, write_csv
+from textfit import TextClassifier
+from textfit.errors import HyperparameterError
+from textfit.tuning import CONDITIONS, DEFAULT_RANGES, parse_ranges, tune
+
+FIXED = {"epochs": "3", "batch_size": "8", "precision": "fp32"}
+
+
+def lr_ranges(*values: str) -> dict[str, object]:
+    return {"CategoricalParameterRanges": [{"Name": "learning_rate", "Values": list(values)}]}
+
+
+def test_the_default_ranges_are_the_spec_recommendations() -> None:
+    names = {r.name: r for r in parse_ranges(None)}
+    assert set(names) == {"batch_size", "beta_1", "beta_2", "epsilon", "learning_rate", "momentum",
+                          "regularizers_l2", "optimizer", "train_only_on_top_layer"}
+    assert names["learning_rate"].log and (names["learning_rate"].low, names["learning_rate"].high) == (1e-6, 0.5)
+    assert (names["batch_size"].low, names["batch_size"].high) == (4, 128)
+    assert len(names["optimizer"].values) == 7
+    assert DEFAULT_RANGES["ContinuousParameterRanges"][2]["Name"] == "eps"  # the tuning page's spelling
+
+
+@pytest.mark.parametrize(
+    ("ranges", "message"),
+    [
+        ({"ContinuousParameterRanges": [{"Name": "learning_rate", "MinValue": "0.1", "MaxValue": "0.01"}]},
+         "MinValue 0.1 must be below MaxValue 0.01"),
+        ({"ContinuousParameterRanges": [{"Name": "learning_rate", "MinValue": "0", "MaxValue": "2"}]},
+         "leaves the valid range [0.0, 1.0]"),
+        ({"ContinuousParameterRanges": [{"Name": "learning_rate", "MinValue": "0", "MaxValue": "0.1",
+                                         "ScalingType": "Logarithmic"}]}, "logarithmic scaling needs MinValue above 0"),
+        ({"ContinuousParameterRanges": [{"Name": "learning_rte", "MinValue": "0", "MaxValue": "0.1"}]},
+         "'learning_rte' is not a hyperparameter"),
+        ({"IntegerParameterRanges": [{"Name": "learning_rate", "MinValue": "1", "MaxValue": "3"}]},
+         "not an integer hyperparameter"),
+        ({"CategoricalParameterRanges": [{"Name": "optimizer", "Values": ["adam", "lion"]}]},
+         "optimizer='lion' is not valid"),
+        ({"CategoricalParameterRanges": [{"Name": "optimizer", "Values": []}]}, "needs a non-empty Values list"),
+        ({"DiscreteRanges": []}, "'DiscreteRanges' is not a kind of parameter range"),
+    ],
+)
+def test_bad_ranges_are_refused_before_any_trial(ranges: dict[str, object], message: str) -> None:
+    with pytest.raises(HyperparameterError) as info:
+        parse_ranges(ranges)
+    assert message in str(info.value)
+
+
+def test_a_range_and_a_fixed_value_for_the_same_name() -> None:
+    with pytest.raises(HyperparameterError, match="both fixed"):
+        parse_ranges(lr_ranges("0.01"), {"learning_rate": "0.1"})
+
+
+def test_bad_ranges_fail_fast_through_tune(channel: Path, tmp_path: Path) -> None:
+    with pytest.raises(HyperparameterError, match="must be below"):
+        tune(channel, output=tmp_path / "t", ranges={"ContinuousParameterRanges": [
+            {"Name": "learning_rate", "MinValue": "1", "MaxValue": "0.5"}]})
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_study_runs_writes_its_outputs_and_best_predicts(tiny_bert: Path, tmp_path: Path) -> None:
+    write_csv(tmp_path / "train" / "data.csv", make_rows(64))
+    result = tune(tmp_path / "train", model_id=str(tiny_bert), output=tmp_path / "t", max_jobs=3,
+                  ranges=lr_ranges("0.02", "0.005", "1e-7"), hyperparameters=FIXED, strategy="grid",
+                  early_stopping="off")
+    out = tmp_path / "t"
+    with (out / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and {r["state"] for r in rows} == {"complete"}
+    assert {r["learning_rate"] for r in rows} == {"0.02", "0.005", "1e-7"}
+    assert result.best_val_accuracy == max(float(r["val_accuracy"]) for r in rows)
+    for png in ("val_accuracy_by_trial.png", "optimization_history.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = TextClassifier.load(out / "best")
+    assert best.hyperparameters_.learning_rate == float(result.best_hyperparameters["learning_rate"])
+    assert best.predict(["good great lovely"]) in (["0"], ["1"])
+    assert [p.name for p in (out / "trials").iterdir()] == [f"trial-{result.best_trial}"]
+
+
+def test_a_hopeless_trial_is_pruned(tiny_bert: Path, tmp_path: Path) -> None:
+    write_csv(tmp_path / "train" / "data.csv", make_rows(96))
+    # two rates that learn run first; then a rate that cannot learn falls below their median and is stopped
+    result = tune(tmp_path / "train", model_id=str(tiny_bert), output=tmp_path / "t", max_jobs=3,
+                  ranges=lr_ranges("0.01", "0.008", "1e-9"), hyperparameters={**FIXED, "epochs": "10"},
+                  initial=[{"learning_rate": "0.01"}, {"learning_rate": "0.008"}, {"learning_rate": "1e-9"}])
+    states = {r["learning_rate"]: r["state"] for r in result.trials}
+    assert states == {"0.01": "complete", "0.008": "complete", "1e-9": "pruned"}, result.trials
+    assert int(result.trials[2]["epochs_run"]) < 10
+
+
+def test_initial_configurations_must_fit_the_ranges(channel: Path, tmp_path: Path) -> None:
+    with pytest.raises(HyperparameterError, match="learning_rate=0.5 is not among"):
+        tune(channel, output=tmp_path / "t", ranges=lr_ranges("0.01"), initial=[{"learning_rate": "0.5"}])
+
+
+def test_conditional_parameters(tiny_bert: Path, tmp_path: Path) -> None:
+    write_csv(tmp_path / "train" / "data.csv", make_rows(32))
+    ranges = {"CategoricalParameterRanges": [{"Name": "optimizer", "Values": ["sgd", "adam", "rmsprop"]}],
+              "ContinuousParameterRanges": [
+                  {"Name": "beta_1", "MinValue": "0.8", "MaxValue": "0.95"},
+                  {"Name": "momentum", "MinValue": "0.5", "MaxValue": "0.9"},
+                  {"Name": "rho", "MinValue": "0.8", "MaxValue": "0.95"}]}
+    result = tune(tmp_path / "train", model_id=str(tiny_bert), output=tmp_path / "t", max_jobs=6, ranges=ranges,
+                  hyperparameters={**FIXED, "epochs": "1", "learning_rate": "0.01"}, strategy="random",
+                  early_stopping="off")
+    seen = set()
+    for row in result.trials:
+        optimizer = row["optimizer"]
+        seen.add(optimizer)
+        for name in ("beta_1", "momentum", "rho"):
+            assert (name in row) == (optimizer in CONDITIONS[name]), row
+    assert len(seen) >= 2
+
+
+def test_a_killed_study_resumes(tiny_bert: Path, tmp_path: Path) -> None:
+    write_csv(tmp_path / "train" / "data.csv", make_rows(300))
+    cmd = [sys.executable, "-m", "textfit", "tune", "--train", str(tmp_path / "train"), "--model-id", str(tiny_bert),
+           "--output", str(tmp_path / "t"), "--max-jobs", "3", "--strategy", "grid", "--early-stopping", "off",
+           "--ranges", str(tmp_path / "ranges.json"), "--hp", "batch_size=8", "--hp", "precision=fp32"]
+    (tmp_path / "ranges.json").write_text(
+        '{"CategoricalParameterRanges": [{"Name": "epochs", "Values": ["2", "30", "3"]}]}')
+    proc = subprocess.Popen([*cmd, "--seed", "1"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:  # kill it inside the long trial
+        if line.startswith("Epoch 2/30") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    done = subprocess.run([*cmd, "--seed", "1"], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Resuming: 1 trial(s) interrupted" in done.stderr
+    with (tmp_path / "t" / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sum(r["state"] == "complete" for r in rows) == 3
+    assert [r["state"] for r in rows].count("fail") == 1
+    assert (tmp_path / "t" / "best" / "textfit.json").is_file()
