@@ -53,6 +53,8 @@ class Batcher:
         self.predict, self.settings, self.observe = predict, settings, observe
         self.queue: asyncio.Queue[tuple[list[str], asyncio.Future[np.ndarray]]] = asyncio.Queue()
         self.pending = 0
+        self.last_group = 1
+        """Requests in the previous batch: waiting for company only pays when requests come together."""
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="textfit-inference")
 
     async def submit(self, texts: list[str]) -> np.ndarray:
@@ -78,9 +80,12 @@ class Batcher:
         while True:
             group = [await self.queue.get()]
             size = self._drain(group, len(group[0][0]))
-            if size < self.settings.max_batch and self.settings.max_wait_ms > 0:
+            # One client at a time (the previous batch was one request) gets no added latency; under load,
+            # a short wait lets the requests being read join this batch.
+            if size < self.settings.max_batch and self.settings.max_wait_ms > 0 and self.last_group > 1:
                 await asyncio.sleep(self.settings.max_wait_ms / 1000)
                 size = self._drain(group, size)
+            self.last_group = len(group)
             texts = [t for ts, _ in group for t in ts]
             self.observe(len(texts))
             try:
