@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,35 @@ def test_predict_file_streams_in_order_and_scores_labels(tiny_artifact: Path, tm
     np.testing.assert_allclose([r["probabilities"] for r in records], expected, atol=1e-5)
     assert [r["label"] for r in records[:2]] == ["1", "0"]
     assert summary.correct == sum(r["label"] == r["predicted_label"] for r in records)
+
+
+def test_predict_file_streams(tiny_artifact: Path) -> None:
+    """Records are pulled a chunk at a time: the first output is written before the input is exhausted."""
+    from textfit import TextClassifier
+    from textfit.inference import CHUNK, InputRecord
+
+    clf = TextClassifier.load(tiny_artifact)
+    pulled = 0
+
+    def endless() -> Iterator[InputRecord]:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield InputRecord("good film", None, pulled)
+
+    class StopAfterFirstChunk(io.StringIO):
+        def write(self, s: str) -> int:
+            raise StopIteration(pulled)
+
+    with pytest.raises(StopIteration) as info:
+        predict_file(clf, endless(), StopAfterFirstChunk())
+    assert info.value.value == CHUNK  # not a record more than one chunk was read
+
+
+def test_classify_is_the_verbose_answer(tiny_artifact: Path) -> None:
+    from textfit import TextClassifier
+
+    clf = TextClassifier.load(tiny_artifact)
+    [answer] = clf.classify(["good great film"])
+    assert answer["labels"] == clf.classes_ and answer["predicted_label"] == clf.predict(["good great film"])[0]
+    np.testing.assert_allclose(answer["probabilities"], clf.predict_proba(["good great film"])[0], atol=1e-7)

@@ -148,3 +148,81 @@ def test_a_killed_study_resumes(tiny_bert: Path, tmp_path: Path) -> None:
     assert sum(r["state"] == "complete" for r in rows) == 3
     assert [r["state"] for r in rows].count("fail") == 1
     assert (tmp_path / "t" / "best" / "textfit.json").is_file()
+
+
+# ------------------------------------------------------------------- a study shared through PostgreSQL
+
+
+def _postgres_bin(name: str) -> str | None:
+    import shutil
+
+    for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return shutil.which(name)
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> object:
+    """A throwaway PostgreSQL server on 127.0.0.1 (as the postgres user when the tests run as root)."""
+    import socket
+
+    initdb, server = _postgres_bin("initdb"), _postgres_bin("postgres")
+    if not initdb or not server:
+        pytest.skip("no PostgreSQL server on this machine (initdb/postgres not found)")
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="textfit-pg-"))  # pytest's own tmp is private to root
+    root.chmod(0o755)
+    data = root / "pg"
+    data.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True,
+                   capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([*as_user, server, "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(data)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    import psycopg
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres").close()
+            break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_share_one_study_through_postgresql(postgres: str, tiny_bert: Path, tmp_path: Path) -> None:
+    write_csv(tmp_path / "train" / "data.csv", make_rows(48))
+    (tmp_path / "ranges.json").write_text(
+        '{"CategoricalParameterRanges": [{"Name": "learning_rate", "Values": ["0.01", "0.02", "0.005"]}]}')
+    cmd = [sys.executable, "-m", "textfit", "-q", "tune", "--train", str(tmp_path / "train"), "--model-id",
+           str(tiny_bert), "--max-jobs", "4", "--strategy", "random", "--ranges", str(tmp_path / "ranges.json"),
+           "--storage", postgres, "--study", "shared", "--hp", "epochs=2", "--hp", "batch_size=8",
+           "--hp", "precision=fp32", "--early-stopping", "off"]
+    # two "machines": separate processes and output folders, one study
+    workers = [subprocess.Popen([*cmd, "--output", str(tmp_path / f"worker{i}"), "--seed", str(i)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err.decode()[-2000:]
+    import optuna
+
+    study = optuna.load_study(study_name="shared", storage=postgres)
+    states = [t.state.name for t in study.trials]
+    assert 4 <= len(states) <= 5 and states.count("COMPLETE") >= 4  # the budget is shared, not doubled

@@ -250,6 +250,16 @@ class TextClassifier:
         np.add.at(out, data.owners, rows * weights[:, None])
         return out / out.sum(axis=1, keepdims=True)
 
+    def classify(self, texts: Sequence[str], *, long_texts: str = "truncate") -> list[dict[str, Any]]:
+        """Per text, SageMaker's verbose answer: probabilities over all classes, the labels, the predicted label.
+
+        >>> textfit.load("model/").classify(["a lovely film"])  # doctest: +SKIP
+        [{'probabilities': [0.02, 0.98], 'labels': ['negative', 'positive'], 'predicted_label': 'positive'}]
+        """
+        from textfit.inference import verbose_record
+
+        return [verbose_record(row, self.classes_) for row in self.predict_proba(texts, long_texts=long_texts)]
+
     def predict(self, texts: Sequence[str]) -> list[str]:
         """The most probable class of each text (its name where the data gave names)."""
         proba = self.predict_proba(texts)

@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import socket
 import time
 import warnings
 from collections.abc import Mapping
@@ -204,10 +205,19 @@ def _pruner(job: TuningJob) -> Any:
 
 def _study(job: TuningJob) -> Any:
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=job.study_name, storage=job.storage, direction="maximize",
-                               sampler=_sampler(job), pruner=_pruner(job), load_if_exists=True)
+    for attempt in range(5):
+        try:
+            return optuna.create_study(study_name=job.study_name, storage=job.storage, direction="maximize",
+                                       sampler=_sampler(job), pruner=_pruner(job), load_if_exists=True)
+        except SQLAlchemyError:
+            # Workers started together race to create the schema; the loser finds it made on its next try.
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _counted(study: Any) -> int:
@@ -236,7 +246,8 @@ def _objective(job: TuningJob) -> Any:
                 raise optuna.TrialPruned()
 
         clf = TextClassifier(job.model_id, params).fit(job.train, job.validation, on_epoch=report)
-        clf.save(Path(job.output) / "trials" / f"trial-{trial.number}", overwrite=True)
+        saved = clf.save(Path(job.output) / "trials" / f"trial-{trial.number}", overwrite=True)
+        trial.set_user_attr("model", f"{socket.gethostname()}:{saved.resolve()}")
         best = clf.history_[clf.best_epoch_ - 1]["val_accuracy"]
         trial.set_user_attr("epochs_run", len(clf.history_))
         log.info("Trial %d: val_accuracy=%.4f", trial.number, best)
@@ -453,14 +464,18 @@ def _finish(job: TuningJob, out: Path, keep_trials: bool, seconds: float) -> Tun
     _write_table(rows, out / "trials.csv")
     _plots(rows, out)
     source = out / "trials" / f"trial-{best.number}"
-    if (out / "best").exists():
-        shutil.rmtree(out / "best")
-    shutil.copytree(source, out / "best")
-    if not keep_trials:
+    if source.is_dir():
+        if (out / "best").exists():
+            shutil.rmtree(out / "best")
+        shutil.copytree(source, out / "best")
+        where = str(out / "best")
+    else:  # a shared study: the best trial ran on another worker, which keeps its model
+        where = f"{best.user_attrs.get('model', 'another worker')} (trained by another worker)"
+    if not keep_trials and (out / "trials").is_dir():
         for folder in (out / "trials").iterdir():
             if folder.name != source.name:
                 shutil.rmtree(folder, ignore_errors=True)
     _summary(rows, best.number)
     log.info("Best: trial %d, val_accuracy=%.4f, in %.0f s; its model is in %s", best.number, best.value, seconds,
-             out / "best")
+             where)
     return TuningResult(best.number, float(best.value), dict(best.user_attrs.get("hyperparameters", {})), rows, out)
