@@ -168,3 +168,19 @@ def test_classify_is_the_verbose_answer(tiny_artifact: Path) -> None:
     [answer] = clf.classify(["good great film"])
     assert answer["labels"] == clf.classes_ and answer["predicted_label"] == clf.predict(["good great film"])[0]
     np.testing.assert_allclose(answer["probabilities"], clf.predict_proba(["good great film"])[0], atol=1e-7)
+
+
+def test_predict_with_workers_writes_one_output_in_order(tiny_artifact: Path, tmp_path: Path) -> None:
+    from textfit.cli import main
+
+    texts = [" ".join(["good great", "bad awful", "lovely", "poor sad"][i % 4].split()) + f" film {i % 7}"
+             for i in range(301)]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert main(["-q", "predict", "--model", str(tiny_artifact), "--input", str(tmp_path / "in.txt"),
+                 "--output", str(tmp_path / "two.jsonl"), "--workers", "2"]) == 0
+    assert main(["-q", "predict", "--model", str(tiny_artifact), "--input", str(tmp_path / "in.txt"),
+                 "--output", str(tmp_path / "one.jsonl")]) == 0
+    one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
+    assert len(two) == 301
+    np.testing.assert_allclose([r["probabilities"] for r in two], [r["probabilities"] for r in one], atol=1e-5)

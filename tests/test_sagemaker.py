@@ -89,3 +89,16 @@ def test_serving_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     env = serve_environment()
     assert (env.port, env.max_payload_mb, env.batch, env.batch_strategy, env.max_concurrent_transforms) == (
         9000, 20.0, True, "SINGLE_RECORD", 2)
+
+
+def test_a_multi_instance_job_maps_onto_one_launch(tiny_bert: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from textfit.sagemaker import launch_plan
+
+    root = container(tmp_path / "ml", tiny_bert)
+    assert launch_plan(training_job(root), gpus=0) is None  # one CPU instance: no launcher at all
+    monkeypatch.setenv("SM_HOSTS", '["algo-2", "algo-1", "algo-3"]')
+    monkeypatch.setenv("SM_CURRENT_HOST", "algo-2")
+    plan = launch_plan(training_job(root), gpus=4)
+    assert plan is not None
+    assert (plan.nnodes, plan.node_rank, plan.master_addr, plan.nproc_per_node) == (3, 1, "algo-1", 4)

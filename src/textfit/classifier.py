@@ -344,28 +344,39 @@ def train(train: str | Path, validation: str | Path | None = None, *, model_id: 
     >>> clf = textfit.train("data/", model_id="textfit-tc-all-minilm-l6-v2", output="model/")  # doctest: +SKIP
     >>> textfit.load("model/").predict(["a lovely film"])  # doctest: +SKIP
     """
+    from textfit import distributed, remote
+
+    world = distributed.init_from_environment()  # under torchrun or --nproc-per-node: join the other workers
+    try:
+        if output is not None and not remote.is_remote(output) and world.is_main:
+            artifact.check_output(Path(output), overwrite)  # before hours of training, not after
+        with contextlib.ExitStack() as stack:
+            local = lambda loc: None if loc is None else stack.enter_context(remote.local_copy(loc))  # noqa: E731
+            clf = TextClassifier(model_id, hyperparameters, init_model=local(model), allow_network=allow_network)
+            clf.fit(local(train), local(validation))  # type: ignore[arg-type]
+            clf.init_model = model  # the manifest names where it came from, not the temporary copy
+            if model is not None:
+                clf.manifest_["initialized_from"] = str(model)
+        clf.manifest_["workers"] = world.size
+        if output is not None and world.is_main:  # one artifact, written by rank 0 alone
+            _save(clf, output, tar, overwrite)
+    finally:
+        if world.active:
+            distributed.shutdown()
+    return clf
+
+
+def _save(clf: TextClassifier, output: str | Path, tar: bool, overwrite: bool) -> None:
     from textfit import remote
 
-    if output is not None and not remote.is_remote(output):
-        artifact.check_output(Path(output), overwrite)  # before hours of training, not after
-    with contextlib.ExitStack() as stack:
-        local = lambda loc: None if loc is None else stack.enter_context(remote.local_copy(loc))  # noqa: E731
-        clf = TextClassifier(model_id, hyperparameters, init_model=local(model), allow_network=allow_network)
-        clf.fit(local(train), local(validation))  # type: ignore[arg-type]
-        clf.init_model = model  # the manifest names where it came from, not the temporary copy
-        if model is not None:
-            clf.manifest_["initialized_from"] = str(model)
-    if output is None:
-        return clf
     if not remote.is_remote(output):
         clf.save(output, overwrite=overwrite, tar=tar)
-        return clf
+        return
     with tempfile.TemporaryDirectory(prefix="textfit-out-") as tmp:
         folder = clf.save(Path(tmp) / "model", tar=tar)
         remote.upload(folder, str(output))
         if tar:
             remote.upload(folder.with_name("model.tar.gz"), str(output).rstrip("/") + ".tar.gz")
-    return clf
 
 
 def load(path: str | Path, *, backend: str = "torch", quantized: bool = False,

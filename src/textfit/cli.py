@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from textfit import __version__
-from textfit.errors import ArtifactError, HyperparameterError, ModelNotFoundError, TextfitError
+from textfit.errors import ArtifactError, DataError, HyperparameterError, ModelNotFoundError, TextfitError
 from textfit.sagemaker import write_failure
 
 log = logging.getLogger("textfit")
@@ -36,9 +36,36 @@ def _read_hyperparameters_file(path: str | None) -> dict[str, object]:
     return _read_json_file(path, "hyperparameters", '{"epochs": "3"}') if path else {}
 
 
+def _worker_argv(argv: Sequence[str]) -> list[str]:
+    """The command line each launched worker runs: the same one, less the launcher's options."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in LAUNCH_OPTIONS:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
+LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from textfit.classifier import train
     from textfit.hyperparameters import parse_assignments
+    from textfit.sagemaker import torchrun_environment
+
+    if (args.nproc_per_node > 1 or args.nnodes > 1) and torchrun_environment().world_size == 1:
+        from textfit import distributed
+
+        distributed.launch(main, (_worker_argv(args.argv),), nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,
+                           node_rank=args.node_rank, master_addr=args.master_addr, master_port=args.master_port)
+        log.info("Distributed training finished; rank 0 wrote %s", args.output)
+        return 0
 
     given = {**_read_hyperparameters_file(args.hyperparameters), **parse_assignments(args.hp)}
     clf = train(args.train, args.validation, model_id=args.model_id, hyperparameters=given, output=args.output,
@@ -51,9 +78,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from textfit.classifier import load
-    from textfit.inference import InputRecord, predict_file, read_records
+    from textfit.inference import InputRecord, predict_file, predict_file_parallel, read_records
 
-    clf = load(args.model, backend=args.backend, quantized=args.quantized)
+    clf = load(args.model, backend=args.backend, quantized=args.quantized) if args.workers <= 1 else None
     if args.input:
         records = read_records(Path(args.input), args.format)
     else:
@@ -63,9 +90,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         out = sys.stdout
         if args.output:
             out = stack.enter_context(_atomic_text(Path(args.output)))
-        bar = _progress(args.input)
-        summary = predict_file(clf, records, out, long_texts=args.long_texts, progress=bar)
-        bar.close()
+        if args.workers > 1:
+            if not args.input:
+                raise DataError("--workers needs --input FILE: stdin and --text cannot be split")
+            summary = predict_file_parallel(args.model, Path(args.input), args.format, out, args.workers,
+                                            backend=args.backend, quantized=args.quantized, long_texts=args.long_texts)
+        else:
+            bar = _progress(args.input)
+            summary = predict_file(clf, records, out, long_texts=args.long_texts, progress=bar)
+            bar.close()
     if args.output:
         log.info("Wrote %d predictions to %s", summary.records, args.output)
     if summary.accuracy is not None:
@@ -212,9 +245,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_sagemaker_train(args: argparse.Namespace) -> int:
     from textfit.classifier import train
-    from textfit.sagemaker import training_job
+    from textfit.sagemaker import gpu_count, launch_plan, torchrun_environment, training_job
 
     job = training_job(args.prefix)
+    plan = launch_plan(job, gpu_count())
+    if plan is not None and torchrun_environment().world_size == 1:  # a multi-GPU or multi-instance job
+        from textfit import distributed
+
+        log.info("Launching %d worker(s) on each of %d host(s); this is host %d, %s is the master", plan.nproc_per_node,
+                 plan.nnodes, plan.node_rank, plan.master_addr)
+        distributed.launch(main, (_worker_argv(args.argv),), nproc_per_node=plan.nproc_per_node, nnodes=plan.nnodes,
+                           node_rank=plan.node_rank, master_addr=plan.master_addr, master_port=plan.master_port)
+        return 0
     log.info("SageMaker training job: channels training=%s validation=%s model=%s; writing %s",
              job.train, job.validation, job.model, job.model_dir)
     train(job.train, job.validation, model_id=job.model_id, hyperparameters=job.algorithm_hyperparameters,
@@ -263,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tar", action="store_true", help="also write OUTPUT.tar.gz (SageMaker's model.tar.gz)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     train.add_argument("--allow-network", action="store_true", help="let a missing model download from the Hub")
+    dist = train.add_argument_group("distributed training (torch.distributed; or run this command under torchrun)")
+    dist.add_argument("--nproc-per-node", type=int, default=1, help="workers on this machine (GPUs, or CPU processes)")
+    dist.add_argument("--nnodes", type=int, default=1, help="machines in the job")
+    dist.add_argument("--node-rank", type=int, default=0, help="this machine's index, 0..nnodes-1")
+    dist.add_argument("--master-addr", default="127.0.0.1", help="address of the machine with node rank 0")
+    dist.add_argument("--master-port", type=int, default=29500, help="port on the master machine")
     train.set_defaults(func=cmd_train)
 
     predict = sub.add_parser("predict", help="classify texts or a file with a trained model (JSON lines out)")
@@ -273,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", choices=["auto", "csv", "jsonl", "lines"], default="auto",
                          help="input format (default: from the file suffix)")
     predict.add_argument("--output", help="JSON Lines output file, one record per input in order (default: stdout)")
+    predict.add_argument("--workers", type=int, default=1, help="processes sharing a large --input (cores divided)")
     _inference_options(predict, default_backend="torch")
     predict.set_defaults(func=cmd_predict)
 
@@ -358,7 +407,9 @@ def _log_to_stderr(level: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; a TextfitError becomes one line on stderr and exit code 2, never a traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     _log_to_stderr(logging.WARNING if args.quiet else logging.INFO)
     try:
         return int(args.func(args))

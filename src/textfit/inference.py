@@ -321,3 +321,55 @@ def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out
         if progress is not None:
             progress.update(len(chunk))
     return summary
+
+
+def _shard(records: Iterator[InputRecord], start: int, stop: int) -> Iterator[InputRecord]:
+    for i, rec in enumerate(records):
+        if i >= stop:
+            return
+        if i >= start:
+            yield rec
+
+
+def _predict_shard(model: str, path: str, fmt: str, start: int, stop: int, part: str, backend: str,
+                   quantized: bool, long_texts: str, threads: int) -> tuple[int, int, int]:
+    """One worker process: its contiguous range of records, to its own part file."""
+    import torch
+
+    from textfit.classifier import load
+
+    torch.set_num_threads(threads)
+    clf = load(model, backend=backend, quantized=quantized, threads=threads)
+    with open(part, "w", encoding="utf-8") as out:
+        summary = predict_file(clf, _shard(read_records(Path(path), fmt), start, stop), out, long_texts=long_texts)
+    return summary.records, summary.labelled, summary.correct
+
+
+def predict_file_parallel(model: str, path: Path, fmt: str, out: IO[str], workers: int, *, backend: str = "torch",
+                          quantized: bool = False, long_texts: str = "truncate") -> PredictionSummary:
+    """Shard a large input over worker processes (contiguous ranges of records) and write one output in order."""
+    import concurrent.futures
+    import multiprocessing
+    import os
+    import tempfile
+
+    total = sum(1 for _ in read_records(path, fmt))  # a cheap pass that also checks every record first
+    bounds = [round(i * total / workers) for i in range(workers + 1)]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    summary = PredictionSummary()
+    with tempfile.TemporaryDirectory(prefix="textfit-predict-") as tmp:
+        parts = [str(Path(tmp) / f"part-{i}.jsonl") for i in range(workers)]
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(_predict_shard, model, str(path), fmt, bounds[i], bounds[i + 1], parts[i], backend,
+                                   quantized, long_texts, threads) for i in range(workers)]
+            for future in futures:
+                records, labelled, correct = future.result()
+                summary.records += records
+                summary.labelled += labelled
+                summary.correct += correct
+        for part in parts:  # the parts in input order make the output
+            with open(part, encoding="utf-8") as f:
+                for line in f:
+                    out.write(line)
+    return summary

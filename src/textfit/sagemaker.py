@@ -156,3 +156,54 @@ def write_failure(prefix: str | Path | None, message: str) -> None:
         path.write_text(message[:1024] + "\n", encoding="utf-8")
     except OSError:
         pass  # the message still goes to stderr, which SageMaker logs
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class TorchrunEnvironment:
+    """What torchrun (or textfit's own launcher) tells each worker."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+def torchrun_environment() -> TorchrunEnvironment:
+    return TorchrunEnvironment(_int("RANK", 0), _int("WORLD_SIZE", 1), _int("LOCAL_RANK", 0))
+
+
+def gpu_count() -> int:
+    """GPUs of a SageMaker instance (SM_NUM_GPUS), else what torch sees."""
+    configured = os.environ.get("SM_NUM_GPUS", "").strip()
+    if configured.isdigit():
+        return int(configured)
+    import torch
+
+    return torch.cuda.device_count()
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    nproc_per_node: int
+    nnodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int = 29500
+
+
+def launch_plan(job: TrainingJob, gpus: int) -> LaunchPlan | None:
+    """How a SageMaker job spreads over its instances (SM_HOSTS) and their GPUs; None for a single worker.
+
+    Every instance runs the same container; the first host in SM_HOSTS is the master, as in SageMaker's own
+    framework containers, and each instance starts one worker per GPU (one on a CPU instance).
+    """
+    per_node = max(1, gpus)
+    if len(job.hosts) <= 1 and per_node == 1:
+        return None
+    hosts = sorted(job.hosts)
+    if job.current_host not in hosts:
+        raise TextfitError(f"current host {job.current_host!r} is not among the hosts {hosts} (SM_CURRENT_HOST, "
+                           "SM_HOSTS or resourceconfig.json)")
+    return LaunchPlan(per_node, len(hosts), hosts.index(job.current_host), hosts[0])

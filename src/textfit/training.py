@@ -9,17 +9,16 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from textfit import batching
+from textfit import batching, distributed
 from textfit.batching import Batch, Encoded
 from textfit.hyperparameters import Hyperparameters
 
@@ -180,17 +179,24 @@ def batch_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Encoded, batch_size: int, device: torch.device, dtype: torch.dtype | None,
              l2: float = 0.0) -> tuple[float, float]:
-    """(loss, accuracy) over a whole labelled set; the loss includes the head's L2 term, as Keras reports it."""
+    """(loss, accuracy) over a whole labelled set; the loss includes the head's L2 term, as Keras reports it.
+
+    With several workers each scores every W-th row and the sums are added up: the whole set, once.
+    """
+    world = distributed.current()
     model.eval()
+    rows = list(range(world.rank, len(data), world.size))
+    lengths = [len(data.input_ids[r]) for r in rows]
     total, correct = 0.0, 0
-    for batch in batching.iterate(data, batch_size * 2, shuffle=False):
-        batch = batch.to(device)
+    for group in batching.plan_batches(lengths, batch_size * 2, shuffle=False):
+        batch = batching.collate(data, [rows[i] for i in group]).to(device)
         with autocast(device, dtype):
             logits = model(**batch.inputs).logits
         loss, right = batch_loss(logits, batch.labels)  # type: ignore[arg-type]
         total += float(loss) * len(batch.rows)
         correct += right
-    return total / len(data) + float(l2_penalty(model, l2)), correct / len(data)
+    total, correct, n = distributed.all_sum([total, correct, len(rows)], device)
+    return total / n + float(l2_penalty(model, l2)), correct / n  # inference mode: no gradient to detach
 
 
 # ---------------------------------------------------------------------------------------------- progress
@@ -223,26 +229,44 @@ def _is_better(m: EpochMetrics, best: EpochMetrics | None) -> bool:
     return m.val_loss < best.val_loss  # type: ignore[operator]
 
 
-def _feature_batches(feats: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int) -> Iterator[Batch]:
-    order = list(range(len(labels)))
-    random.Random(seed).shuffle(order)
-    for i in range(0, len(order), batch_size):
-        rows = order[i : i + batch_size]
-        yield Batch(rows, {"features": feats[rows]}, labels[rows])
+class _Head(nn.Module):
+    """The classification layer alone, on cached features: what DistributedDataParallel wraps when the
+    encoder is frozen, so that the head's gradients are averaged over workers."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return head_logits(self.model, features)
 
 
 @torch.inference_mode()
 def _embed(model: nn.Module, data: Encoded, batch_size: int, device: torch.device,
            dtype: torch.dtype | None) -> torch.Tensor:
-    """The frozen encoder's features of every row, computed once (train_only_on_top_layer)."""
+    """The frozen encoder's features of every row, computed once (train_only_on_top_layer).
+
+    Each worker embeds its shard (every W-th row) and the shards are gathered, so every worker holds all.
+    """
+    world = distributed.current()
     model.eval()
-    feats: list[torch.Tensor] = [torch.empty(0)] * len(data)
-    for batch in batching.iterate(data, batch_size * 2, shuffle=False):
+    rows = list(range(world.rank, len(data), world.size))
+    feats = torch.zeros((len(rows), model.config.hidden_size), device=device)
+    lengths = [len(data.input_ids[r]) for r in rows]
+    for group in batching.plan_batches(lengths, batch_size * 2, shuffle=False):
+        batch = batching.collate(data, [rows[i] for i in group]).to(device)
         with autocast(device, dtype):
-            out = pooled_features(model, batch.to(device)).float()
-        for row, vec in zip(batch.rows, out):
-            feats[row] = vec
-    return torch.stack(feats)
+            feats[group] = pooled_features(model, batch).float()
+    return distributed.all_gather_rows(feats, rows, len(data), world)
+
+
+def _plan(lengths: list[int], batch_size: int, seed: int, world: distributed.World) -> list[list[int]]:
+    """The global batches of an epoch, the same on every worker; a last batch too small to give every worker
+    a row joins the one before it."""
+    plan = batching.plan_batches(lengths, batch_size, shuffle=True, seed=seed)
+    if world.active and len(plan) > 1 and len(plan[-1]) < world.size:
+        plan[-2].extend(plan.pop())
+    return plan
 
 
 def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: Hyperparameters,
@@ -250,10 +274,12 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
           ) -> TrainResult:
     """Fine-tune `model` in place and leave it holding the weights of the best epoch by val_accuracy.
 
+    In a distributed job (distributed.py) every worker runs this same loop on its share of each global batch.
     `on_epoch(epoch, metrics)` sees each epoch's metrics; hyperparameter tuning reports them to its pruner there,
     and stops a hopeless trial by raising.
     """
-    device = device or pick_device()
+    world = distributed.current()
+    device = device or (distributed.device_for(world) if world.active else pick_device())
     dtype = autocast_dtype(device, hp.precision)
     model.to(device)
     frozen = hp.train_only_on_top_layer
@@ -262,7 +288,8 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
         model.base_model.requires_grad_(False)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[hp.optimizer](params, hp)
-    steps_per_epoch = math.ceil(len(train_data) / hp.batch_size)
+    lengths = [len(ids) for ids in train_data.input_ids]
+    steps_per_epoch = len(_plan(lengths, hp.batch_size, hp.seed, world))
     schedule = None
     if hp.optimizer == "adamw":  # warm-up applies to adamw only (spec §4)
         factor = warmup_then_linear_decay(steps_per_epoch * hp.epochs, hp.warmup_steps_fraction)
@@ -271,9 +298,12 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
     log.info("Training on %s with %s precision: %d rows, %d steps per epoch%s", device.type,
              "fp32" if dtype is None else str(dtype).removeprefix("torch."), len(train_data), steps_per_epoch,
              ", encoder frozen (features computed once)" if cache else "")
+    if world.active:
+        log.info("Distributed over %d workers; %s", world.size, distributed.split_message(hp.batch_size, world))
     if cache:
         train_feats = _embed(model, train_data, hp.batch_size, device, dtype)
         train_labels = torch.tensor(train_data.labels, device=device)
+    net = distributed.wrap(_Head(model) if cache else model, world, device)
 
     result, best, best_state = TrainResult(), None, None
     wait, es_best = 0, -math.inf  # early-stopping counter and the best val_accuracy it has accepted
@@ -282,19 +312,19 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
         model.train()
         if frozen:
             model.base_model.eval()  # a frozen encoder runs in inference mode, as a non-trainable Keras layer
-        seed = hp.seed + epoch
-        if cache:
-            batches = _feature_batches(train_feats, train_labels, hp.batch_size, seed)
-        else:
-            batches = batching.iterate(train_data, hp.batch_size, shuffle=True, seed=seed)
         total, correct, seen = 0.0, 0, 0
         bar = _progress(steps_per_epoch, f"epoch {epoch}/{hp.epochs}")
-        for batch in batches:
-            batch = batch.to(device)
+        for rows in _plan(lengths, hp.batch_size, hp.seed + epoch, world):
+            mine = distributed.my_rows(rows, world)
+            if cache:
+                batch = Batch(mine, {"features": train_feats[mine]}, train_labels[mine])
+            else:
+                batch = batching.collate(train_data, mine).to(device)
             with autocast(device, dtype):
-                logits = head_logits(model, batch.inputs["features"]) if cache else model(**batch.inputs).logits
+                logits = net(batch.inputs["features"]) if cache else net(**batch.inputs).logits
             ce, right = batch_loss(logits, batch.labels)  # type: ignore[arg-type]
-            loss = ce + l2_penalty(model, hp.regularizers_l2)
+            # Scaled so that the average over workers of each worker's gradient is the whole batch's mean.
+            loss = ce * (len(mine) * world.size / len(rows)) + l2_penalty(model, hp.regularizers_l2)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if hp.optimizer == "adamw":
@@ -304,13 +334,16 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
             scaler.update()
             if schedule is not None:
                 schedule.step()
-            total += float(loss.detach()) * len(batch.rows)
+            total += float(ce.detach()) * len(mine)
             correct += right
-            seen += len(batch.rows)
+            seen += len(mine)
             bar.update(1)
             bar.set_postfix(loss=f"{total / seen:.4f}", accuracy=f"{correct / seen:.4f}", refresh=False)
         bar.close()
-        metrics = EpochMetrics(total / seen, correct / seen, steps=steps_per_epoch)
+        total, correct, seen = distributed.all_sum([total, correct, seen], device)
+        with torch.no_grad():  # Keras reports the loss with the regularization term
+            l2 = float(l2_penalty(model, hp.regularizers_l2))
+        metrics = EpochMetrics(total / seen + l2, correct / seen, steps=steps_per_epoch)
         if val_data is not None:
             metrics.val_loss, metrics.val_accuracy = evaluate(model, val_data, hp.batch_size, device, dtype,
                                                               hp.regularizers_l2)

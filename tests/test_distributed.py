@@ -1,0 +1,103 @@
+"""Data-parallel training with 2 CPU processes (gloo) against one process, on the same data and seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE, SPECIAL, make_rows, write_csv
+from textfit.distributed import World, my_rows, split_message
+
+# 52 rows, batch 10: the split leaves 42 training rows, so the last global batch (2 rows) gives each worker one
+HP = ["--hp", "epochs=3", "--hp", "batch_size=10", "--hp", "learning_rate=0.01", "--hp", "optimizer=adam",
+      "--hp", "precision=fp32", "--hp", "dropout_rate=0"]
+
+
+@pytest.fixture(scope="module")
+def no_dropout_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT without dropout: then 2 workers and 1 must compute the same gradients."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("bert-no-dropout")
+    vocab = {w: i for i, w in enumerate(SPECIAL + POSITIVE + NEGATIVE + NEUTRAL)}
+    BertTokenizer(vocab=vocab).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def train(model: Path, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "textfit", "train", "--train", str(data), "--model-id", str(model),
+           "--output", str(out), *HP, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_the_batch_is_split_across_workers() -> None:
+    assert my_rows(list(range(10)), World(0, 3)) == [0, 3, 6, 9]
+    assert my_rows(list(range(10)), World(2, 3)) == [2, 5, 8]
+    assert split_message(32, World(0, 3)) == ("batch_size 32 is split across 3 workers: 11 rows on 2 of them, "
+                                              "10 on the others")
+
+
+def test_two_workers_match_one(no_dropout_bert: Path, tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "train" / "data.csv", make_rows(52)).parent
+    one = train(no_dropout_bert, data, tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = train(no_dropout_bert, data, tmp_path / "two", "--nproc-per-node", "2")
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "train", "two"]  # one artifact
+    assert two.stderr.count("Epoch 1/3") == 1  # only rank 0 logs the metric lines
+    assert "batch_size 10 is split across 2 workers: 5 rows each" in two.stderr
+    a = json.loads((tmp_path / "one" / "textfit.json").read_text())
+    b = json.loads((tmp_path / "two" / "textfit.json").read_text())
+    assert b["workers"] == 2 and a["workers"] == 1
+    for x, y in zip(a["epochs"], b["epochs"], strict=True):
+        assert y["val_accuracy"] == x["val_accuracy"]  # over the whole validation set, all-reduced
+        assert y["loss"] == pytest.approx(x["loss"], abs=1e-4)  # float sums in another order
+        assert y["val_loss"] == pytest.approx(x["val_loss"], abs=1e-4)
+
+
+def test_a_killed_worker_stops_the_job_with_a_message(no_dropout_bert: Path, tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "train" / "data.csv", make_rows(400)).parent
+    cmd = [sys.executable, "-m", "textfit", "train", "--train", str(data), "--model-id", str(no_dropout_bert),
+           "--output", str(tmp_path / "out"), *HP, "--hp", "epochs=2000", "--nproc-per-node", "2"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:
+        if line.startswith("Epoch 2/") or time.monotonic() > deadline:
+            break
+    workers = _children(proc.pid)
+    assert len(workers) >= 2, workers
+    os.kill(workers[-1], signal.SIGKILL)
+    rest = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 2
+    assert "error: distributed training failed" in rest and "the other workers were stopped" in rest
+    assert not (tmp_path / "out").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """Worker processes of the launcher: its spawned children, not multiprocessing's resource tracker."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            found.append(int(stat.parent.name))
+    return sorted(found)
