@@ -15,7 +15,8 @@ def test_exact_file_set(tiny_bert: Path, channel: Path, tmp_path: Path) -> None:
     TextClassifier(str(tiny_bert), FAST).fit(channel).save(tmp_path / "m")
     names = {p.name for p in (tmp_path / "m").iterdir()}
     assert names == {"config.json", "model.safetensors", "labels_info.json", "textfit.json", "tokenizer.json",
-                     "tokenizer_config.json"}
+                     "tokenizer_config.json", "README.md", "validation_report.json", "training_curves.png",
+                     "confusion_matrix.png"}
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)  # safetensors only
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left over
 

@@ -223,6 +223,7 @@ def test_two_workers_share_one_study_through_postgresql(postgres: str, tiny_bert
         assert w.returncode == 0, err.decode()[-2000:]
     import optuna
 
-    study = optuna.load_study(study_name="shared", storage=postgres)
-    states = [t.state.name for t in study.trials]
+    storage = optuna.storages.RDBStorage(postgres)
+    states = [t.state.name for t in optuna.load_study(study_name="shared", storage=storage).trials]
+    storage.engine.dispose()  # close the connections now, not at some later garbage collection
     assert 4 <= len(states) <= 5 and states.count("COMPLETE") >= 4  # the budget is shared, not doubled

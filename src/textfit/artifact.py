@@ -22,6 +22,10 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 LABELS = "labels_info.json"
 MANIFEST = "textfit.json"
+REPORT = "validation_report.json"
+CURVES = "training_curves.png"
+CONFUSION = "confusion_matrix.png"
+CARD = "README.md"
 TOKENIZER_FILES = ("tokenizer_config.json",)
 """Files every saved tokenizer writes; the vocabulary files vary by tokenizer type."""
 REQUIRED = (CONFIG, WEIGHTS, LABELS, MANIFEST, *TOKENIZER_FILES)

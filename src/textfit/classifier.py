@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from textfit import artifact, batching, export, training
+from textfit import artifact, batching, export, metrics, training
 from textfit.channels import Channel, ClassSet, class_set, encode_labels, read_channel, stratified_split
 from textfit.errors import ArtifactError, DataError, HyperparameterError, TextfitError
 from textfit.hyperparameters import Hyperparameters, resolve
@@ -212,13 +212,48 @@ class TextClassifier:
             "versions": _versions(),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
+        self.validation_report_ = self._validate(x_val, y_val) if x_val else None
         return self
+
+    def _validate(self, texts: list[str], labels: list[int]) -> dict[str, Any]:
+        """The final validation report of the kept model; with calibrate=True, a temperature fitted first."""
+        logits = self.predict_logits(texts)
+        before = metrics.report(labels, _softmax(logits), self.classes_)
+        calibration = None
+        if self.hyperparameters_.calibrate:
+            temperature = metrics.fit_temperature(logits, np.asarray(labels))
+            _scale_head(self.model_, 1.0 / temperature)  # stored in the weights: every engine applies it
+            after = metrics.report(labels, _softmax(logits / temperature), self.classes_)
+            calibration = {"temperature": temperature, "ece_before": before.expected_calibration_error,
+                           "ece_after": after.expected_calibration_error, "log_loss_before": before.log_loss,
+                           "log_loss_after": after.log_loss}
+            log.info("Calibration: temperature %.3f, expected calibration error %.4f -> %.4f", temperature,
+                     before.expected_calibration_error, after.expected_calibration_error)
+            self.manifest_["calibration"] = calibration
+            before = after
+        self._validation_arrays = (np.asarray(labels), _softmax(logits / (calibration or {}).get("temperature", 1.0)))
+        return {**before.as_dict(), "class_weights": self.hyperparameters_.class_weights, "calibration": calibration}
 
     # ------------------------------------------------------------------------------------------ predicting
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise TextfitError("this TextClassifier is not fitted yet; call fit() or TextClassifier.load()")
+
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Raw scores before the softmax, one row per text (truncated at max_seq_length tokens)."""
+        return self._logits(texts, batch_size)  # type: ignore[return-value]
+
+    def _logits(self, texts: Sequence[str], batch_size: int, overlap: int | None = None
+                ) -> tuple[np.ndarray, batching.Encoded] | np.ndarray:
+        self._check_fitted()
+        if isinstance(texts, str):
+            raise DataError("predict_proba takes a list of texts, not a single string; wrap it: [text]")
+        data = batching.encode(self.tokenizer_, texts, self.hyperparameters_.max_seq_length, window_overlap=overlap)
+        rows = np.zeros((len(data), len(self.classes_)), dtype=np.float32)
+        for batch in batching.iterate(data, batch_size, shuffle=False):
+            rows[batch.rows] = self.runner_(batch.inputs)
+        return (rows, data) if overlap is not None else rows
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64, *, long_texts: str = "truncate"
                       ) -> np.ndarray:
@@ -231,23 +266,16 @@ class TextClassifier:
                 weighted by window length.
         """
         self._check_fitted()
-        if isinstance(texts, str):
-            raise DataError("predict_proba takes a list of texts, not a single string; wrap it: [text]")
         if long_texts not in ("truncate", "window"):
             raise DataError(f"long_texts={long_texts!r} is not valid; use truncate or window")
-        if len(texts) == 0:
+        if not isinstance(texts, str) and len(texts) == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
-        max_length = self.hyperparameters_.max_seq_length
-        overlap = max_length // 4 if long_texts == "window" else None
-        data = batching.encode(self.tokenizer_, texts, max_length, window_overlap=overlap)
-        rows = np.zeros((len(data), len(self.classes_)), dtype=np.float32)
-        for batch in batching.iterate(data, batch_size, shuffle=False):
-            rows[batch.rows] = _softmax(self.runner_(batch.inputs))
-        if data.owners is None:
-            return rows
+        if long_texts == "truncate":
+            return _softmax(self._logits(texts, batch_size))  # type: ignore[arg-type]
+        logits, data = self._logits(texts, batch_size, overlap=self.hyperparameters_.max_seq_length // 4)  # type: ignore[misc]
         weights = np.array([len(ids) for ids in data.input_ids], dtype=np.float32)
         out = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
-        np.add.at(out, data.owners, rows * weights[:, None])
+        np.add.at(out, data.owners, _softmax(logits) * weights[:, None])
         return out / out.sum(axis=1, keepdims=True)
 
     def classify(self, texts: Sequence[str], *, long_texts: str = "truncate") -> list[dict[str, Any]]:
@@ -268,10 +296,22 @@ class TextClassifier:
     # ------------------------------------------------------------------------------------------ persistence
 
     def _write(self, folder: Path) -> None:
+        from textfit import plots
+        from textfit.card import model_card
+
         self.model_.save_pretrained(folder)  # safetensors, config.json with id2label / label2id
         self.tokenizer_.save_pretrained(folder)
         artifact.write_json(folder / artifact.LABELS, {"labels": self.classes_, "label_values": self.label_values_})
         artifact.write_json(folder / artifact.MANIFEST, self.manifest_)
+        report = getattr(self, "validation_report_", None)
+        if self.history_:
+            plots.training_curves(self.history_, folder / artifact.CURVES)
+        if report is not None:
+            artifact.write_json(folder / artifact.REPORT, report)
+            if hasattr(self, "_validation_arrays"):
+                plots.confusion_matrix(metrics.report(*self._validation_arrays, self.classes_),
+                                       folder / artifact.CONFUSION)
+        (folder / artifact.CARD).write_text(model_card(self.manifest_, report), encoding="utf-8")
 
     def save(self, path: str | Path, *, overwrite: bool = False, tar: bool = False) -> Path:
         """Write the artifact folder atomically; with tar=True also `<path>.tar.gz` (SageMaker's model.tar.gz)."""
@@ -305,6 +345,8 @@ class TextClassifier:
         clf.model_id_, clf.manifest_ = manifest.get("model_id"), manifest
         clf.history_, clf.best_epoch_ = manifest.get("epochs", []), manifest.get("best_epoch", 0)
         clf.backend_ = backend
+        report_file = Path(path) / artifact.REPORT if Path(path).is_dir() else None
+        clf.validation_report_ = artifact.read_json(report_file) if report_file and report_file.is_file() else None
         return clf
 
     def export_onnx(self, folder: str | Path, *, quantize: bool = False) -> Path:
@@ -318,6 +360,17 @@ def input_names(tokenizer: Any) -> list[str]:
     """The model inputs that batching.collate builds for this tokenizer."""
     return ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names
                                               else [])
+
+
+def _scale_head(model: nn.Module, factor: float) -> None:
+    """Multiply the logits by `factor` by scaling the last layer of the head (temperature scaling)."""
+    num_labels = model.config.num_labels
+    last = [m for n, m in model.named_modules() if not n.startswith(model.base_model_prefix)
+            and isinstance(m, nn.Linear) and m.out_features == num_labels][-1]
+    with torch.no_grad():
+        last.weight.mul_(factor)
+        if last.bias is not None:
+            last.bias.mul_(factor)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -338,7 +391,7 @@ def log_hyperparameters(hp: Hyperparameters, given: Mapping[str, object]) -> Non
 def train(train: str | Path, validation: str | Path | None = None, *, model_id: str | None = None,
           hyperparameters: Mapping[str, object] | None = None, output: str | Path | None = None,
           model: str | Path | None = None, tar: bool = False, overwrite: bool = False,
-          allow_network: bool = False) -> TextClassifier:
+          allow_network: bool = False, tensorboard: str | Path | None = None) -> TextClassifier:
     """Fine-tune and (with `output`) save: what `textfit train` does, from Python. Paths may be s3:// URIs.
 
     >>> clf = textfit.train("data/", model_id="textfit-tc-all-minilm-l6-v2", output="model/")  # doctest: +SKIP
@@ -353,7 +406,8 @@ def train(train: str | Path, validation: str | Path | None = None, *, model_id: 
         with contextlib.ExitStack() as stack:
             local = lambda loc: None if loc is None else stack.enter_context(remote.local_copy(loc))  # noqa: E731
             clf = TextClassifier(model_id, hyperparameters, init_model=local(model), allow_network=allow_network)
-            clf.fit(local(train), local(validation))  # type: ignore[arg-type]
+            on_epoch = stack.enter_context(_tensorboard(tensorboard)) if tensorboard and world.is_main else None
+            clf.fit(local(train), local(validation), on_epoch=on_epoch)  # type: ignore[arg-type]
             clf.init_model = model  # the manifest names where it came from, not the temporary copy
             if model is not None:
                 clf.manifest_["initialized_from"] = str(model)
@@ -364,6 +418,27 @@ def train(train: str | Path, validation: str | Path | None = None, *, model_id: 
         if world.active:
             distributed.shutdown()
     return clf
+
+
+@contextlib.contextmanager
+def _tensorboard(folder: str | Path) -> Any:
+    """An epoch hook that writes TensorBoard scalars (loss, accuracy, val_loss, val_accuracy) to `folder`."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TextfitError("--tensorboard needs the tensorboard package: pip install textfit[tensorboard]") from None
+    writer = SummaryWriter(log_dir=str(folder))
+
+    def write(epoch: int, m: training.EpochMetrics) -> None:
+        for name, value in m.as_dict().items():
+            if value is not None and name != "seconds":
+                writer.add_scalar(name, value, epoch)
+        writer.flush()
+
+    try:
+        yield write
+    finally:
+        writer.close()
 
 
 def _save(clf: TextClassifier, output: str | Path, tar: bool, overwrite: bool) -> None:

@@ -69,7 +69,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     given = {**_read_hyperparameters_file(args.hyperparameters), **parse_assignments(args.hp)}
     clf = train(args.train, args.validation, model_id=args.model_id, hyperparameters=given, output=args.output,
-                model=args.model, tar=args.tar, overwrite=args.overwrite, allow_network=args.allow_network)
+                model=args.model, tar=args.tar, overwrite=args.overwrite, allow_network=args.allow_network,
+                tensorboard=args.tensorboard)
     best = clf.history_[clf.best_epoch_ - 1]
     log.info("Saved the model of epoch %d to %s%s", clf.best_epoch_, args.output, " (and its .tar.gz)" if args.tar else "")
     print(json.dumps({"output": str(args.output), "best_epoch": clf.best_epoch_, **best}))
@@ -221,6 +222,19 @@ def cmd_models_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from textfit.classifier import load
+    from textfit.evaluation import evaluate
+    from textfit.metrics import format_report
+
+    clf = load(args.model, backend=args.backend, quantized=args.quantized)
+    report = evaluate(clf, args.data, args.output, long_texts=args.long_texts)
+    print(format_report(report))
+    if args.output:
+        log.info("Wrote metrics.json and plots to %s", args.output)
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from textfit.hyperparameters import parse_assignments
     from textfit.tuning import tune
@@ -305,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tar", action="store_true", help="also write OUTPUT.tar.gz (SageMaker's model.tar.gz)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     train.add_argument("--allow-network", action="store_true", help="let a missing model download from the Hub")
+    train.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files of each epoch to DIR")
     dist = train.add_argument_group("distributed training (torch.distributed; or run this command under torchrun)")
     dist.add_argument("--nproc-per-node", type=int, default=1, help="workers on this machine (GPUs, or CPU processes)")
     dist.add_argument("--nnodes", type=int, default=1, help="machines in the job")
@@ -361,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("model_id")
     imp.add_argument("path", help="checkpoint folder (config.json, model.safetensors, tokenizer) or .tar.gz")
     imp.set_defaults(func=cmd_models_import)
+    evaluate = sub.add_parser("evaluate", help="score a model on labelled data: tables, metrics.json, plots")
+    evaluate.add_argument("--model", required=True, help="artifact folder or model.tar.gz")
+    evaluate.add_argument("--data", required=True, help="labelled channel: a folder with data.csv, or a CSV file")
+    evaluate.add_argument("--output", help="folder for metrics.json and PNG plots")
+    _inference_options(evaluate, default_backend="torch")
+    evaluate.set_defaults(func=cmd_evaluate)
+
     tune = sub.add_parser("tune", help="search hyperparameters to maximise val_accuracy (Optuna)")
     tune.add_argument("--train", required=True, help="training channel (folder with data.csv, or a CSV file)")
     tune.add_argument("--validation", help="validation channel; default: the stratified split of --train")

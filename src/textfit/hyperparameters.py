@@ -81,6 +81,11 @@ class Hyperparameters:
     """textfit extra: seed for the split, the head's initialisation, dropout and shuffling."""
     precision: str = field(default="auto", metadata={"choices": PRECISIONS, "extra": True})
     """textfit extra: auto (bf16 on CPUs with native bf16, fp16 mixed precision on GPUs), fp32, bf16, fp16."""
+    class_weights: str = field(default="none", metadata={"extra": True})
+    """textfit extra: loss weight per class: none (SageMaker's), balanced (rows / (classes x class rows)), or one
+    positive number per class in class order, comma-separated ("1,4")."""
+    calibrate: bool = field(default=False, metadata={"extra": True})
+    """textfit extra: fit a temperature on the validation set after training, so probabilities match accuracy."""
 
     def __post_init__(self) -> None:
         problems = [p for f in fields(self) if (p := _check_range(f.name, getattr(self, f.name), f.metadata))]
@@ -113,7 +118,27 @@ def _join(problems: list[str]) -> str:
     return "found the following hyperparameter problems:\n" + "\n".join(f"  - {p}" for p in problems)
 
 
+def parse_class_weights(text: str) -> str | list[float]:
+    """'none', 'balanced', or the explicit weights as floats (validated: positive numbers)."""
+    value = text.strip().lower()
+    if value in ("none", "balanced"):
+        return value
+    try:
+        weights = [float(w) for w in value.replace(";", ",").split(",")]
+    except ValueError:
+        raise ValueError(f"class_weights={text!r} is not valid; use none, balanced, or numbers such as 1,4") from None
+    if len(weights) < 2 or any(w <= 0 for w in weights):
+        raise ValueError(f"class_weights={text!r} needs a positive weight for each class, such as 1,4")
+    return weights
+
+
 def _check_range(name: str, value: object, meta: Mapping[str, Any]) -> str | None:
+    if name == "class_weights":
+        try:
+            parse_class_weights(str(value))
+        except ValueError as exc:
+            return str(exc)
+        return None
     if "choices" in meta and value not in meta["choices"]:
         return f"{name}={value!r} is not valid; use one of {', '.join(meta['choices'])}"
     if "min" in meta and not meta["min"] <= value <= meta["max"]:  # type: ignore[operator]
@@ -143,6 +168,9 @@ def _parse_value(name: str, raw: object) -> Any:
             return float(text)
         except ValueError:
             raise ValueError(f"{name}={raw!r} is not a number; use a value such as {FIELDS[name].default}") from None
+    if name == "class_weights":
+        parse_class_weights(text)
+        return text.lower() if text.lower() in ("none", "balanced") else text
     if name == "reinitialize_top_layer":  # SageMaker spells these "Auto"/"True"/"False"; accept any case
         return {c.lower(): c for c in REINITIALIZE}.get(text.lower(), text)
     return text.lower() if name in ("optimizer", "precision") else text

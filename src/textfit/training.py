@@ -20,7 +20,8 @@ from torch import nn
 
 from textfit import batching, distributed
 from textfit.batching import Batch, Encoded
-from textfit.hyperparameters import Hyperparameters
+from textfit.errors import HyperparameterError
+from textfit.hyperparameters import Hyperparameters, parse_class_weights
 
 log = logging.getLogger("textfit")
 
@@ -269,6 +270,20 @@ def _plan(lengths: list[int], batch_size: int, seed: int, world: distributed.Wor
     return plan
 
 
+def class_weights(spec: str, labels: list[int], n_classes: int) -> torch.Tensor | None:
+    """The loss weight of each class for class_weights=none|balanced|w1,w2,... (None: unweighted)."""
+    parsed = parse_class_weights(spec)
+    if parsed == "none":
+        return None
+    if parsed == "balanced":  # scikit-learn's rule: n_rows / (n_classes * rows of the class)
+        counts = torch.bincount(torch.tensor(labels), minlength=n_classes).double()
+        return (len(labels) / (n_classes * counts.clamp(min=1))).float()
+    if len(parsed) != n_classes:
+        raise HyperparameterError(f"class_weights={spec!r} gives {len(parsed)} weights but the data has {n_classes} "
+                                  "classes; give one weight per class, in class order")
+    return torch.tensor(parsed, dtype=torch.float32)
+
+
 def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: Hyperparameters,
           device: torch.device | None = None, on_epoch: Callable[[int, EpochMetrics], None] | None = None
           ) -> TrainResult:
@@ -304,6 +319,11 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
         train_feats = _embed(model, train_data, hp.batch_size, device, dtype)
         train_labels = torch.tensor(train_data.labels, device=device)
     net = distributed.wrap(_Head(model) if cache else model, world, device)
+    weights = class_weights(hp.class_weights, train_data.labels, model.config.num_labels)  # type: ignore[arg-type]
+    row_weight = (torch.ones(len(train_data)) if weights is None else weights[torch.tensor(train_data.labels)]).double()
+    if weights is not None:
+        log.info("Class weights: %s", ", ".join(f"{w:.3f}" for w in weights.tolist()))
+        weights = weights.to(device)
 
     result, best, best_state = TrainResult(), None, None
     wait, es_best = 0, -math.inf  # early-stopping counter and the best val_accuracy it has accepted
@@ -312,7 +332,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
         model.train()
         if frozen:
             model.base_model.eval()  # a frozen encoder runs in inference mode, as a non-trainable Keras layer
-        total, correct, seen = 0.0, 0, 0
+        total, weight_seen, correct, seen = 0.0, 0.0, 0, 0
         bar = _progress(steps_per_epoch, f"epoch {epoch}/{hp.epochs}")
         for rows in _plan(lengths, hp.batch_size, hp.seed + epoch, world):
             mine = distributed.my_rows(rows, world)
@@ -322,9 +342,11 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
                 batch = batching.collate(train_data, mine).to(device)
             with autocast(device, dtype):
                 logits = net(batch.inputs["features"]) if cache else net(**batch.inputs).logits
-            ce, right = batch_loss(logits, batch.labels)  # type: ignore[arg-type]
-            # Scaled so that the average over workers of each worker's gradient is the whole batch's mean.
-            loss = ce * (len(mine) * world.size / len(rows)) + l2_penalty(model, hp.regularizers_l2)
+            ce_sum = nn.functional.cross_entropy(logits.float(), batch.labels, weight=weights, reduction="sum")
+            right = int((logits.argmax(-1) == batch.labels).sum())
+            # The whole global batch's (weighted) mean; times the workers, as DDP averages their gradients.
+            batch_weight = float(row_weight[rows].sum())
+            loss = ce_sum * (world.size / batch_weight) + l2_penalty(model, hp.regularizers_l2)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if hp.optimizer == "adamw":
@@ -334,16 +356,17 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
             scaler.update()
             if schedule is not None:
                 schedule.step()
-            total += float(ce.detach()) * len(mine)
+            total += float(ce_sum.detach())
+            weight_seen += float(row_weight[mine].sum())
             correct += right
             seen += len(mine)
             bar.update(1)
-            bar.set_postfix(loss=f"{total / seen:.4f}", accuracy=f"{correct / seen:.4f}", refresh=False)
+            bar.set_postfix(loss=f"{total / weight_seen:.4f}", accuracy=f"{correct / seen:.4f}", refresh=False)
         bar.close()
-        total, correct, seen = distributed.all_sum([total, correct, seen], device)
+        total, weight_seen, correct, seen = distributed.all_sum([total, weight_seen, correct, seen], device)
         with torch.no_grad():  # Keras reports the loss with the regularization term
             l2 = float(l2_penalty(model, hp.regularizers_l2))
-        metrics = EpochMetrics(total / seen + l2, correct / seen, steps=steps_per_epoch)
+        metrics = EpochMetrics(total / weight_seen + l2, correct / seen, steps=steps_per_epoch)
         if val_data is not None:
             metrics.val_loss, metrics.val_accuracy = evaluate(model, val_data, hp.batch_size, device, dtype,
                                                               hp.regularizers_l2)

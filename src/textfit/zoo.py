@@ -47,6 +47,8 @@ class ModelSpec:
     """Vocabulary size, checked when a checkpoint is imported under this id."""
     parameters: int = 0
     """Parameter count of the encoder (0: computed for a BERT of this shape)."""
+    license: str = "Apache-2.0"
+    """Licence of the pretrained weights (BERT, ELECTRA, ALBERT, MiniLM: Apache-2.0; RoBERTa, DeBERTa: MIT)."""
 
     @property
     def parameter_count(self) -> int:
@@ -101,8 +103,8 @@ ZOO: tuple[ModelSpec, ...] = (
     ModelSpec("tensorflow-tc-talking-heads-large", "Talking Heads Large", None, 24, 1024, 16, BERT_LARGE_DEFAULTS, _TALKING_HEADS),
     # Beyond SageMaker's list: modern encoders a user expects, with their real Hub ids.
     ModelSpec("textfit-tc-distilbert-base-uncased", "DistilBERT base uncased", "distilbert/distilbert-base-uncased", 6, 768, 12, BERT_BASE_DEFAULTS, parameters=66_362_880),
-    ModelSpec("textfit-tc-roberta-base", "RoBERTa base", "FacebookAI/roberta-base", 12, 768, 12, ROBERTA_DEFAULTS, vocab=50265, parameters=124_645_632),
-    ModelSpec("textfit-tc-deberta-v3-base", "DeBERTa-v3 base", "microsoft/deberta-v3-base", 12, 768, 12, ROBERTA_DEFAULTS, vocab=128100, parameters=183_831_552),
+    ModelSpec("textfit-tc-roberta-base", "RoBERTa base", "FacebookAI/roberta-base", 12, 768, 12, ROBERTA_DEFAULTS, vocab=50265, parameters=124_645_632, license="MIT"),
+    ModelSpec("textfit-tc-deberta-v3-base", "DeBERTa-v3 base", "microsoft/deberta-v3-base", 12, 768, 12, ROBERTA_DEFAULTS, vocab=128100, parameters=183_831_552, license="MIT"),
     ModelSpec("textfit-tc-modernbert-base", "ModernBERT base (8k context)", "answerdotai/ModernBERT-base", 22, 768, 12, BERT_BASE_DEFAULTS, vocab=50368, parameters=149_014_272),
     ModelSpec("textfit-tc-multilingual-minilm-l12-h384", "Multilingual MiniLM L12 (50+ languages)", "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2", 12, 384, 12, MINILM_DEFAULTS, vocab=250037, parameters=117_653_760),
     ModelSpec(
