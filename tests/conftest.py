@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import random
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -37,20 +41,42 @@ def write_csv(path: Path, rows: list[tuple[object, str]]) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real checkpoint folder (config, safetensors, tokenizer) of a randomly initialised 2-layer BERT."""
+def build_tiny_bert(folder: Path, **config: object) -> Path:
+    """Save a randomly initialised 2-layer BERT (hidden 32) and its word-level vocabulary: a real checkpoint."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     vocab = {w: i for i, w in enumerate(SPECIAL + POSITIVE + NEGATIVE + NEUTRAL)}
     BertTokenizer(vocab=vocab).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    settings = {"vocab_size": len(vocab), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "intermediate_size": 64, "max_position_embeddings": 64, **config}
     torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
+    BertModel(BertConfig(**settings)).save_pretrained(folder)
     return folder
+
+
+def run_until(cmd: list[str], marker: str, timeout: float = 120) -> subprocess.Popen[str]:
+    """Start a command and return once its stderr shows a line starting with `marker` (or the timeout)."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    for line in proc.stderr:
+        if line.startswith(marker) or time.monotonic() > deadline:
+            break
+    return proc
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real checkpoint folder (config, safetensors, tokenizer) of a randomly initialised 2-layer BERT."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, make_rows, write_csv
+from tests.conftest import FAST, kill, make_rows, run_until, write_csv
 from textfit.cli import build_parser, main
 
 FAST_ARGS = [arg for name, value in FAST.items() for arg in ("--hp", f"{name}={value}")]
@@ -136,15 +133,8 @@ def test_a_run_killed_mid_training_leaves_no_artifact(tiny_bert: Path, tmp_path:
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "textfit", "train", "--train", str(tmp_path / "big"), "--model-id", str(tiny_bert),
            "--output", str(out), "--hp", "epochs=1000", "--hp", "optimizer=adam", "--hp", "precision=fp32"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 120
-    for line in proc.stderr:  # wait until training is under way
-        if line.startswith("Epoch 2/") or time.monotonic() > deadline:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    proc.stderr.close()
+    proc = run_until(cmd, "Epoch 2/")  # training is under way
+    kill(proc)
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE, SPECIAL, make_rows, write_csv
+from tests.conftest import build_tiny_bert, make_rows, write_csv
 from textfit.distributed import World, my_rows, split_message
 
 # 52 rows, batch 10: the split leaves 42 training rows, so the last global batch (2 rows) gives each worker one
@@ -23,18 +23,8 @@ HP = ["--hp", "epochs=3", "--hp", "batch_size=10", "--hp", "learning_rate=0.01",
 @pytest.fixture(scope="module")
 def no_dropout_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny BERT without dropout: then 2 workers and 1 must compute the same gradients."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    folder = tmp_path_factory.mktemp("bert-no-dropout")
-    vocab = {w: i for i, w in enumerate(SPECIAL + POSITIVE + NEGATIVE + NEUTRAL)}
-    BertTokenizer(vocab=vocab).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return folder
+    return build_tiny_bert(tmp_path_factory.mktemp("bert-no-dropout"), hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0)
 
 
 def train(model: Path, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -85,3 +85,16 @@ def test_training_from_the_store(tmp_path: Path, channel: Path, monkeypatch: pyt
     clf = TextClassifier(SMALL_ID, {**FAST, "epochs": "1"}).fit(channel)
     assert clf.model_id_ == SMALL_ID and clf.manifest_["base_model"].startswith(str(tmp_path / "store"))
     assert clf.hyperparameters_.optimizer == "adam"  # FAST's, over the zoo entry's adamw
+
+
+def test_pull_without_a_reachable_hub_says_how_to_fix_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    # a closed local port: the download fails at once, as it does on a machine without internet
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ModelNotFoundError) as info:
+        store.pull_model(SMALL_ID, store=tmp_path / "store")
+    assert "cannot download google/bert_uncased_L-2_H-128_A-2" in str(info.value)
+    assert f"textfit models import {SMALL_ID} DIR" in str(info.value)
+    assert not (tmp_path / "store" / SMALL_ID).exists()

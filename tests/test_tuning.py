@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_rows, write_csv
+from tests.conftest import kill, make_rows, run_until, write_csv
 from textfit import TextClassifier
 from textfit.errors import HyperparameterError
 from textfit.tuning import CONDITIONS, DEFAULT_RANGES, parse_ranges, tune
@@ -130,16 +129,7 @@ def test_a_killed_study_resumes(tiny_bert: Path, tmp_path: Path) -> None:
            "--ranges", str(tmp_path / "ranges.json"), "--hp", "batch_size=8", "--hp", "precision=fp32"]
     (tmp_path / "ranges.json").write_text(
         '{"CategoricalParameterRanges": [{"Name": "epochs", "Values": ["2", "30", "3"]}]}')
-    proc = subprocess.Popen([*cmd, "--seed", "1"], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 120
-    for line in proc.stderr:  # kill it inside the long trial
-        if line.startswith("Epoch 2/30") or time.monotonic() > deadline:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    proc.stderr.close()
+    kill(run_until([*cmd, "--seed", "1"], "Epoch 2/30"))  # killed inside the long trial
     done = subprocess.run([*cmd, "--seed", "1"], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Resuming: 1 trial(s) interrupted" in done.stderr
