@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 def main() -> None:
     from bbc import channels
+
     from textfit import TextClassifier
     from textfit.channels import read_channel
 

@@ -34,6 +34,7 @@ def main() -> None:
     logging.getLogger("textfit").setLevel(logging.WARNING)
 
     from bbc import channels
+
     from textfit import TextClassifier
     from textfit.channels import read_channel
     from textfit.tuning import tune
