@@ -172,7 +172,7 @@ def _free_port() -> int:
 def server(tiny_artifact: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "textfit", "serve", "--model", str(tiny_artifact), "--port",
-                             str(port), "--backend", "torch"], stderr=subprocess.PIPE,
+                             str(port), "--backend", "torch", "--max-queue", "50000"], stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -213,12 +213,12 @@ def test_concurrent_requests_each_get_their_own_answer(server: tuple[subprocess.
 
 def test_sigterm_drains_in_flight_requests(server: tuple[subprocess.Popen[bytes], str]) -> None:
     proc, url = server
-    big = json.dumps([GOOD] * 2000)  # a request that takes a moment
+    big = json.dumps([GOOD] * 20000)  # a request that takes a few seconds
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.post, f"{url}/invocations", content=big.encode(), timeout=60,
                               headers={"Content-Type": "application/json"})
-        time.sleep(0.3)
+        time.sleep(0.5)  # received, and being answered
         proc.send_signal(signal.SIGTERM)
         response = pending.result()
-    assert response.status_code == 200 and len(response.json()) == 2000
+    assert response.status_code == 200 and len(response.json()) == 20000
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
