@@ -217,3 +217,13 @@ def test_two_workers_share_one_study_through_postgresql(postgres: str, tiny_bert
     states = [t.state.name for t in optuna.load_study(study_name="shared", storage=storage).trials]
     storage.engine.dispose()  # close the connections now, not at some later garbage collection
     assert 4 <= len(states) <= 5 and states.count("COMPLETE") >= 4  # the budget is shared, not doubled
+
+
+def test_start_from_defaults_runs_the_model_defaults_first(tiny_bert: Path, tmp_path: Path) -> None:
+    write_csv(tmp_path / "train" / "data.csv", make_rows(32))
+    ranges = {"ContinuousParameterRanges": [{"Name": "learning_rate", "MinValue": "1e-5", "MaxValue": "1e-3"}],
+              "CategoricalParameterRanges": [{"Name": "epochs", "Values": ["1", "3"]}]}
+    result = tune(tmp_path / "train", model_id=str(tiny_bert), output=tmp_path / "t", max_jobs=2, ranges=ranges,
+                  hyperparameters={"batch_size": "8", "precision": "fp32"}, start_from_defaults=True)
+    first = result.trials[0]
+    assert float(first["learning_rate"]) == 5e-5 and first["epochs"] == "3"  # the BERT recipe of a non-zoo model

@@ -284,6 +284,21 @@ def run_worker(job: TuningJob) -> None:
     del optuna
 
 
+def _defaults_in_ranges(model_id: str | None, ranges: list[Range]) -> dict[str, object]:
+    """The values the model's defaults give the tuned hyperparameters, where the ranges hold them."""
+    from textfit.hyperparameters import resolve
+    from textfit.zoo import defaults_for
+
+    defaults = resolve({}, defaults_for(model_id))
+    chosen: dict[str, object] = {}
+    for r in ranges:
+        value = getattr(defaults, r.name)
+        inside = str(value) in r.values if r.kind == "categorical" else r.low <= float(value) <= r.high
+        if inside:
+            chosen[r.name] = value
+    return chosen
+
+
 def _typed_initial(initial: list[Mapping[str, object]], ranges: list[Range]) -> list[dict[str, Any]]:
     """Initial configurations as the sampler's types; a name or value outside the ranges is an error."""
     by_name = {r.name: r for r in ranges}
@@ -401,11 +416,12 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
          ranges: Mapping[str, Any] | None = None, hyperparameters: Mapping[str, object] | None = None,
          storage: str | None = None, study_name: str = "textfit", strategy: str = "bayesian",
          early_stopping: str = "auto", seed: int = 0, keep_trials: bool = False,
-         initial: list[Mapping[str, object]] | None = None) -> TuningResult:
+         initial: list[Mapping[str, object]] | None = None, start_from_defaults: bool = False) -> TuningResult:
     """Search hyperparameters to maximise val_accuracy; the best trial's model is copied to OUTPUT/best.
 
     Running the same command again resumes the study where it stopped. `initial` configurations (values for
-    some of the ranges) run first, in order, before the strategy takes over.
+    some of the ranges) run first, in order, before the strategy takes over; `start_from_defaults` puts the
+    model's own defaults first (those inside the ranges), so the search never ends below them.
 
     Raises:
         HyperparameterError: invalid ranges, strategy or job counts, before any trial starts.
@@ -422,6 +438,8 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
     fixed = {k: str(v) for k, v in (hyperparameters or {}).items()}
     parse_hyperparameters(fixed)  # bad fixed values fail now, not in every trial
     parsed = parse_ranges(ranges, fixed)
+    if start_from_defaults:
+        initial = [_defaults_in_ranges(model_id, parsed), *(initial or [])]
     typed_initial = _typed_initial(list(initial or []), parsed)
     read_channel(train)  # bad data fails now, not in every trial
     if validation is not None:
