@@ -1,6 +1,6 @@
 """Tuning against the defaults: does a short search on BBC News reach the default hyperparameters' val_accuracy?
 
-    python bench/tune_bench.py [--max-jobs 4] [--search lr-batch|lr-batch-epochs]
+    python bench/tune_bench.py [--max-jobs 4] [--search lr-batch|lr-batch-epochs] [--prune-from-epoch 2]
 
 Trains the embedded all-MiniLM-L6-v2 on BBC News (bench/bbc.py, 1,781 rows; 20% held out for val_accuracy,
 the same split for every run) once with the default hyperparameters, then runs `textfit tune` for max-jobs
@@ -40,6 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-jobs", type=int, default=4)
     parser.add_argument("--search", choices=sorted(SEARCHES), default="lr-batch")
+    parser.add_argument("--prune-from-epoch", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("textfit").setLevel(logging.WARNING)
@@ -69,7 +70,7 @@ def main() -> None:
         start = time.perf_counter()
         ranges, fixed = SEARCHES[args.search]
         result = tune(train, output=Path(tmp) / "tuning", max_jobs=args.max_jobs, ranges=ranges,
-                      hyperparameters=fixed, seed=0)
+                      hyperparameters=fixed, seed=0, prune_from_epoch=args.prune_from_epoch)
         tune_seconds = time.perf_counter() - start
         best = TextClassifier.load(Path(tmp) / "tuning" / "best")
         for row in result.trials:

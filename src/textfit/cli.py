@@ -251,7 +251,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   max_parallel_jobs=args.max_parallel_jobs, ranges=ranges, hyperparameters=fixed,
                   storage=args.storage, study_name=args.study, strategy=args.strategy,
                   early_stopping=args.early_stopping, seed=args.seed, keep_trials=args.keep_trials,
-                  initial=initial, start_from_defaults=args.start_from_defaults)
+                  initial=initial, start_from_defaults=args.start_from_defaults,
+                  prune_from_epoch=args.prune_from_epoch)
     print(json.dumps({"best_trial": result.best_trial, "val_accuracy": result.best_val_accuracy,
                       "hyperparameters": result.best_hyperparameters, "model": str(result.output / "best")}))
     return 0
@@ -400,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop trials whose val_accuracy falls below the median of earlier ones at an epoch")
     tune.add_argument("--seed", type=int, default=0, help="seed of the search strategy")
     tune.add_argument("--initial", help='JSON file {"configurations": [{name: value, ...}]} to try first, in order')
+    tune.add_argument("--prune-from-epoch", type=int, default=2,
+                      help="first epoch at which early stopping may stop a trial (default 2)")
     tune.add_argument("--start-from-defaults", action="store_true",
                       help="run the model's default hyperparameters as the first trial")
     tune.add_argument("--keep-trials", action="store_true", help="keep every trial's model, not only the best")

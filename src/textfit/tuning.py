@@ -177,6 +177,8 @@ class TuningJob:
     default_optimizer: str = "adam"
     initial: list[dict[str, Any]] = field(default_factory=list)
     """Configurations to run first (known-good settings, say), typed per range."""
+    prune_from_epoch: int = 2
+    """The first epoch at which a trial may be stopped: epoch 1 is noisy (warm-up, schedules of other lengths)."""
 
 
 def _sampler(job: TuningJob) -> Any:
@@ -200,7 +202,7 @@ def _pruner(job: TuningJob) -> Any:
     if job.early_stopping == "off":
         return optuna.pruners.NopPruner()
     # AMT's early stopping: stop a job whose val_accuracy at an epoch is below the median of earlier jobs there
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=job.prune_from_epoch)
 
 
 def _study(job: TuningJob) -> Any:
@@ -416,7 +418,8 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
          ranges: Mapping[str, Any] | None = None, hyperparameters: Mapping[str, object] | None = None,
          storage: str | None = None, study_name: str = "textfit", strategy: str = "bayesian",
          early_stopping: str = "auto", seed: int = 0, keep_trials: bool = False,
-         initial: list[Mapping[str, object]] | None = None, start_from_defaults: bool = False) -> TuningResult:
+         initial: list[Mapping[str, object]] | None = None, start_from_defaults: bool = False,
+         prune_from_epoch: int = 2) -> TuningResult:
     """Search hyperparameters to maximise val_accuracy; the best trial's model is copied to OUTPUT/best.
 
     Running the same command again resumes the study where it stopped. `initial` configurations (values for
@@ -450,7 +453,7 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
     job = TuningJob(str(train), None if validation is None else str(validation), model_id, str(out), parsed, fixed,
                     storage or f"sqlite:///{(out / 'study.db').resolve()}", study_name, strategy, early_stopping,
                     max_jobs, seed, max(1, (os.cpu_count() or 1) // max_parallel_jobs), str(default_opt),
-                    typed_initial)
+                    typed_initial, prune_from_epoch)
     if storage is None and (n := _interrupt_stale(job)):
         log.info("Resuming: %d trial(s) interrupted by an earlier run will be run again", n)
     start = time.perf_counter()
