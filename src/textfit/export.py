@@ -105,13 +105,14 @@ def runner(model: torch.nn.Module, folder: Path | None, backend: str, input_name
     if backend != "onnx":
         raise ArtifactError(f"unknown backend {backend!r}; use torch or onnx")
     path = onnx_path(folder, quantized) if folder is not None else None
-    if path is None or not path.is_file():
-        cache = Path(tempfile.mkdtemp(prefix="textfit-onnx-"))
-        log.info("No %s in the model folder: exporting to %s", INT8 if quantized else FP32, cache)
-        path = export_onnx(model, input_names, cache / FP32)
+    if path is not None and path.is_file():
+        return OnnxRunner(path, threads)
+    log.info("No %s in the model folder: exporting it (run `textfit export` to keep one)", INT8 if quantized else FP32)
+    with tempfile.TemporaryDirectory(prefix="textfit-onnx-") as tmp:  # the session keeps the graph in memory
+        path = export_onnx(model, input_names, Path(tmp) / FP32)
         if quantized:
-            path = quantize_int8(path, cache / INT8)
-    return OnnxRunner(path, threads)
+            path = quantize_int8(path, Path(tmp) / INT8)
+        return OnnxRunner(path, threads)
 
 
 # Texts to compare engines on when no labelled data is given: varied length and topic, no signal intended.
