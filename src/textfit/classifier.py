@@ -192,7 +192,7 @@ class TextClassifier:
         result = training.train(model, train_data, val_data, hp, on_epoch=on_epoch)
 
         self.model_, self.tokenizer_, self.hyperparameters_ = model.cpu().eval(), tokenizer, hp
-        self.runner_ = export.TorchRunner(self.model_)
+        self.runner_, self.backend_ = export.TorchRunner(self.model_), "torch"
         self.classes_, self.label_values_ = list(classes.names), list(classes.values)
         self.model_id_ = resolved.model_id if resolved else model_id
         self.history_, self.best_epoch_ = [m.as_dict() for m in result.history], result.best_epoch
