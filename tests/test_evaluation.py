@@ -105,3 +105,17 @@ def test_balanced_class_weights_raise_minority_recall(tmp_path: Path) -> None:
         clf.fit(tmp_path / "train", tmp_path / "val")
         recall[weights] = evaluate(clf, tmp_path / "val").per_class[1].recall
     assert recall["balanced"] >= recall["none"] + 0.1, recall
+
+
+def test_quantization_report_compares_engines_on_labelled_data(tiny_artifact: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from textfit.evaluation import quantization_report
+
+    model = Path(shutil.copytree(tiny_artifact, tmp_path / "m"))
+    TextClassifier.load(model).export_onnx(model, quantize=True)
+    data = write_csv(tmp_path / "test" / "data.csv", make_rows(30, seed=4))
+    report = quantization_report(model, data)
+    assert report["texts"] == 30 and report["onnx_fp32"]["max_abs_probability_diff"] < 1e-4
+    assert report["onnx_fp32"]["accuracy"] == report["torch"]["accuracy"]
+    assert 0 <= report["onnx_int8"]["agreement"] <= 1 and "accuracy" in report["onnx_int8"]

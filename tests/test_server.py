@@ -222,3 +222,11 @@ def test_sigterm_drains_in_flight_requests(server: tuple[subprocess.Popen[bytes]
         response = pending.result()
     assert response.status_code == 200 and len(response.json()) == 20000
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+
+
+def test_settings_from_the_sagemaker_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "2")
+    monkeypatch.setenv("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "application/jsonlines")
+    settings = ServeSettings.from_environment(max_batch=8, max_body_bytes=None)
+    assert (settings.max_body_bytes, settings.default_accept, settings.max_batch) == (
+        2 * 1024 * 1024, "application/jsonlines", 8)

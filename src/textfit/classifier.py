@@ -288,6 +288,14 @@ class TextClassifier:
 
         return [verbose_record(row, self.classes_) for row in self.predict_proba(texts, long_texts=long_texts)]
 
+    def class_index(self, label: object) -> int | None:
+        """The column of a label given as in the training data (its value) or as a class name; None if unknown."""
+        text = str(label).strip()
+        for i, value in enumerate(self.label_values_):
+            if text == str(value):
+                return i
+        return self.classes_.index(text) if text in self.classes_ else None
+
     def predict(self, texts: Sequence[str]) -> list[str]:
         """The most probable class of each text (its name where the data gave names)."""
         proba = self.predict_proba(texts)

@@ -135,11 +135,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from textfit.server import ServeSettings, serve
 
     env = serve_environment()
-    settings = ServeSettings(
-        max_body_bytes=int((args.max_body_mb or env.max_payload_mb) * 1024 * 1024),
+    settings = ServeSettings.from_environment(
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024) if args.max_body_mb else None,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-        default_accept=env.default_accept, long_texts=args.long_texts, batch_strategy=env.batch_strategy,
-        max_concurrent_transforms=env.max_concurrent_transforms, metrics=not args.no_metrics)
+        long_texts=args.long_texts, metrics=not args.no_metrics)
     model = args.model or env.model_dir
     if args.threads:
         import torch
@@ -153,7 +152,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from textfit.classifier import TextClassifier
-    from textfit.export import quantization_report
+    from textfit.evaluation import quantization_report
 
     folder = Path(args.model)
     if not folder.is_dir():
@@ -161,7 +160,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     clf = TextClassifier.load(folder)
     path = clf.export_onnx(folder, quantize=args.quantize == "int8")
     log.info("Wrote %s", path)
-    report = quantization_report(clf, folder, Path(args.data) if args.data else None)
+    report = quantization_report(folder, args.data)
     print(json.dumps({"onnx": str(path), **report}))
     return 0
 
@@ -286,8 +285,7 @@ def cmd_sagemaker_serve(args: argparse.Namespace) -> int:
     from textfit.server import ServeSettings, serve
 
     env = serve_environment()
-    settings = ServeSettings(max_body_bytes=int(env.max_payload_mb * 1024 * 1024), default_accept=env.default_accept,
-                             batch_strategy=env.batch_strategy, max_concurrent_transforms=env.max_concurrent_transforms)
+    settings = ServeSettings.from_environment()
     model = Path(args.prefix) / "model" if args.prefix else Path(env.model_dir)
     # A container is reached from outside itself: SageMaker's contract is port 8080 on every interface.
     serve(lambda: TextClassifier.load(model, backend="onnx"), host=args.host, port=env.port, settings=settings)

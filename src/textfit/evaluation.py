@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,14 +18,13 @@ log = logging.getLogger("textfit")
 
 def true_classes(channel: Channel, clf: TextClassifier) -> list[int]:
     """Class indices of a channel's labels: label values as in the training data, or class names."""
-    index = {str(value): i for i, value in enumerate(clf.label_values_)}
-    index.update({name: i for i, name in enumerate(clf.classes_)})
-    unknown = [(line, label) for line, label in zip(channel.lines, channel.labels) if str(label) not in index]
+    indices = [clf.class_index(label) for label in channel.labels]
+    unknown = [(line, label) for line, label, i in zip(channel.lines, channel.labels, indices) if i is None]
     if unknown:
         line, label = unknown[0]
         raise DataError(f"{channel.path}, line {line}: label {label!r} is not a class of this model "
                         f"({', '.join(map(str, clf.label_values_))}); {len(unknown)} row(s) have unknown labels")
-    return [index[str(label)] for label in channel.labels]
+    return indices  # type: ignore[return-value]
 
 
 def evaluate(clf: TextClassifier, data: str | Path, output: str | Path | None = None, *,
@@ -46,3 +46,39 @@ def evaluate(clf: TextClassifier, data: str | Path, output: str | Path | None = 
         for path in plots.report_figures(result, y, proba, folder):
             log.info("Wrote %s", path)
     return result
+
+
+# Texts to compare engines on when no labelled data is given: varied length and topic, no signal intended.
+PROBE_TEXTS = [
+    "The results were announced this morning.", "I would not recommend it to anyone.",
+    "An absolute delight from start to finish, with a superb cast.", "Prices rose sharply in the third quarter.",
+    "The team won the final after extra time.", "It stopped working after a week and support never answered.",
+    "A new study links sleep to memory.", "Fine.", "The software update adds several features and fixes bugs.",
+    "The minister resigned after the vote.",
+]
+
+
+def quantization_report(folder: Path, data: str | Path | None) -> dict[str, Any]:
+    """How far the ONNX engines of a model folder are from PyTorch: the largest probability change, agreement
+    and, with labelled data, each engine's accuracy."""
+    from textfit import export
+
+    engines = [("torch", "torch", False)] + [(name, "onnx", q) for name, q in (("onnx_fp32", False),
+                                                                                 ("onnx_int8", True))
+                                               if export.onnx_path(folder, q).is_file()]
+    reference = TextClassifier.load(folder)
+    channel = read_channel(data) if data is not None else None
+    texts = channel.texts if channel is not None else PROBE_TEXTS
+    truth = np.asarray(true_classes(channel, reference)) if channel is not None else None
+    out: dict[str, Any] = {"texts": len(texts)}
+    torch_probs = reference.predict_proba(texts)
+    for name, backend, quantized in engines:
+        probs = torch_probs if backend == "torch" else TextClassifier.load(
+            folder, backend=backend, quantized=quantized).predict_proba(texts)
+        out[name] = {"max_abs_probability_diff": float(np.abs(torch_probs - probs).max()),
+                     "agreement": float((torch_probs.argmax(1) == probs.argmax(1)).mean())}
+        if truth is not None:
+            out[name]["accuracy"] = metrics.report(truth, probs, reference.classes_).accuracy
+    if truth is None:
+        log.info("Pass --data with labelled rows to measure the accuracy cost; probe texts compare engines only")
+    return out

@@ -295,14 +295,6 @@ class PredictionSummary:
         return self.correct / self.labelled if self.labelled else None
 
 
-def _truth(label: str, classifier: TextClassifier) -> str | None:
-    """The class name of a label from the input: a label value as in data.csv, or a class name."""
-    for value, name in zip(classifier.label_values_, classifier.classes_):
-        if label == str(value):
-            return name
-    return label if label in classifier.classes_ else None
-
-
 def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out: IO[str], *,
                  long_texts: str = "truncate", progress: Any = None) -> PredictionSummary:
     """Write one JSON line per record, in input order; with labels in the input, count the correct ones."""
@@ -312,7 +304,8 @@ def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out
         for rec, row in zip(chunk, probs):
             result = verbose_record(row, classifier.classes_)
             if rec.label is not None:
-                truth = _truth(rec.label, classifier)
+                index = classifier.class_index(rec.label)
+                truth = None if index is None else classifier.classes_[index]
                 result["label"] = truth if truth is not None else rec.label
                 summary.labelled += 1
                 summary.correct += int(truth == result["predicted_label"])

@@ -44,6 +44,17 @@ class ServeSettings:
     max_concurrent_transforms: int = 4
     metrics: bool = True
 
+    @classmethod
+    def from_environment(cls, **overrides: Any) -> ServeSettings:
+        """SageMaker's serving variables (payload limit, batch transform, default Accept), then `overrides`."""
+        from textfit.sagemaker import serve_environment
+
+        env = serve_environment()
+        values: dict[str, Any] = {"max_body_bytes": int(env.max_payload_mb * 1024 * 1024),
+                                  "default_accept": env.default_accept, "batch_strategy": env.batch_strategy,
+                                  "max_concurrent_transforms": env.max_concurrent_transforms}
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
 
 class Batcher:
     """Dynamic batching: requests queue up while a batch runs, and the next batch takes them all."""

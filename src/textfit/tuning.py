@@ -268,7 +268,6 @@ def _stop_at(max_jobs: int) -> Any:
 
 def run_worker(job: TuningJob) -> None:
     """Run trials until the study holds max_jobs of them; workers on other machines may share the study."""
-    import optuna
     import torch
 
     from textfit.errors import TextfitError
@@ -283,7 +282,6 @@ def run_worker(job: TuningJob) -> None:
             study.enqueue_trial(params, skip_if_exists=True)
     study.optimize(_objective(job), callbacks=[_stop_at(job.max_jobs)], catch=(TextfitError,),
                    n_trials=job.max_jobs)
-    del optuna
 
 
 def _defaults_in_ranges(model_id: str | None, ranges: list[Range]) -> dict[str, object]:
