@@ -49,7 +49,7 @@ def build_tiny_bert(folder: Path, **config: object) -> Path:
     vocab = {w: i for i, w in enumerate(SPECIAL + POSITIVE + NEGATIVE + NEUTRAL)}
     BertTokenizer(vocab=vocab).save_pretrained(folder)
     settings = {"vocab_size": len(vocab), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                "intermediate_size": 64, "max_position_embeddings": 64, **config}
+                "intermediate_size": 64, "max_position_embeddings": 128, **config}
     torch.manual_seed(0)
     BertModel(BertConfig(**settings)).save_pretrained(folder)
     return folder

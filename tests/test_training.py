@@ -49,7 +49,7 @@ def test_golden_first_losses(tiny_bert: Path) -> None:
     """Pins the loop's numbers: a change to the loss, batching or optimizer mapping shows up here."""
     model, tok = tiny_model(tiny_bert)
     result = training.train(model, data(tok, 32, 0), None, hp(epochs=3))
-    assert [m.loss for m in result.history] == pytest.approx([0.7055, 0.7096, 0.6929], abs=2e-3)
+    assert [m.loss for m in result.history] == pytest.approx([0.7059, 0.7088, 0.7006], abs=2e-3)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)

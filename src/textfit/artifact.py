@@ -7,11 +7,13 @@ plus textfit's labels file and manifest. Tarballs are extracted with no path out
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,14 @@ CONFUSION = "confusion_matrix.png"
 CARD = "README.md"
 TOKENIZER_FILES = ("tokenizer_config.json",)
 """Files every saved tokenizer writes; the vocabulary files vary by tokenizer type."""
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model",
+                    "tokenizer.model")
+"""One of these holds the vocabulary: without it transformers would build an almost empty one."""
 REQUIRED = (CONFIG, WEIGHTS, LABELS, MANIFEST, *TOKENIZER_FILES)
+DIGESTS = "files"
+"""The manifest's key for the sha256 of every file the model is made of, written at save, checked at load."""
+CHECKED = (CONFIG, WEIGHTS, LABELS)
+"""Besides the tokenizer files: what a prediction depends on, so what load verifies."""
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
@@ -45,11 +54,61 @@ def check_complete(folder: Path) -> None:
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: no such model folder; pass the output folder of `textfit train` or its tarball")
     missing = missing_files(folder)
+    if not any((folder / name).is_file() for name in VOCABULARY_FILES):
+        missing.append("the tokenizer's vocabulary (tokenizer.json)")
     if missing:
         raise ArtifactError(
             f"{folder}: not a complete textfit model, missing {', '.join(missing)}; "
             "pass the output folder of `textfit train` (or its model.tar.gz)"
         )
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_files(folder: Path) -> list[str]:
+    """The files a prediction depends on: config, weights, labels and every tokenizer file present."""
+    tokenizer = [name for name in (*TOKENIZER_FILES, *VOCABULARY_FILES, "special_tokens_map.json", "merges.txt",
+                                   "added_tokens.json") if (folder / name).is_file()]
+    return [*CHECKED, *tokenizer]
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """sha256 of each model file, for the manifest: load then knows a damaged or missing file by name."""
+    return {name: sha256(folder / name) for name in model_files(folder)}
+
+
+def verify(folder: Path, manifest: dict[str, Any]) -> None:
+    """Check every file against the digests written at save; one error naming each damaged or missing file.
+
+    An artifact saved before digests existed has none to check; its files are still checked for presence.
+    """
+    recorded = manifest.get(DIGESTS)
+    if not isinstance(recorded, dict):
+        return
+    problems = []
+    for name, expected in sorted(recorded.items()):
+        path = folder / str(name)
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif sha256(path) != expected:
+            problems.append(f"{name} has changed since it was saved (damaged or edited)")
+    if problems:
+        raise ArtifactError(f"{folder}: {'; '.join(problems)}; restore the artifact from its model.tar.gz or "
+                            "train it again")
+
+
+def check_intact(folder: Path) -> dict[str, Any]:
+    """The manifest of a model folder whose files are all there and as saved; one error naming what is not."""
+    if (folder / MANIFEST).is_file():
+        verify(folder, read_json(folder / MANIFEST))
+    check_complete(folder)
+    return read_json(folder / MANIFEST)
 
 
 def is_fine_tuned(folder: Path) -> bool:
@@ -65,6 +124,17 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ArtifactError(f"{path}: expected a JSON object; the artifact is damaged, train it again")
     return data
+
+
+def read_labels(path: Path) -> dict[str, list[Any]]:
+    """labels_info.json as textfit writes it: the class names and the label values, one each per class."""
+    data = read_json(path)
+    names, values = data.get("labels"), data.get("label_values")
+    if not (isinstance(names, list) and isinstance(values, list) and names and len(names) == len(values)
+            and all(isinstance(n, str) for n in names)):
+        raise ArtifactError(f"{path}: expected {{\"labels\": [names...], \"label_values\": [values...]}} of equal "
+                            "length; the artifact is damaged, train it again")
+    return {"labels": names, "label_values": values}
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -87,13 +157,21 @@ def _safe_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
 
 
 def safe_extract(tarball: Path, dest: Path) -> None:
-    """Extract a model tarball: regular files and folders only, every path inside `dest`."""
+    """Extract a model tarball: regular files and folders only, every path inside `dest`.
+
+    The members are vetted here on every Python; where tarfile has extraction filters (3.11.4 and later) the
+    "data" filter applies as well.
+    """
     try:
         with tarfile.open(tarball) as tar:
             members = _safe_members(tar, dest)
-            tar.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        raise ArtifactError(f"{tarball}: cannot read the tarball ({exc}); check that it is a complete .tar.gz") from None
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, members=members, filter="data")
+            else:  # pragma: no cover - Python before 3.11.4: the vetting above is the filter
+                tar.extractall(dest, members=members)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise ArtifactError(f"{tarball}: cannot read the tarball ({type(exc).__name__}: {exc or 'truncated'}); "
+                            "check that it is a complete .tar.gz") from None
 
 
 def _model_root(folder: Path) -> Path:

@@ -15,6 +15,12 @@ import torch
 
 # Rows are sorted by length within windows of this many batches, so batches stay random across windows.
 BUCKET_WINDOW = 50
+# Only the first max_length tokens of a text count, so a text is cut to this many characters per token before it
+# is tokenized: a 6 MB text then costs what a page does. Where that leaves the window short (long runs of
+# whitespace or of symbols that make no tokens), the cut grows by CLIP_GROWTH, up to MAX_CHARS_PER_TOKEN.
+CHARS_PER_TOKEN = 16
+CLIP_GROWTH = 8
+MAX_CHARS_PER_TOKEN = 1024
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,8 @@ class Encoded:
     has_token_types: bool
     owners: list[int] | None = None
     """With windows: the text each row (window) belongs to."""
+    truncated: int = 0
+    """Texts longer than max_length tokens, cut to their first max_length."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -57,11 +65,32 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequen
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     has_types = "token_type_ids" in tokenizer.model_input_names
     if window_overlap is None:
-        ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
-        return Encoded(list(ids), None if labels is None else list(labels), pad_id, has_types)
+        ids, truncated = _tokenize_window(tokenizer, list(texts), max_length)
+        return Encoded(ids, None if labels is None else list(labels), pad_id, has_types, truncated=truncated)
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, stride=window_overlap, padding=False,
                     return_overflowing_tokens=True)
     return Encoded(list(enc["input_ids"]), None, pad_id, has_types, list(enc["overflow_to_sample_mapping"]))
+
+
+def _tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
+    return list(tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"])
+
+
+def _tokenize_window(tokenizer: Any, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
+    """The first max_length tokens of each text, tokenizing a bounded prefix; and how many texts were longer."""
+    budget = max_length * CHARS_PER_TOKEN
+    ids = _tokenize(tokenizer, [t[:budget] for t in texts], max_length)
+    while budget < max_length * MAX_CHARS_PER_TOKEN:
+        short = [i for i, t in enumerate(texts) if len(t) > budget and len(ids[i]) < max_length]
+        if not short:
+            break
+        budget *= CLIP_GROWTH
+        for i, row in zip(short, _tokenize(tokenizer, [texts[i][:budget] for i in short], max_length)):
+            ids[i] = row
+    # A full window may be a text of exactly max_length tokens: one token more tells them apart.
+    full = [i for i, row in enumerate(ids) if len(row) >= max_length]
+    longer = _tokenize(tokenizer, [texts[i][: budget] for i in full], max_length + 1) if full else []
+    return ids, sum(len(row) > max_length for row in longer)
 
 
 def collate(data: Encoded, rows: list[int]) -> Batch:

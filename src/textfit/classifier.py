@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from textfit import artifact, batching, export, metrics, training
+from textfit import artifact, batching, checkpoint, export, metrics, training
 from textfit.channels import Channel, ClassSet, class_set, encode_labels, read_channel, stratified_split
 from textfit.errors import ArtifactError, DataError, HyperparameterError, TextfitError
 from textfit.hyperparameters import Hyperparameters, resolve
@@ -29,40 +29,18 @@ from textfit.zoo import defaults_for, resolve_model
 log = logging.getLogger("textfit")
 
 
-def _quiet_transformers() -> None:
-    """transformers prints load reports and progress bars; textfit says what matters itself."""
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def _load_tokenizer(path: str, allow_network: bool) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=not allow_network)
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{path}: cannot load the tokenizer ({exc}); the folder needs its tokenizer files") from None
+    return checkpoint.load_tokenizer(path, allow_network)
 
 
 def _load_model(path: str, allow_network: bool, head: dict[str, Any] | None = None, **kwargs: Any) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    _quiet_transformers()
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=not allow_network)
-        for key, value in (head or {}).items():
-            if key != "dropout" or not hasattr(config, "classifier_dropout_prob"):
-                setattr(config, "classifier_dropout" if key == "dropout" else key, value)
-            else:
-                config.classifier_dropout_prob = value  # ALBERT's name for the head's dropout
-        # use_safetensors: weights are never unpickled, whatever else the folder holds
-        return AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, local_files_only=not allow_network, use_safetensors=True, **kwargs
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        raise ArtifactError(f"{path}: cannot load the model ({exc}); it needs config.json and model.safetensors") from None
+    config = checkpoint.load_config(path, allow_network)
+    for key, value in (head or {}).items():
+        if key != "dropout" or not hasattr(config, "classifier_dropout_prob"):
+            setattr(config, "classifier_dropout" if key == "dropout" else key, value)
+        else:
+            config.classifier_dropout_prob = value  # ALBERT's name for the head's dropout
+    return checkpoint.load_classifier_model(path, config, allow_network, **kwargs)
 
 
 def _head_config(classes: ClassSet, dropout: float) -> dict[str, Any]:
@@ -172,7 +150,7 @@ class TextClassifier:
         with contextlib.ExitStack() as stack:
             source = stack.enter_context(artifact.opened(self.init_model)) if self.init_model else None
             fine_tuned = source is not None and artifact.is_fine_tuned(source)
-            manifest = artifact.read_json(source / artifact.MANIFEST) if source and fine_tuned else {}
+            manifest = artifact.check_intact(source) if source and fine_tuned else {}
             model_id = manifest.get("model_id") or self.model_id or (str(self.init_model) if self.init_model else None)
             resolved = None if source else resolve_model(self.model_id, allow_network=self.allow_network)
             hp = resolve(self.hyperparameters, defaults_for(resolved.model_id if resolved else model_id))
@@ -310,6 +288,7 @@ class TextClassifier:
         self.model_.save_pretrained(folder)  # safetensors, config.json with id2label / label2id
         self.tokenizer_.save_pretrained(folder)
         artifact.write_json(folder / artifact.LABELS, {"labels": self.classes_, "label_values": self.label_values_})
+        self.manifest_[artifact.DIGESTS] = artifact.digests(folder)
         artifact.write_json(folder / artifact.MANIFEST, self.manifest_)
         report = getattr(self, "validation_report_", None)
         if self.history_:
@@ -341,11 +320,13 @@ class TextClassifier:
             threads: intra-op threads of the ONNX Runtime session (default: torch's thread count).
         """
         with artifact.opened(path) as folder:
-            artifact.check_complete(folder)
-            manifest = artifact.read_json(folder / artifact.MANIFEST)
-            labels = artifact.read_json(folder / artifact.LABELS)
+            manifest = artifact.check_intact(folder)
+            labels = artifact.read_labels(folder / artifact.LABELS)
             clf = cls(manifest.get("model_id"), manifest.get("hyperparameters"))
             clf.model_ = _load_model(str(folder), False).eval()
+            if clf.model_.config.num_labels != len(labels["labels"]):
+                raise ArtifactError(f"{folder}: config.json has {clf.model_.config.num_labels} outputs but "
+                                    f"labels_info.json names {len(labels['labels'])} classes; the artifact is damaged")
             clf.tokenizer_ = _load_tokenizer(str(folder), False)
             clf.runner_ = export.runner(clf.model_, folder, backend, input_names(clf.tokenizer_), quantized, threads)
         clf.hyperparameters_ = Hyperparameters.from_strings(manifest.get("hyperparameters", {}))

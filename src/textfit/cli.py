@@ -131,12 +131,13 @@ def _progress(input_path: str | None) -> Any:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from textfit.classifier import TextClassifier
+    from textfit.connections import ConnectionLimits
     from textfit.sagemaker import serve_environment
     from textfit.server import ServeSettings, serve
 
     env = serve_environment()
     settings = ServeSettings.from_environment(
-        max_body_bytes=int(args.max_body_mb * 1024 * 1024) if args.max_body_mb else None,
+        body_timeout_s=args.body_timeout, max_body_bytes=int(args.max_body_mb * 1024 * 1024) if args.max_body_mb else None,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         long_texts=args.long_texts, metrics=not args.no_metrics)
     model = args.model or env.model_dir
@@ -144,9 +145,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    limits = ConnectionLimits(max_connections=args.max_connections, max_header_bytes=args.max_header_kb * 1024,
+                              max_headers=args.max_headers, header_timeout_s=args.header_timeout,
+                              keep_alive_s=args.keep_alive)
     log.info("Serving %s on http://%s:%d (backend %s)", model, args.host, args.port or env.port, args.backend)
     serve(lambda: TextClassifier.load(model, backend=args.backend, quantized=args.quantized, threads=args.threads),
-          host=args.host, port=args.port or env.port, settings=settings)
+          host=args.host, port=args.port or env.port, settings=settings, limits=limits)
     return 0
 
 
@@ -345,11 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default: SAGEMAKER_BIND_TO_PORT or 8080)")
     serve.add_argument("--max-batch", type=int, default=32, help="texts coalesced into one forward pass")
     serve.add_argument("--max-wait-ms", type=float, default=2.0, help="wait for more requests before a batch")
-    serve.add_argument("--max-queue", type=int, default=2048, help="texts waiting; beyond it: 503 Retry-After")
+    serve.add_argument("--max-queue", type=int, default=512,
+                       help="requests waiting for inference; beyond it: 503 Retry-After (default 512)")
     serve.add_argument("--max-body-mb", type=float, help="request body limit (default: SAGEMAKER_MAX_PAYLOAD_IN_MB "
                                                          "or 6)")
     serve.add_argument("--threads", type=int, help="inference threads (default: all cores)")
     serve.add_argument("--no-metrics", action="store_true", help="turn off /metrics")
+    conn = serve.add_argument_group("connection limits")
+    conn.add_argument("--max-connections", type=int, default=1024, help="open connections at once (default 1024)")
+    conn.add_argument("--max-header-kb", type=int, default=64, help="request line and headers, KiB (default 64)")
+    conn.add_argument("--max-headers", type=int, default=100, help="header fields per request (default 100)")
+    conn.add_argument("--header-timeout", type=float, default=10.0,
+                      help="seconds for a request's headers to arrive (default 10)")
+    conn.add_argument("--body-timeout", type=float, default=30.0, help="seconds for a body to arrive (default 30)")
+    conn.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle connection stays open (default 5)")
     _inference_options(serve, default_backend="onnx")
     serve.set_defaults(func=cmd_serve)
 

@@ -71,11 +71,40 @@ def _decode_text(body: bytes) -> str:
         raise RequestError(400, f"the body is not valid UTF-8 (byte {exc.start}); send UTF-8 text") from None
 
 
+MAX_DIGITS = 100
+"""Longest integer literal a JSON body may hold: no text needs one, and Python refuses 4,300 digits with an error."""
+
+
 def _check(texts: list[str]) -> list[str]:
+    """Each text on its own, before it can join anyone else's batch: not empty, and valid Unicode."""
     for i, text in enumerate(texts):
         if not text.strip():
             raise RequestError(400, f"text {i + 1} of the request is empty; every text needs some content")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate ("\\ud800") from a JSON escape
+            raise RequestError(400, f"text {i + 1} of the request holds an invalid Unicode character "
+                                    f"(U+{ord(text[exc.start]):04X} at position {exc.start}, a lone surrogate); "
+                                    "send valid UTF-8 text") from None
     return texts
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal) > MAX_DIGITS:
+        raise ValueError(f"a number of {len(literal)} digits (at most {MAX_DIGITS})")
+    return int(literal)
+
+
+def _loads(text: str, where: str) -> Any:
+    """json.loads with every failure a 400: syntax, nesting beyond Python's recursion limit, huge numbers."""
+    try:
+        return json.loads(text, parse_int=_bounded_int)
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, f"{where} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise RequestError(400, f"{where} nests JSON too deeply; send a flat list of texts") from None
+    except ValueError as exc:
+        raise RequestError(400, f"{where} is not usable JSON ({exc}); send texts as strings") from None
 
 
 def _json_item(item: Any, where: str) -> str:
@@ -87,10 +116,7 @@ def _json_item(item: Any, where: str) -> str:
 
 
 def _from_json(text: str) -> Request:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RequestError(400, f"the body is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    data = _loads(text, "the body")
     if isinstance(data, dict) and isinstance(data.get("instances", data.get("inputs")), (list, str)):
         data = data.get("instances", data.get("inputs"))  # the TensorFlow Serving / SageMaker SDK shapes
     if isinstance(data, str) or (isinstance(data, dict) and "text" in data):
@@ -105,10 +131,7 @@ def _from_jsonlines(text: str) -> Request:
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RequestError(400, f"line {n} is not valid JSON ({exc.msg}); send one JSON value a line") from None
+        item = _loads(line, f"line {n}")
         texts.append(_json_item(item, f"line {n}"))
     return Request(texts, single=False)
 
@@ -160,7 +183,8 @@ def negotiate(accept: str | None, default: str = JSON) -> Accept:
             quality = float(params.get("q", "1"))
         except ValueError:
             quality = 0.0
-        candidates.append((-quality, i, kind, "verbose" in params or params.get("verbose") == "true"))
+        verbose = "verbose" in params and params["verbose"].lower() not in ("false", "0", "no")
+        candidates.append((-quality, i, kind, verbose))
     for _, _, kind, verbose in sorted(candidates):
         if kind in ("*/*", "application/*"):
             return negotiate(default)

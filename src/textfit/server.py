@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from textfit.classifier import TextClassifier
+from textfit.connections import BoundedHttpProtocol, ConnectionLimits, GracefulServer
 from textfit.errors import RequestError, TextfitError
 from textfit.inference import decode_request, encode_response, negotiate
 
@@ -36,8 +38,10 @@ class ServeSettings:
     """Texts coalesced into one forward pass."""
     max_wait_ms: float = 2.0
     """How long a batch waits for more requests once the queue is drained (0: take what is queued)."""
-    max_queue: int = 2048
-    """Texts waiting for inference; beyond it requests get 503 with Retry-After."""
+    max_queue: int = 512
+    """Requests waiting for inference (each with at most max_batch texts queued at a time); beyond it 503."""
+    body_timeout_s: float = 30.0
+    """Seconds a client may take to send a request body; then 408."""
     default_accept: str = "application/json"
     long_texts: str = "truncate"
     batch_strategy: str = "MULTI_RECORD"
@@ -56,55 +60,86 @@ class ServeSettings:
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
 
+Job = tuple[list[str], "asyncio.Future[np.ndarray]"]
+
+
 class Batcher:
-    """Dynamic batching: requests queue up while a batch runs, and the next batch takes them all."""
+    """Dynamic batching: requests queue up while a batch runs, and the next batch takes them all.
+
+    A request larger than max_batch goes through in slices of max_batch texts, one slice queued at a time, so
+    that it is never refused for its size and requests sent meanwhile take turns with it. A batch that fails is
+    run again request by request, so that only the request at fault fails.
+    """
 
     def __init__(self, predict: Callable[[list[str]], np.ndarray], settings: ServeSettings,
                  observe: Callable[[int], None]) -> None:
         self.predict, self.settings, self.observe = predict, settings, observe
-        self.queue: asyncio.Queue[tuple[list[str], asyncio.Future[np.ndarray]]] = asyncio.Queue()
-        self.pending = 0
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.waiting = 0
+        """Requests admitted and not yet answered."""
         self.last_group = 1
         """Requests in the previous batch: waiting for company only pays when requests come together."""
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="textfit-inference")
 
     async def submit(self, texts: list[str]) -> np.ndarray:
-        if self.pending + len(texts) > self.settings.max_queue:
-            raise RequestError(503, f"the server is busy ({self.pending} texts queued); retry shortly")
-        self.pending += len(texts)
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        if self.waiting >= self.settings.max_queue:
+            raise RequestError(503, f"the server is busy ({self.waiting} requests waiting); retry shortly")
+        self.waiting += 1
         try:
-            await self.queue.put((texts, future))
-            return await future
+            step = self.settings.max_batch
+            parts = [await self._one(texts[i : i + step]) for i in range(0, len(texts), step)]
+            return np.concatenate(parts) if len(parts) > 1 else parts[0]
         finally:
-            self.pending -= len(texts)
+            self.waiting -= 1
 
-    def _drain(self, group: list[tuple[list[str], asyncio.Future[np.ndarray]]], size: int) -> int:
+    async def _one(self, texts: list[str]) -> np.ndarray:
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, future))
+        return await future
+
+    def _drain(self, group: list[Job], size: int) -> int:
         while size < self.settings.max_batch and not self.queue.empty():
             item = self.queue.get_nowait()
             group.append(item)
             size += len(item[0])
         return size
 
+    async def _gather(self) -> list[Job]:
+        group = [await self.queue.get()]
+        size = self._drain(group, len(group[0][0]))
+        # One client at a time (the previous batch was one request) gets no added latency; under load,
+        # a short wait lets the requests being read join this batch.
+        if size < self.settings.max_batch and self.settings.max_wait_ms > 0 and self.last_group > 1:
+            await asyncio.sleep(self.settings.max_wait_ms / 1000)
+            self._drain(group, size)
+        self.last_group = len(group)
+        return group
+
+    async def _run_alone(self, job: Job) -> None:
+        """A request of a failed batch, on its own: its answer, or a 400 that blames it alone."""
+        texts, future = job
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, self.predict, texts)
+        except Exception as exc:
+            log.warning("a request's texts could not be classified: %s: %s", type(exc).__name__, exc)
+            if not future.done():
+                future.set_exception(RequestError(400, f"the texts could not be classified ({type(exc).__name__}: "
+                                                       f"{exc}); check that they are ordinary text"))
+            return
+        if not future.done():
+            future.set_result(result)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            group = [await self.queue.get()]
-            size = self._drain(group, len(group[0][0]))
-            # One client at a time (the previous batch was one request) gets no added latency; under load,
-            # a short wait lets the requests being read join this batch.
-            if size < self.settings.max_batch and self.settings.max_wait_ms > 0 and self.last_group > 1:
-                await asyncio.sleep(self.settings.max_wait_ms / 1000)
-                size = self._drain(group, size)
-            self.last_group = len(group)
+            group = await self._gather()
             texts = [t for ts, _ in group for t in ts]
             self.observe(len(texts))
             try:
                 probs = await loop.run_in_executor(self.executor, self.predict, texts)
-            except Exception as exc:  # a failed batch fails its requests, not the server
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(exc)
+            except Exception:  # one request's text may have failed everybody's batch: run them one by one
+                for job in group:
+                    await self._run_alone(job)
                 continue
             start = 0
             for ts, future in group:
@@ -117,7 +152,7 @@ class Metrics:
     """Prometheus counters for /metrics: requests by status, latency, batch sizes."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
         self.requests = Counter("textfit_requests", "Invocations by HTTP status", ["status"], registry=self.registry)
@@ -125,6 +160,8 @@ class Metrics:
                                  buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10))
         self.batch = Histogram("textfit_batch_texts", "Texts per forward batch", registry=self.registry,
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.waiting = Gauge("textfit_requests_waiting", "Requests admitted and not yet answered",
+                             registry=self.registry)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -139,17 +176,24 @@ class _State:
         self.error: str | None = None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"the body is {int(declared)} bytes, over the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"the body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except TimeoutError:
+        raise RequestError(408, f"the body did not arrive within {timeout:g} s; send it at once") from None
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -186,6 +230,8 @@ def create_app(model: TextClassifier | Callable[[], TextClassifier], settings: S
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.batcher = Batcher(predict, settings, observe_batch)
+        if metrics:
+            metrics.waiting.set_function(lambda: state.batcher.waiting if state.batcher else 0)
         worker = asyncio.create_task(state.batcher.run())
         loader = asyncio.create_task(load())
         try:
@@ -217,7 +263,7 @@ def create_app(model: TextClassifier | Callable[[], TextClassifier], settings: S
         if state.classifier is None or state.batcher is None:
             raise RequestError(503, state.error or "the model is loading")
         accept = negotiate(request.headers.get("accept"), settings.default_accept)
-        body = await _read_body(request, settings.max_body_bytes)
+        body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         decoded = decode_request(body, request.headers.get("content-type"))
         probs = await state.batcher.submit(decoded.texts)
         content, media_type = encode_response(probs, state.classifier.classes_, accept, decoded.single)
@@ -234,20 +280,45 @@ def create_app(model: TextClassifier | Callable[[], TextClassifier], settings: S
             return _error(404, "metrics are off")
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """404, 405 and Starlette's other HTTP errors in the same JSON form as textfit's own."""
+        status = getattr(exc, "status_code", 500)
+        detail = getattr(exc, "detail", None) or "error"
+        if status == 404:
+            detail = f"no such path {request.url.path}; use GET /ping or POST /invocations"
+        elif status == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return _error(status, detail)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("internal error answering %s %s", request.method, request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}); the server logged it")
+
     routes: list[Any] = [
         Route("/ping", ping, methods=["GET"]),
         Route("/invocations", invocations, methods=["POST"]),
         Route("/execution-parameters", execution_parameters, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={HTTPException: http_error, Exception: server_error})
 
 
 def serve(model: Callable[[], TextClassifier], host: str = "127.0.0.1", port: int = 8080,
-          settings: ServeSettings | None = None) -> None:
-    """Run the app under uvicorn; SIGTERM stops accepting, drains in-flight requests, then exits."""
+          settings: ServeSettings | None = None, limits: ConnectionLimits | None = None) -> None:
+    """Load the model, then serve it under uvicorn until SIGTERM or SIGINT, which drain in-flight requests.
+
+    The model loads before the port opens: a model that cannot load is an error (TextfitError) and a non-zero
+    exit, never a server answering 503 for ever.
+    """
     import uvicorn
 
-    app = create_app(model, settings)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
-                limit_concurrency=4096, backlog=2048)
+    limits = limits or ConnectionLimits()
+    classifier = model()
+    log.info("Model loaded: %d classes (%s)", len(classifier.classes_), ", ".join(classifier.classes_))
+    app = create_app(classifier, settings)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
+                            limit_concurrency=limits.max_connections + 1, backlog=2048,
+                            timeout_keep_alive=int(limits.keep_alive_s),
+                            http=BoundedHttpProtocol.with_limits(limits))
+    GracefulServer(config).run()

@@ -7,7 +7,6 @@ and matches the zoo entry's architecture before it is accepted; `pull_model` dow
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,20 +14,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from textfit import artifact
+from textfit import artifact, checkpoint
+from textfit.artifact import sha256
 from textfit.errors import ModelNotFoundError
 from textfit.zoo import STORE_RECORD as RECORD
 from textfit.zoo import ModelSpec, get_spec, store_path
 
 WEIGHT_FILES = ("model.safetensors",)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _architecture(folder: Path) -> dict[str, Any]:
@@ -57,18 +49,12 @@ def check_architecture(folder: Path, spec: ModelSpec) -> None:
 
 
 def _check_loads(folder: Path) -> None:
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise ModelNotFoundError(f"{folder}: no model.safetensors; textfit loads safetensors weights only "
                                  "(convert a pytorch_model.bin with transformers' save_pretrained on a trusted machine)")
-    try:
-        AutoConfig.from_pretrained(folder, local_files_only=True)
-        AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelNotFoundError(f"{folder}: the checkpoint does not load ({exc}); it needs config.json, "
-                                 "model.safetensors and the tokenizer files") from None
+    checkpoint.load_config(str(folder))  # refuses an architecture transformers does not know, runs no code
+    checkpoint.load_tokenizer(str(folder))
+    checkpoint.load_encoder(str(folder))
 
 
 def _install(model_id: str, source_folder: Path, origin: str, store: Path | None) -> Path:

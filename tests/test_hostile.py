@@ -1,0 +1,458 @@
+"""Hostile and careless input: model files that carry code, damaged artifacts, malformed requests, abusive
+connections. Each case checks the exact answer and that a normal request is still answered correctly after it."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from textfit import TextClassifier, artifact, batching
+from textfit.server import ServeSettings, create_app
+
+GOOD, BAD = "the film was good and great", "the plot was bad and awful"
+EVIL_CODE = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\n"
+
+
+def textfit(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "textfit", *args], input=stdin, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """The run failed with exit 2 and exactly one `error:` line holding each fragment, and no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0]
+    return errors[0]
+
+
+def _redigest(folder: Path) -> None:
+    """An attacker can recompute the digests of a tampered artifact: the code check must hold on its own."""
+    manifest = json.loads((folder / artifact.MANIFEST).read_text())
+    manifest[artifact.DIGESTS] = artifact.digests(folder)
+    (folder / artifact.MANIFEST).write_text(json.dumps(manifest))
+
+
+def _tar(folder: Path, tarball: Path) -> Path:
+    with tarfile.open(tarball, "w:gz") as tar:
+        for item in sorted(folder.iterdir()):
+            tar.add(item, arcname=item.name)
+    return tarball
+
+
+def _with_code(tiny_artifact: Path, tmp_path: Path, model_type: str, tokenizer_code: bool = False
+               ) -> tuple[Path, Path]:
+    """A copy of a trained artifact whose config.json (or tokenizer config) points at Python files it ships."""
+    marker = tmp_path / "code-ran"
+    folder = tmp_path / f"evil-{model_type}"
+    shutil.copytree(tiny_artifact, folder)
+    (folder / "evil.py").write_text(EVIL_CODE.format(marker=str(marker)))
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type=model_type, auto_map={"AutoConfig": "evil.EvilConfig",
+                                                   "AutoModelForSequenceClassification": "evil.EvilModel",
+                                                   "AutoModel": "evil.EvilModel"})
+    (folder / "config.json").write_text(json.dumps(config))
+    if tokenizer_code:
+        tok = json.loads((folder / "tokenizer_config.json").read_text())
+        tok.update(tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]})
+        (folder / "tokenizer_config.json").write_text(json.dumps(tok))
+    _redigest(folder)
+    return folder, marker
+
+
+# ------------------------------------------------------------------------------------ code in model files
+
+
+def test_an_unknown_architecture_with_code_is_refused_and_runs_nothing(tiny_artifact: Path, tmp_path: Path) -> None:
+    folder, marker = _with_code(tiny_artifact, tmp_path, "evil-model")
+    tarball = _tar(folder, tmp_path / "evil.tar.gz")
+    # stdin answers "y" to any prompt: none may be asked, and no code may run
+    one_error_line(textfit("predict", "--model", str(tarball), stdin="great film\ny\n"),
+                   "model_type 'evil-model'", "never runs")
+    one_error_line(textfit("models", "import", "tensorflow-tc-bert-en-uncased-L-12-H-768-A-12-2", str(folder),
+                           stdin="y\n"), "model_type 'evil-model'")
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "data.csv").write_text("\n".join(f"{i % 2},{GOOD if i % 2 else BAD}" for i in range(20)))
+    one_error_line(textfit("train", "--train", str(tmp_path / "train"), "--model", str(tarball), "--output",
+                           str(tmp_path / "out"), stdin="y\n"), "model_type 'evil-model'")
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_code_beside_a_known_architecture_is_ignored(tiny_artifact: Path, tmp_path: Path) -> None:
+    folder, marker = _with_code(tiny_artifact, tmp_path, "bert")
+    result = textfit("predict", "--model", str(folder), stdin=f"{GOOD}\ny\n")
+    assert result.returncode == 0, result.stderr
+    expected = TextClassifier.load(tiny_artifact).predict_proba([GOOD, "y"])
+    got = [json.loads(line)["probabilities"] for line in result.stdout.splitlines()]
+    np.testing.assert_allclose(got, expected, atol=1e-5)  # the built-in BERT ran, not the shipped class
+    assert not marker.exists()
+
+
+def test_a_tokenizer_that_names_its_own_code_runs_none(tiny_artifact: Path, tmp_path: Path) -> None:
+    """transformers reads the tokenizer from tokenizer.json and ignores the class it cannot trust."""
+    folder, marker = _with_code(tiny_artifact, tmp_path, "bert", tokenizer_code=True)
+    result = textfit("predict", "--model", str(folder), "--text", GOOD, stdin="y\n")
+    assert result.returncode in (0, 2) and "Traceback" not in result.stderr
+    if result.returncode == 0:
+        got = json.loads(result.stdout)["probabilities"]
+        np.testing.assert_allclose(got, TextClassifier.load(tiny_artifact).predict_proba([GOOD])[0], atol=1e-5)
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------ damaged artifacts
+
+
+def _damaged(tiny_artifact: Path, tmp_path: Path, damage: str) -> Path:
+    folder = tmp_path / "damaged"
+    shutil.copytree(tiny_artifact, folder)
+    if damage == "no tokenizer.json":
+        (folder / "tokenizer.json").unlink()
+    elif damage == "truncated weights":
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "malformed labels":
+        (folder / "labels_info.json").write_text('{"labels": ["0", "1"')
+    elif damage == "edited labels":
+        (folder / "labels_info.json").write_text('{"labels": ["a", "b", "c"], "label_values": [0, 1, 2]}')
+    return folder
+
+
+@pytest.mark.parametrize(("damage", "named"), [
+    ("no tokenizer.json", "tokenizer.json is missing"),
+    ("truncated weights", "model.safetensors has changed"),
+    ("malformed labels", "labels_info.json has changed"),
+    ("edited labels", "labels_info.json has changed"),
+])
+def test_a_damaged_artifact_is_one_line_naming_the_file(tiny_artifact: Path, tmp_path: Path, damage: str,
+                                                         named: str) -> None:
+    folder = _damaged(tiny_artifact, tmp_path, damage)
+    one_error_line(textfit("predict", "--model", str(folder), "--text", GOOD), named)
+
+
+@pytest.mark.parametrize(("damage", "named"), [
+    ("no tokenizer.json", "the tokenizer's vocabulary"),
+    ("truncated weights", "model.safetensors"),
+    ("malformed labels", "labels_info.json"),
+    ("edited labels", "3 classes"),
+])
+def test_damage_is_caught_without_digests_too(tiny_artifact: Path, tmp_path: Path, damage: str, named: str) -> None:
+    """An artifact written before digests existed: the files themselves are checked."""
+    folder = _damaged(tiny_artifact, tmp_path, damage)
+    manifest = json.loads((folder / artifact.MANIFEST).read_text())
+    del manifest[artifact.DIGESTS]
+    (folder / artifact.MANIFEST).write_text(json.dumps(manifest))
+    one_error_line(textfit("predict", "--model", str(folder), "--text", GOOD), named)
+
+
+def test_a_truncated_tarball_is_one_line(tiny_artifact: Path, tmp_path: Path) -> None:
+    data = _tar(tiny_artifact, tmp_path / "m.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])
+    one_error_line(textfit("predict", "--model", str(tmp_path / "cut.tar.gz"), "--text", GOOD), "cut.tar.gz",
+                   "complete .tar.gz")
+
+
+def test_a_server_whose_model_cannot_load_exits_with_the_reason(tiny_artifact: Path, tmp_path: Path) -> None:
+    folder = _damaged(tiny_artifact, tmp_path, "truncated weights")
+    one_error_line(textfit("serve", "--model", str(folder), "--port", str(_free_port())), "model.safetensors")
+
+
+# ------------------------------------------------------------------------------------ requests, in process
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_artifact: Path) -> TextClassifier:
+    return TextClassifier.load(tiny_artifact)
+
+
+@pytest.fixture
+def client(clf: TextClassifier) -> Iterator[TestClient]:
+    with TestClient(create_app(clf, ServeSettings(max_wait_ms=0)), raise_server_exceptions=False) as c:
+        yield c
+
+
+def _still_serves(client: TestClient, clf: TextClassifier) -> None:
+    response = client.post("/invocations", content=GOOD, headers={"Accept": "application/json"})
+    assert response.status_code == 200
+    np.testing.assert_allclose(response.json()["probabilities"], clf.predict_proba([GOOD])[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(("content_type", "body", "status"), [
+    ("application/json", b'"\\ud800"', 400),                      # a lone surrogate
+    ("application/json", b'["fine", "\\udfff x"]', 400),
+    ("application/jsonlines", b'"ok"\n"\\ud800"\n', 400),
+    ("application/json", b"[" * 100_000, 400),                    # nesting past the recursion limit
+    ("application/json", b'{"text": "a", "n": ' + b"9" * 5000 + b"}", 400),  # a 5,000-digit number
+    ("application/json", b"[" + b"1" * 5000 + b"]", 400),
+    ("application/json", b"NaN", 400),
+    ("application/json", b'{"instances": [{"text": 3}]}', 400),
+    ("application/json", b"[]", 400),
+    ("application/jsonlines", b"{", 400),
+    ("text/csv", b"\n\n", 400),
+    ("application/x-text", b"\xff\xfe\x00", 400),
+    ("application/x-text", b" \t\n", 400),
+    ("application/xml", b"<a/>", 415),
+])
+def test_malformed_bodies_are_4xx_json(client: TestClient, clf: TextClassifier, content_type: str, body: bytes,
+                                       status: int) -> None:
+    response = client.post("/invocations", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == status
+    assert response.json()["status"] == status and response.json()["error"]
+    _still_serves(client, clf)
+
+
+MALFORMED = {"application/x-text": [b"", b"caf\xe9"], "application/json": [b"", b"{x", b'"\\ud800"', b"[1]"],
+             "application/jsonlines": [b"", b"{x\n", b"[1]\n"], "text/csv": [b"", b"caf\xe9\n"]}
+ACCEPTS = ["application/json", "application/json;verbose", "application/jsonlines", "application/jsonlines;verbose",
+           "text/csv", "text/csv;verbose", "*/*"]
+
+
+@pytest.mark.parametrize("content_type", list(MALFORMED))
+def test_every_content_type_and_accept_pair_refuses_malformed_bodies(client: TestClient, clf: TextClassifier,
+                                                                     content_type: str) -> None:
+    for accept in ACCEPTS:
+        for body in MALFORMED[content_type]:
+            response = client.post("/invocations", content=body,
+                                   headers={"Content-Type": content_type, "Accept": accept})
+            assert response.status_code == 400, (accept, body)
+            assert response.json()["status"] == 400
+        body = json.dumps(GOOD).encode() if "json" in content_type else GOOD.encode()
+        good = client.post("/invocations", content=body, headers={"Content-Type": content_type, "Accept": accept})
+        assert good.status_code == 200, accept
+    _still_serves(client, clf)
+
+
+def test_unknown_paths_and_methods_answer_json(client: TestClient) -> None:
+    for response, status in ((client.get("/nope"), 404), (client.get("/invocations"), 405),
+                             (client.post("/ping"), 405)):
+        assert response.status_code == status
+        assert response.json()["status"] == status and response.json()["error"]
+
+
+def test_verbose_false_is_not_verbose(client: TestClient) -> None:
+    plain = client.post("/invocations", content=GOOD, headers={"Accept": "application/json;verbose=false"}).json()
+    verbose = client.post("/invocations", content=GOOD, headers={"Accept": "application/json;verbose=true"}).json()
+    assert set(plain) == {"probabilities"} and set(verbose) == {"probabilities", "labels", "predicted_label"}
+
+
+def test_a_batch_far_larger_than_the_queue_is_answered_in_slices(clf: TextClassifier) -> None:
+    texts = [GOOD if i % 3 else BAD for i in range(100_000)]
+    body = json.dumps(texts).encode()
+    assert len(body) < 6 * 1024 * 1024
+    with TestClient(create_app(clf, ServeSettings(max_queue=1, max_batch=512, max_wait_ms=0))) as c:
+        response = c.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    probs = np.array([r["probabilities"] for r in response.json()])
+    assert probs.shape == (100_000, 2)
+    np.testing.assert_allclose(probs[:3], clf.predict_proba(texts[:3]), atol=1e-5)
+    np.testing.assert_allclose(probs[-3:], clf.predict_proba(texts[-3:]), atol=1e-5)
+
+
+def test_a_request_that_fails_its_batch_fails_alone(clf: TextClassifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault no validation foresaw (here: the engine raising on one request's text) costs that request only."""
+    predict, arrived = clf.predict_proba, threading.Barrier(17, timeout=10)
+
+    def predict_or_fail(texts: list[str], **kw: object) -> np.ndarray:
+        if any("poison" in t for t in texts):
+            raise RuntimeError("the engine failed on this text")
+        return predict(texts, **kw)
+
+    monkeypatch.setattr(clf, "predict_proba", predict_or_fail)
+    texts = [f"{GOOD} {'bad ' * (i % 4)}" for i in range(16)]
+    with TestClient(create_app(clf, ServeSettings(max_wait_ms=50))) as c:
+        def send(text: str) -> httpx.Response:
+            arrived.wait()
+            return c.post("/invocations", content=text)
+
+        with concurrent.futures.ThreadPoolExecutor(17) as pool:
+            futures = [pool.submit(send, t) for t in [*texts, "poison film"]]
+            responses = [f.result() for f in futures]
+        metrics = c.get("/metrics").text
+    assert responses[-1].status_code == 400 and "could not be classified" in responses[-1].json()["error"]
+    assert [r.status_code for r in responses[:-1]] == [200] * 16
+    np.testing.assert_allclose([r.json()["probabilities"] for r in responses[:-1]], predict(texts), atol=1e-5)
+    assert float(metrics.split("textfit_batch_texts_count ")[1].split()[0]) < 17  # the requests were coalesced
+
+
+def test_a_huge_text_is_cut_before_it_is_tokenized(clf: TextClassifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the first max_seq_length tokens count, so only a bounded prefix is tokenized: 6 MB costs what 8 KB
+    does, and the answer is the same as for the whole text."""
+    huge = (GOOD + " ") * 200_000
+    seen: list[int] = []
+    tokenize = batching._tokenize
+    monkeypatch.setattr(batching, "_tokenize", lambda tok, texts, n: (seen.extend(map(len, texts)),
+                                                                     tokenize(tok, texts, n))[1])
+    probs = clf.predict_proba([huge])
+    limit = clf.hyperparameters_.max_seq_length * batching.CHARS_PER_TOKEN
+    assert max(seen) <= limit < len(huge)
+    ids = clf.tokenizer_(huge[: len(huge) // 10], truncation=True, max_length=clf.hyperparameters_.max_seq_length)
+    assert batching.encode(clf.tokenizer_, [huge], clf.hyperparameters_.max_seq_length).input_ids[0] == \
+        ids["input_ids"]
+    np.testing.assert_allclose(probs, clf.predict_proba([huge[:limit]]), atol=1e-6)
+
+
+def test_leading_whitespace_does_not_hide_the_text() -> None:
+    """A cut that leaves the window short (whitespace makes no tokens) grows until the window fills."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from tests.conftest import build_tiny_bert
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = AutoTokenizer.from_pretrained(build_tiny_bert(Path(tmp)))
+    text = " " * 10_000 + "good film " * 100  # within max_length * MAX_CHARS_PER_TOKEN
+    ids = batching.encode(tok, [text], 16).input_ids[0]
+    assert ids == tok(text, truncation=True, max_length=16)["input_ids"] and len(ids) == 16
+
+
+# ------------------------------------------------------------------------------------ a real server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tiny_artifact: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, int]]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "textfit", "serve", "--model", str(tiny_artifact), "--port",
+                             str(port), "--backend", "torch", "--header-timeout", "1", "--max-connections", "40",
+                             "--max-header-kb", "16", "--max-headers", "50"],
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    yield proc, url, port
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def _raw(port: int, data: bytes, wait: float = 5.0) -> bytes:
+    """Send raw bytes and read until the server closes the connection (or `wait` passes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return b"".join(chunks)
+
+
+def _status_and_json(raw: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def _normal(url: str, clf: TextClassifier) -> None:
+    response = httpx.post(f"{url}/invocations", content=GOOD, timeout=30)
+    assert response.status_code == 200
+    np.testing.assert_allclose(response.json()["probabilities"], clf.predict_proba([GOOD])[0], atol=1e-5)
+
+
+def test_oversized_headers_are_431(server: tuple[subprocess.Popen[bytes], str, int], clf: TextClassifier) -> None:
+    _, url, port = server
+    big = b"POST /invocations HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\nContent-Length: 4\r\n\r\ngood"
+    status, body = _status_and_json(_raw(port, big))
+    assert status == 431 and body["status"] == 431
+    many = b"GET /ping HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(60)) + b"\r\n"
+    status, body = _status_and_json(_raw(port, many))
+    assert status == 431 and "header fields" in str(body["error"])
+    _normal(url, clf)
+
+
+def test_headers_that_never_finish_time_out(server: tuple[subprocess.Popen[bytes], str, int],
+                                            clf: TextClassifier) -> None:
+    _, url, port = server
+    start = time.monotonic()
+    status, body = _status_and_json(_raw(port, b"POST /invocations HTTP/1.1\r\nHost: x\r\n", wait=10))
+    assert status == 408 and body["status"] == 408
+    assert time.monotonic() - start < 5
+    _normal(url, clf)
+
+
+def test_a_flood_of_idle_connections_is_shed(server: tuple[subprocess.Popen[bytes], str, int],
+                                             clf: TextClassifier) -> None:
+    """More half-open connections than the cap: the excess is refused at once, the rest time out, and normal
+    clients are answered again within the header deadline."""
+    _, url, port = server
+    sockets = []
+    try:
+        for _ in range(60):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"POST /invocations HTTP/1.1\r\n")
+            sockets.append(s)
+        time.sleep(1.5)  # past the 1 s header deadline
+        _normal(url, clf)
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_mixed_good_and_bad_requests_at_concurrency_32(server: tuple[subprocess.Popen[bytes], str, int],
+                                                       clf: TextClassifier) -> None:
+    _, url, _ = server
+    goods = [" ".join(["good", "bad", "great", "awful", "film", "plot"][j % 6] for j in range(i, i + 2 + i % 5))
+             for i in range(96)]
+    expected = clf.predict_proba(goods)
+    bads: list[tuple[bytes, str, int]] = [(b'"\\ud800"', "application/json", 400), (b"[" * 5000, "application/json", 400),
+                                          (b"caf\xe9", "application/x-text", 400), (b"", "application/x-text", 400),
+                                          (b"x", "application/xml", 415)]
+
+    def ask(i: int) -> tuple[int, int, list[float] | None]:
+        if i % 4 == 3:
+            body, content_type, status = bads[i % len(bads)]
+            r = httpx.post(f"{url}/invocations", content=body, headers={"Content-Type": content_type}, timeout=60)
+            return status, r.status_code, None
+        text = goods[i % len(goods)]
+        r = httpx.post(f"{url}/invocations", content=text.encode(), timeout=60)
+        return 200, r.status_code, r.json()["probabilities"] if r.status_code == 200 else None
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(ask, range(384)))
+    assert [got for _, got, _ in results] == [want for want, _, _ in results]
+    answers = [(i, probs) for i, (_, _, probs) in enumerate(results) if probs is not None]
+    np.testing.assert_allclose([p for _, p in answers], expected[[i % len(goods) for i, _ in answers]], atol=1e-5)
+
+
+def test_sigterm_exits_zero(tiny_artifact: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "textfit", "serve", "--model", str(tiny_artifact), "--port",
+                             str(port), "--backend", "torch"], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
