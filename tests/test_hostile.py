@@ -456,3 +456,9 @@ def test_sigterm_exits_zero(tiny_artifact: Path) -> None:
             time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+
+
+def test_undecodable_bytes_on_the_command_line_are_one_line(tiny_artifact: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "textfit", "predict", "--model", str(tiny_artifact), "--text",
+                             b"\xff good"], capture_output=True, text=True, timeout=120)
+    one_error_line(result, "text 1 holds an invalid Unicode character")

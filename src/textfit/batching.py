@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from textfit.errors import DataError
+
 # Rows are sorted by length within windows of this many batches, so batches stay random across windows.
 BUCKET_WINDOW = 50
 # Only the first max_length tokens of a text count, so a text is cut to this many characters per token before it
@@ -55,19 +57,37 @@ class Batch:
         return Batch(self.rows, inputs, labels)
 
 
+def check_texts(texts: Sequence[object]) -> list[str]:
+    """The texts as a list, each a string of valid Unicode; DataError names the first that is not."""
+    if isinstance(texts, str):
+        raise DataError("expected a list of texts, not a single string; wrap it: [text]")
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise DataError(f"text {i + 1} is a {type(text).__name__}, not a string; pass texts as str")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: from a JSON escape, or undecodable bytes in argv
+            raise DataError(f"text {i + 1} holds an invalid Unicode character (U+{ord(text[exc.start]):04X} at "
+                            f"position {exc.start}); pass valid UTF-8 text") from None
+    return out
+
+
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequence[int] | None = None,
-           window_overlap: int | None = None) -> Encoded:
+           window_overlap: int | None = None, token_types: bool | None = None) -> Encoded:
     """Tokenize all texts in one call (the fast tokenizer parallelises it), truncated to max_length tokens.
 
     With `window_overlap`, a text longer than max_length becomes several overlapping windows instead,
     each `window_overlap` tokens into the previous one; `owners` maps windows back to texts.
+    `token_types`: whether the model takes token_type_ids (default: whether the tokenizer makes them).
     """
+    texts = check_texts(texts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    has_types = "token_type_ids" in tokenizer.model_input_names
+    has_types = "token_type_ids" in tokenizer.model_input_names if token_types is None else token_types
     if window_overlap is None:
-        ids, truncated = _tokenize_window(tokenizer, list(texts), max_length)
+        ids, truncated = _tokenize_window(tokenizer, texts, max_length)
         return Encoded(ids, None if labels is None else list(labels), pad_id, has_types, truncated=truncated)
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length, stride=window_overlap, padding=False,
+    enc = tokenizer(texts, truncation=True, max_length=max_length, stride=window_overlap, padding=False,
                     return_overflowing_tokens=True)
     return Encoded(list(enc["input_ids"]), None, pad_id, has_types, list(enc["overflow_to_sample_mapping"]))
 
