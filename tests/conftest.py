@@ -55,6 +55,44 @@ def build_tiny_bert(folder: Path, **config: object) -> Path:
     return folder
 
 
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+        "max_position_embeddings": 128}
+# Every family the zoo lists, as a tiny random config: (transformers config class, settings).
+FAMILIES: dict[str, tuple[str, dict[str, object]]] = {
+    "bert": ("BertConfig", TINY),
+    "albert": ("AlbertConfig", {**TINY, "embedding_size": 16}),
+    "electra": ("ElectraConfig", {**TINY, "embedding_size": 16}),
+    "distilbert": ("DistilBertConfig", {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64,
+                                        "max_position_embeddings": 128, "pad_token_id": 0}),
+    "roberta": ("RobertaConfig", {**TINY, "max_position_embeddings": 129, "pad_token_id": 0, "bos_token_id": 2,
+                                  "eos_token_id": 3}),
+    "xlm-roberta": ("XLMRobertaConfig", {**TINY, "max_position_embeddings": 129, "pad_token_id": 0,
+                                         "bos_token_id": 2, "eos_token_id": 3}),
+    "deberta-v2": ("DebertaV2Config", {**TINY, "pad_token_id": 0, "relative_attention": True, "position_buckets": 16,
+                                       "pos_att_type": ["p2c", "c2p"], "position_biased_input": False,
+                                       "type_vocab_size": 0, "max_relative_positions": -1}),
+    "modernbert": ("ModernBertConfig", {**TINY, "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3,
+                                        "cls_token_id": 2, "sep_token_id": 3, "local_attention": 16,
+                                        "classifier_pooling": "mean"}),
+}
+
+
+def build_tiny_family(family: str, folder: Path, **config: object) -> Path:
+    """A randomly initialised 2-layer encoder of `family` (hidden 32) with the word-level vocabulary of the tiny
+    BERT: a real checkpoint of that architecture, built without a download."""
+    import torch
+    import transformers
+    from transformers import AutoModel, BertTokenizer
+
+    vocab = {w: i for i, w in enumerate(SPECIAL + POSITIVE + NEGATIVE + NEUTRAL)}
+    BertTokenizer(vocab=vocab).save_pretrained(folder)
+    name, settings = FAMILIES[family]
+    torch.manual_seed(0)
+    AutoModel.from_config(getattr(transformers, name)(vocab_size=len(vocab), **{**settings, **config})
+                          ).save_pretrained(folder)
+    return folder
+
+
 def run_until(cmd: list[str], marker: str, timeout: float = 120) -> subprocess.Popen[str]:
     """Start a command and return once its stderr shows a line starting with `marker` (or the timeout)."""
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})

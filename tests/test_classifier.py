@@ -81,7 +81,7 @@ def test_string_labels(tiny_bert: Path, tmp_path: Path) -> None:
 
 def test_validation_channel_is_used_whole(tiny_bert: Path, channel: Path, tmp_path: Path) -> None:
     val = write_csv(tmp_path / "val" / "data.csv", make_rows(10, seed=9))
-    clf = TextClassifier(str(tiny_bert), FAST).fit(channel, val.parent)
+    clf = TextClassifier(str(tiny_bert), FAST).fit(channel, validation=val.parent)
     assert clf.manifest_["data"]["train"]["rows"] == 48 and clf.manifest_["data"]["validation"]["rows"] == 10
 
 

@@ -102,7 +102,7 @@ def test_balanced_class_weights_raise_minority_recall(tmp_path: Path) -> None:
     for weights in ("none", "balanced"):
         clf = TextClassifier(hyperparameters={"train_only_on_top_layer": "True", "epochs": "40",
                                               "learning_rate": "0.01", "class_weights": weights})
-        clf.fit(tmp_path / "train", tmp_path / "val")
+        clf.fit(tmp_path / "train", validation=tmp_path / "val")
         recall[weights] = evaluate(clf, tmp_path / "val").per_class[1].recall
     assert recall["balanced"] >= recall["none"] + 0.1, recall
 

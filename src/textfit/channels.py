@@ -12,6 +12,7 @@ import io
 import json
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +184,30 @@ def read_channel(path: str | Path) -> Channel:
         names=_names(Path(path)),
         fingerprint=hashlib.sha256(raw).hexdigest(),
     )
+
+
+def from_memory(texts: Sequence[object], labels: Sequence[object], *, what: str = "the data") -> Channel:
+    """A channel of texts and labels held in memory (scikit-learn's fit(X, y)), checked as a file's rows are:
+    row numbers stand in for line numbers in messages."""
+    if isinstance(texts, str):
+        raise DataError(f"{what}: expected a list of texts, not a single string")
+    texts, labels = list(texts), list(labels)
+    if len(texts) != len(labels):
+        raise DataError(f"{what}: {len(texts)} texts but {len(labels)} labels; give one label per text")
+    if not texts:
+        raise DataError(f"{what}: no texts; give at least two classes of labelled texts")
+    where = Path(f"<{what}>")
+    problems = [f"row {i + 1}: the text is {'empty' if isinstance(t, str) else 'not a string'}"
+                for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    problems += [f"row {i + 1}: label {label!r} is neither an integer nor a string"
+                 for i, label in enumerate(labels) if isinstance(label, bool) or not isinstance(label, (int, str))]
+    if problems:
+        raise DataError(_problems(where, problems))
+    rows = [str(label).strip() if not isinstance(label, int) else str(label) for label in labels]
+    lines = list(range(1, len(texts) + 1))
+    digest = hashlib.sha256(json.dumps([rows, texts], ensure_ascii=False).encode("utf-8")).hexdigest()
+    return Channel(path=where, texts=[str(t) for t in texts], labels=_typed_labels(where, rows, lines), lines=lines,
+                   names={}, fingerprint=digest)
 
 
 def class_set(train: Channel) -> ClassSet:

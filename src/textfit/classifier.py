@@ -1,7 +1,9 @@
-"""TextClassifier: a pretrained encoder with a Dropout -> Dense head, in scikit-learn's shape.
+"""TextClassifier: a pretrained encoder with its classification head, in scikit-learn's shape.
 
-`fit` trains (fresh from a zoo model, or incrementally from an earlier artifact), `predict_proba` returns
-probabilities whose columns are `classes_`, `save`/`load` round-trip the artifact folder.
+`fit` trains (fresh from a zoo model, or incrementally from an earlier artifact) on a channel or on texts and
+labels in memory, `predict_proba` returns probabilities whose columns are `classes_`, `save`/`load` round-trip
+the artifact folder. What wraps a fit into a job (remote data, distributed workers, TensorBoard, the tarball)
+is in job.py; what knows an architecture is in architectures.py.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import contextlib
 import datetime
 import logging
 import platform
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,43 +22,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from textfit import artifact, batching, checkpoint, export, metrics, training
-from textfit.channels import Channel, ClassSet, class_set, encode_labels, read_channel, stratified_split
+from textfit import architectures, artifact, batching, checkpoint, export, metrics, training
+from textfit.channels import Channel, ClassSet, class_set, encode_labels, from_memory, read_channel, stratified_split
 from textfit.errors import ArtifactError, DataError, HyperparameterError, TextfitError
-from textfit.hyperparameters import Hyperparameters, resolve
+from textfit.hyperparameters import Hyperparameters, canonical_name, resolve
+from textfit.inference import verbose_record
 from textfit.zoo import defaults_for, resolve_model
 
 log = logging.getLogger("textfit")
 
-
-def _load_tokenizer(path: str, allow_network: bool) -> Any:
-    return checkpoint.load_tokenizer(path, allow_network)
+ChannelLike = str | Path | Channel
 
 
-def _load_model(path: str, allow_network: bool, head: dict[str, Any] | None = None, **kwargs: Any) -> nn.Module:
+def _load_model(path: str, allow_network: bool, classes: ClassSet | None = None, dropout: float | None = None,
+                **kwargs: Any) -> nn.Module:
+    """The checkpoint with a sequence-classification head: its own, or (given `classes`) a new one."""
     config = checkpoint.load_config(path, allow_network)
-    for key, value in (head or {}).items():
-        if key != "dropout" or not hasattr(config, "classifier_dropout_prob"):
-            setattr(config, "classifier_dropout" if key == "dropout" else key, value)
-        else:
-            config.classifier_dropout_prob = value  # ALBERT's name for the head's dropout
+    if classes is not None:
+        config.num_labels = len(classes.names)
+        config.id2label = dict(enumerate(classes.names))
+        config.label2id = {name: i for i, name in enumerate(classes.names)}
+    if dropout is not None:
+        architectures.set_dropout(config, dropout)  # the Dropout before the Dense layer, by this family's name
     return checkpoint.load_classifier_model(path, config, allow_network, **kwargs)
-
-
-def _head_config(classes: ClassSet, dropout: float) -> dict[str, Any]:
-    return {
-        "num_labels": len(classes.names),
-        "id2label": dict(enumerate(classes.names)),
-        "label2id": {name: i for i, name in enumerate(classes.names)},
-        "dropout": dropout,  # the Dropout before the Dense layer
-    }
-
-
-def _reinitialize_head(model: nn.Module) -> None:
-    """A new random head on a fine-tuned encoder (reinitialize_top_layer=True on an artifact)."""
-    for name, module in model.named_modules():
-        if not name.startswith(model.base_model_prefix) and isinstance(module, nn.Linear):
-            model._init_weights(module)  # the architecture's own initialisation (normal, std 0.02 for BERT)
 
 
 def _versions() -> dict[str, str]:
@@ -69,10 +57,64 @@ def _versions() -> dict[str, str]:
             "tokenizers": tokenizers.__version__, "python": platform.python_version()}
 
 
-def _data_summary(channel: Channel, labels: list[int], classes: ClassSet) -> dict[str, Any]:
+def _data_summary(channel: Channel, labels: list[int], classes: ClassSet, truncated: int) -> dict[str, Any]:
     counts = Counter(labels)
     return {"file": str(channel.path), "sha256": channel.fingerprint, "rows": len(labels),
-            "class_counts": {classes.names[i]: counts.get(i, 0) for i in range(len(classes.names))}}
+            "class_counts": {classes.names[i]: counts.get(i, 0) for i in range(len(classes.names))},
+            "truncated_texts": truncated}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def _as_channel(data: ChannelLike | Sequence[str], labels: Sequence[object] | None, what: str) -> Channel:
+    """A channel from a path, a Channel, or texts and labels in memory."""
+    if isinstance(data, (str, Path, Channel)):
+        if labels is not None:
+            raise DataError(f"{what}: labels come with texts in memory, fit(texts, labels); a channel holds its own "
+                            "labels (pass a validation channel as validation=...)")
+        return data if isinstance(data, Channel) else read_channel(data)
+    if labels is None:
+        raise DataError(f"{what}: texts in memory need their labels: fit(texts, labels)")
+    return from_memory(data, labels, what=what)
+
+
+def _position_checked(hp: Hyperparameters, config: Any, given: Mapping[str, object], where: str) -> Hyperparameters:
+    """max_seq_length within the encoder's positions: a value the user gave above it is an error before training;
+    the default is lowered to the limit, and the log says so."""
+    limit = architectures.position_limit(config)
+    if limit is None or hp.max_seq_length <= limit:
+        return hp
+    if "max_seq_length" in {canonical_name(k) for k in given}:
+        raise HyperparameterError(f"max_seq_length={hp.max_seq_length} is above the {limit} positions of {where}; "
+                                  f"use max_seq_length={limit} or less (and --long-texts window to predict on "
+                                  "longer texts)")
+    log.info("max_seq_length: %d, the positions of %s (the default %d is more than it takes)", limit, where,
+             hp.max_seq_length)
+    return hp.with_values(max_seq_length=limit)
+
+
+def _log_truncated(data: batching.Encoded, max_length: int, what: str) -> None:
+    if data.truncated:
+        log.info("%d of %d %s texts are longer than max_seq_length=%d tokens and were truncated (only their "
+                 "first %d tokens count; predict with --long-texts window to use all of a text)", data.truncated,
+                 len(data), what, max_length, max_length)
+
+
+@dataclass(frozen=True)
+class _Start:
+    """Where a fit starts: the checkpoint folder, what it is, and the settings resolved against it."""
+
+    path: str
+    model_id: str | None
+    base_model: str
+    fine_tuned: bool
+    reinit: bool
+    hp: Hyperparameters
+    classes: ClassSet
+    allow_network: bool
 
 
 class TextClassifier:
@@ -84,9 +126,10 @@ class TextClassifier:
         init_model: an earlier textfit artifact (folder or model.tar.gz) to continue training from.
         allow_network: let transformers download a model missing from the local cache.
 
-    >>> clf = TextClassifier(hyperparameters={"epochs": "2"}).fit("examples/sentiment")  # doctest: +SKIP
+    >>> clf = TextClassifier(hyperparameters={"epochs": "2"}).fit("examples/reviews")  # doctest: +SKIP
     >>> clf.predict(["a wonderful, moving film"])  # doctest: +SKIP
     ['positive']
+    >>> TextClassifier().fit(["great film", "dull plot", ...], ["pos", "neg", ...])  # doctest: +SKIP
     """
 
     def __init__(self, model_id: str | None = None, hyperparameters: Mapping[str, object] | None = None, *,
@@ -98,9 +141,8 @@ class TextClassifier:
 
     # ------------------------------------------------------------------------------------------ fitting
 
-    def _reinitialize(self, hp: Hyperparameters, source: Path | None, where: str) -> bool:
-        """reinitialize_top_layer's matrix (spec §7.2): whether a new random head is built."""
-        fine_tuned = source is not None and artifact.is_fine_tuned(source)
+    def _reinitialize(self, hp: Hyperparameters, fine_tuned: bool, where: str) -> bool:
+        """reinitialize_top_layer's matrix (README, Train): whether a new random head is built."""
         reinit = {"Auto": not fine_tuned, "True": True, "False": False}[hp.reinitialize_top_layer]
         if not fine_tuned and not reinit:
             raise HyperparameterError(
@@ -108,6 +150,25 @@ class TextClassifier:
                 "without a classification layer; use reinitialize_top_layer=Auto or True"
             )
         return reinit
+
+    def _start(self, source: Path | None, train: Channel) -> _Start:
+        """Resolve the model, its hyperparameters and the classes; nothing heavier than config.json is loaded."""
+        fine_tuned = source is not None and artifact.is_fine_tuned(source)
+        manifest = artifact.check_intact(source) if source is not None and fine_tuned else {}
+        resolved = None if source is not None else resolve_model(self.model_id, allow_network=self.allow_network)
+        model_id = resolved.model_id if resolved else (manifest.get("model_id") or self.model_id or str(self.init_model))
+        path = str(source) if source is not None else resolved.path  # type: ignore[union-attr]
+        hp = resolve(self.hyperparameters, defaults_for(model_id))
+        reinit = self._reinitialize(hp, fine_tuned, str(self.init_model or path))
+        if fine_tuned and not reinit:
+            info = artifact.read_labels(source / artifact.LABELS)  # type: ignore[operator]
+            classes = ClassSet(values=list(info["label_values"]), names=list(info["labels"]))
+        else:
+            classes = class_set(train)
+        allow_network = self.allow_network and not fine_tuned
+        hp = _position_checked(hp, checkpoint.load_config(path, allow_network), self.hyperparameters, model_id)
+        return _Start(path, model_id, manifest.get("base_model") or path, fine_tuned, reinit, hp, classes,
+                      allow_network)
 
     def _split(self, train: Channel, validation: Channel | None, classes: ClassSet, hp: Hyperparameters
                ) -> tuple[list[str], list[int], list[str], list[int]]:
@@ -124,72 +185,73 @@ class TextClassifier:
         tr, va = stratified_split(y, hp.validation_split_ratio, hp.seed, path=train.path)
         return [train.texts[i] for i in tr], [y[i] for i in tr], [train.texts[i] for i in va], [y[i] for i in va]
 
-    def _load(self, path: str, classes: ClassSet, hp: Hyperparameters, fine_tuned: bool, reinit: bool
-              ) -> tuple[nn.Module, Any]:
-        torch.manual_seed(hp.seed)  # the new head's initial weights
-        if not reinit:
-            model = _load_model(path, False)  # incremental training keeps the trained head and its dropout
+    def _model(self, start: _Start) -> tuple[nn.Module, Any]:
+        torch.manual_seed(start.hp.seed)  # the new head's initial weights
+        if not start.reinit:
+            model = _load_model(start.path, False)  # incremental training keeps the trained head and its dropout
         else:
-            model = _load_model(path, self.allow_network and not fine_tuned, _head_config(classes, hp.dropout_rate),
-                                ignore_mismatched_sizes=fine_tuned)
-            if fine_tuned:
-                _reinitialize_head(model)
-        return model, _load_tokenizer(path, self.allow_network and not fine_tuned)
+            model = _load_model(start.path, start.allow_network, start.classes, start.hp.dropout_rate,
+                                ignore_mismatched_sizes=start.fine_tuned)
+            if start.fine_tuned:
+                architectures.reinitialize_head(model)
+        return model, checkpoint.load_tokenizer(start.path, start.allow_network)
 
-    def fit(self, train: str | Path | Channel, validation: str | Path | Channel | None = None, *,
+    def fit(self, X: ChannelLike | Sequence[str], y: Sequence[object] | None = None, *,
+            validation: ChannelLike | tuple[Sequence[str], Sequence[object]] | None = None,
             on_epoch: Callable[[int, training.EpochMetrics], None] | None = None) -> TextClassifier:
-        """Train on a channel (a folder with data.csv, or a CSV file); returns self.
+        """Train; returns self.
 
-        Every check of data and hyperparameters runs before the model is loaded.
+        Args:
+            X: a channel (a folder with data.csv, or a CSV file), or a list of texts.
+            y: with texts, their labels (integers or names), as scikit-learn's fit(X, y).
+            validation: a validation channel, or (texts, labels); default: a stratified split of X.
+            on_epoch: called with (epoch, metrics) after each epoch.
+
+        Every check of data and hyperparameters runs before the model's weights are loaded.
 
         Raises:
             DataError, HyperparameterError, ModelNotFoundError, ArtifactError: with what to fix.
         """
-        train_ch = train if isinstance(train, Channel) else read_channel(train)
-        val_ch = validation if isinstance(validation, Channel) or validation is None else read_channel(validation)
+        train_ch = _as_channel(X, y, "the training data")
+        val_ch = None
+        if validation is not None:
+            val_ch = (from_memory(*validation, what="the validation data") if isinstance(validation, tuple)
+                      else _as_channel(validation, None, "the validation data"))
         with contextlib.ExitStack() as stack:
             source = stack.enter_context(artifact.opened(self.init_model)) if self.init_model else None
-            fine_tuned = source is not None and artifact.is_fine_tuned(source)
-            manifest = artifact.check_intact(source) if source and fine_tuned else {}
-            model_id = manifest.get("model_id") or self.model_id or (str(self.init_model) if self.init_model else None)
-            resolved = None if source else resolve_model(self.model_id, allow_network=self.allow_network)
-            hp = resolve(self.hyperparameters, defaults_for(resolved.model_id if resolved else model_id))
-            reinit = self._reinitialize(hp, source, str(self.init_model or resolved.path))  # type: ignore[union-attr]
-            if fine_tuned and not reinit:
-                info = artifact.read_json(source / artifact.LABELS)  # type: ignore[operator]
-                classes = ClassSet(values=list(info["label_values"]), names=list(info["labels"]))
-            else:
-                classes = class_set(train_ch)
-            x_train, y_train, x_val, y_val = self._split(train_ch, val_ch, classes, hp)
+            start = self._start(source, train_ch)
+            hp = start.hp
+            x_train, y_train, x_val, y_val = self._split(train_ch, val_ch, start.classes, hp)
             log_hyperparameters(hp, self.hyperparameters)
-            model, tokenizer = self._load(str(source) if source else resolved.path, classes, hp,  # type: ignore[union-attr]
-                                          fine_tuned, reinit)
-        train_data = batching.encode(tokenizer, x_train, hp.max_seq_length, y_train)
-        val_data = batching.encode(tokenizer, x_val, hp.max_seq_length, y_val) if x_val else None
-        log.info("Classes (%d): %s", len(classes.names), ", ".join(classes.names))
+            model, tokenizer = self._model(start)
+        names = architectures.input_names(model, tokenizer)
+        types = "token_type_ids" in names
+        train_data = batching.encode(tokenizer, x_train, hp.max_seq_length, y_train, token_types=types)
+        val_data = batching.encode(tokenizer, x_val, hp.max_seq_length, y_val, token_types=types) if x_val else None
+        _log_truncated(train_data, hp.max_seq_length, "training")
+        log.info("Classes (%d): %s", len(start.classes.names), ", ".join(start.classes.names))
         result = training.train(model, train_data, val_data, hp, on_epoch=on_epoch)
 
-        self.model_, self.tokenizer_, self.hyperparameters_ = model.cpu().eval(), tokenizer, hp
-        self.runner_, self.backend_ = export.TorchRunner(self.model_), "torch"
-        self.classes_, self.label_values_ = list(classes.names), list(classes.values)
-        self.model_id_ = resolved.model_id if resolved else model_id
-        self.history_, self.best_epoch_ = [m.as_dict() for m in result.history], result.best_epoch
-        self.manifest_ = {
-            "model_id": self.model_id_,
-            "base_model": manifest.get("base_model") or (resolved.path if resolved else str(self.init_model)),
+        history = [m.as_dict() for m in result.history]
+        manifest = {
+            "model_id": start.model_id,
+            "base_model": start.base_model,
+            "architecture": architectures.describe(model),
             "initialized_from": str(self.init_model) if self.init_model else None,
             "fine_tuned": True,
             "hyperparameters": hp.to_strings(),
-            "classes": {"labels": self.classes_, "label_values": self.label_values_},
-            "epochs": self.history_,
+            "classes": {"labels": list(start.classes.names), "label_values": list(start.classes.values)},
+            "epochs": history,
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
-            "data": {"train": _data_summary(train_ch, y_train, classes),
-                     "validation": _data_summary(val_ch or train_ch, y_val, classes) if y_val else None,
+            "data": {"train": _data_summary(train_ch, y_train, start.classes, train_data.truncated),
+                     "validation": _data_summary(val_ch or train_ch, y_val, start.classes,
+                                                 val_data.truncated if val_data else 0) if y_val else None,
                      "validation_source": "channel" if val_ch else f"split {hp.validation_split_ratio}"},
             "versions": _versions(),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
+        self._set_fitted(model.cpu().eval(), tokenizer, manifest, start.classes.names, start.classes.values)
         self.validation_report_ = self._validate(x_val, y_val) if x_val else None
         return self
 
@@ -200,7 +262,7 @@ class TextClassifier:
         calibration = None
         if self.hyperparameters_.calibrate:
             temperature = metrics.fit_temperature(logits, np.asarray(labels))
-            _scale_head(self.model_, 1.0 / temperature)  # stored in the weights: every engine applies it
+            architectures.scale_logits(self.model_, 1.0 / temperature)  # stored in the weights: every engine applies it
             after = metrics.report(labels, _softmax(logits / temperature), self.classes_)
             calibration = {"temperature": temperature, "ece_before": before.expected_calibration_error,
                            "ece_after": after.expected_calibration_error, "log_loss_before": before.log_loss,
@@ -209,8 +271,23 @@ class TextClassifier:
                      before.expected_calibration_error, after.expected_calibration_error)
             self.manifest_["calibration"] = calibration
             before = after
-        self._validation_arrays = (np.asarray(labels), _softmax(logits / (calibration or {}).get("temperature", 1.0)))
         return {**before.as_dict(), "class_weights": self.hyperparameters_.class_weights, "calibration": calibration}
+
+    # ------------------------------------------------------------------------------------------ fitted state
+
+    def _set_fitted(self, model: nn.Module, tokenizer: Any, manifest: dict[str, Any], classes: Sequence[str],
+                    values: Sequence[object], runner: Callable[[dict[str, torch.Tensor]], np.ndarray] | None = None,
+                    backend: str = "torch") -> None:
+        """The one place fitted state is set, from `fit` and from `load` alike."""
+        self.model_, self.tokenizer_, self.manifest_ = model, tokenizer, manifest
+        self.hyperparameters_ = Hyperparameters.from_strings(manifest.get("hyperparameters", {}))
+        self.classes_, self.label_values_ = list(classes), list(values)
+        self.model_id_ = manifest.get("model_id")
+        self.history_, self.best_epoch_ = list(manifest.get("epochs", [])), int(manifest.get("best_epoch", 0))
+        self.input_names_ = architectures.input_names(model, tokenizer)
+        self.runner_ = runner or export.TorchRunner(model)
+        self.backend_ = backend
+        self.validation_report_: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------------------ predicting
 
@@ -227,7 +304,8 @@ class TextClassifier:
         self._check_fitted()
         if isinstance(texts, str):
             raise DataError("predict_proba takes a list of texts, not a single string; wrap it: [text]")
-        data = batching.encode(self.tokenizer_, texts, self.hyperparameters_.max_seq_length, window_overlap=overlap)
+        data = batching.encode(self.tokenizer_, texts, self.hyperparameters_.max_seq_length, window_overlap=overlap,
+                               token_types="token_type_ids" in self.input_names_)
         rows = np.zeros((len(data), len(self.classes_)), dtype=np.float32)
         for batch in batching.iterate(data, batch_size, shuffle=False):
             rows[batch.rows] = self.runner_(batch.inputs)
@@ -262,8 +340,6 @@ class TextClassifier:
         >>> textfit.load("model/").classify(["a lovely film"])  # doctest: +SKIP
         [{'probabilities': [0.02, 0.98], 'labels': ['negative', 'positive'], 'predicted_label': 'positive'}]
         """
-        from textfit.inference import verbose_record
-
         return [verbose_record(row, self.classes_) for row in self.predict_proba(texts, long_texts=long_texts)]
 
     def class_index(self, label: object) -> int | None:
@@ -290,14 +366,13 @@ class TextClassifier:
         artifact.write_json(folder / artifact.LABELS, {"labels": self.classes_, "label_values": self.label_values_})
         self.manifest_[artifact.DIGESTS] = artifact.digests(folder)
         artifact.write_json(folder / artifact.MANIFEST, self.manifest_)
-        report = getattr(self, "validation_report_", None)
+        report = self.validation_report_
         if self.history_:
             plots.training_curves(self.history_, folder / artifact.CURVES)
         if report is not None:
             artifact.write_json(folder / artifact.REPORT, report)
-            if hasattr(self, "_validation_arrays"):
-                plots.confusion_matrix(metrics.report(*self._validation_arrays, self.classes_),
-                                       folder / artifact.CONFUSION)
+            plots.confusion_matrix(report["confusion_matrix"], report["labels"], report["accuracy"],
+                                   folder / artifact.CONFUSION)
         (folder / artifact.CARD).write_text(model_card(self.manifest_, report), encoding="utf-8")
 
     def save(self, path: str | Path, *, overwrite: bool = False, tar: bool = False) -> Path:
@@ -318,135 +393,37 @@ class TextClassifier:
             backend: "torch", or "onnx" for ONNX Runtime (the artifact's onnx/ export, made on the fly if missing).
             quantized: with onnx, the int8 dynamically quantized model.
             threads: intra-op threads of the ONNX Runtime session (default: torch's thread count).
+
+        Raises:
+            ArtifactError: a file is missing, damaged or changed since it was saved; one message names each.
         """
         with artifact.opened(path) as folder:
             manifest = artifact.check_intact(folder)
             labels = artifact.read_labels(folder / artifact.LABELS)
-            clf = cls(manifest.get("model_id"), manifest.get("hyperparameters"))
-            clf.model_ = _load_model(str(folder), False).eval()
-            if clf.model_.config.num_labels != len(labels["labels"]):
-                raise ArtifactError(f"{folder}: config.json has {clf.model_.config.num_labels} outputs but "
+            model = _load_model(str(folder), False).eval()
+            if model.config.num_labels != len(labels["labels"]):
+                raise ArtifactError(f"{folder}: config.json has {model.config.num_labels} outputs but "
                                     f"labels_info.json names {len(labels['labels'])} classes; the artifact is damaged")
-            clf.tokenizer_ = _load_tokenizer(str(folder), False)
-            clf.runner_ = export.runner(clf.model_, folder, backend, input_names(clf.tokenizer_), quantized, threads)
-        clf.hyperparameters_ = Hyperparameters.from_strings(manifest.get("hyperparameters", {}))
-        clf.classes_, clf.label_values_ = list(labels["labels"]), list(labels["label_values"])
-        clf.model_id_, clf.manifest_ = manifest.get("model_id"), manifest
-        clf.history_, clf.best_epoch_ = manifest.get("epochs", []), manifest.get("best_epoch", 0)
-        clf.backend_ = backend
-        report_file = Path(path) / artifact.REPORT if Path(path).is_dir() else None
-        clf.validation_report_ = artifact.read_json(report_file) if report_file and report_file.is_file() else None
+            tokenizer = checkpoint.load_tokenizer(str(folder))
+            runner = export.runner(model, folder, backend, architectures.input_names(model, tokenizer), quantized,
+                                   threads)
+            report_file = folder / artifact.REPORT
+            report = artifact.read_json(report_file) if report_file.is_file() else None
+        clf = cls(manifest.get("model_id"), manifest.get("hyperparameters"))
+        clf._set_fitted(model, tokenizer, manifest, labels["labels"], labels["label_values"], runner, backend)
+        clf.validation_report_ = report
         return clf
 
     def export_onnx(self, folder: str | Path, *, quantize: bool = False) -> Path:
         """Write onnx/model.onnx (and with quantize, onnx/model.int8.onnx) into a saved artifact folder."""
         self._check_fitted()
-        fp32 = export.export_onnx(self.model_, input_names(self.tokenizer_), export.onnx_path(Path(folder), False))
+        fp32 = export.export_onnx(self.model_, self.input_names_, export.onnx_path(Path(folder), False))
         return export.quantize_int8(fp32, export.onnx_path(Path(folder), True)) if quantize else fp32
-
-
-def input_names(tokenizer: Any) -> list[str]:
-    """The model inputs that batching.collate builds for this tokenizer."""
-    return ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in tokenizer.model_input_names
-                                              else [])
-
-
-def _scale_head(model: nn.Module, factor: float) -> None:
-    """Multiply the logits by `factor` by scaling the last layer of the head (temperature scaling)."""
-    num_labels = model.config.num_labels
-    last = [m for n, m in model.named_modules() if not n.startswith(model.base_model_prefix)
-            and isinstance(m, nn.Linear) and m.out_features == num_labels][-1]
-    with torch.no_grad():
-        last.weight.mul_(factor)
-        if last.bias is not None:
-            last.bias.mul_(factor)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def log_hyperparameters(hp: Hyperparameters, given: Mapping[str, object]) -> None:
     """Every run logs its resolved configuration at start, marking what the user set."""
-    from textfit.hyperparameters import canonical_name
-
     user = {canonical_name(k) for k in given}
     log.info("Hyperparameters (* = given, others are defaults for this model):")
     for name, value in hp.to_strings().items():
         log.info("  %s%s = %s", "*" if name in user else " ", name, value)
-
-
-def train(train: str | Path, validation: str | Path | None = None, *, model_id: str | None = None,
-          hyperparameters: Mapping[str, object] | None = None, output: str | Path | None = None,
-          model: str | Path | None = None, tar: bool = False, overwrite: bool = False,
-          allow_network: bool = False, tensorboard: str | Path | None = None) -> TextClassifier:
-    """Fine-tune and (with `output`) save: what `textfit train` does, from Python. Paths may be s3:// URIs.
-
-    >>> clf = textfit.train("data/", model_id="textfit-tc-all-minilm-l6-v2", output="model/")  # doctest: +SKIP
-    >>> textfit.load("model/").predict(["a lovely film"])  # doctest: +SKIP
-    """
-    from textfit import distributed, remote
-
-    world = distributed.init_from_environment()  # under torchrun or --nproc-per-node: join the other workers
-    try:
-        if output is not None and not remote.is_remote(output) and world.is_main:
-            artifact.check_output(Path(output), overwrite)  # before hours of training, not after
-        with contextlib.ExitStack() as stack:
-            local = lambda loc: None if loc is None else stack.enter_context(remote.local_copy(loc))  # noqa: E731
-            clf = TextClassifier(model_id, hyperparameters, init_model=local(model), allow_network=allow_network)
-            on_epoch = stack.enter_context(_tensorboard(tensorboard)) if tensorboard and world.is_main else None
-            clf.fit(local(train), local(validation), on_epoch=on_epoch)  # type: ignore[arg-type]
-            clf.init_model = model  # the manifest names where it came from, not the temporary copy
-            if model is not None:
-                clf.manifest_["initialized_from"] = str(model)
-        clf.manifest_["workers"] = world.size
-        if output is not None and world.is_main:  # one artifact, written by rank 0 alone
-            _save(clf, output, tar, overwrite)
-    finally:
-        if world.active:
-            distributed.shutdown()
-    return clf
-
-
-@contextlib.contextmanager
-def _tensorboard(folder: str | Path) -> Any:
-    """An epoch hook that writes TensorBoard scalars (loss, accuracy, val_loss, val_accuracy) to `folder`."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise TextfitError("--tensorboard needs the tensorboard package: pip install textfit[tensorboard]") from None
-    writer = SummaryWriter(log_dir=str(folder))
-
-    def write(epoch: int, m: training.EpochMetrics) -> None:
-        for name, value in m.as_dict().items():
-            if value is not None and name != "seconds":
-                writer.add_scalar(name, value, epoch)
-        writer.flush()
-
-    try:
-        yield write
-    finally:
-        writer.close()
-
-
-def _save(clf: TextClassifier, output: str | Path, tar: bool, overwrite: bool) -> None:
-    from textfit import remote
-
-    if not remote.is_remote(output):
-        clf.save(output, overwrite=overwrite, tar=tar)
-        return
-    with tempfile.TemporaryDirectory(prefix="textfit-out-") as tmp:
-        folder = clf.save(Path(tmp) / "model", tar=tar)
-        remote.upload(folder, str(output))
-        if tar:
-            remote.upload(folder.with_name("model.tar.gz"), str(output).rstrip("/") + ".tar.gz")
-
-
-def load(path: str | Path, *, backend: str = "torch", quantized: bool = False,
-         threads: int | None = None) -> TextClassifier:
-    """Load a trained model (folder, model.tar.gz, or an s3:// URI of either); see TextClassifier.load."""
-    from textfit import remote
-
-    with remote.local_copy(path) as local:
-        return TextClassifier.load(local, backend=backend, quantized=quantized, threads=threads)

@@ -55,8 +55,8 @@ LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from textfit.classifier import train
     from textfit.hyperparameters import parse_assignments
+    from textfit.job import train
     from textfit.sagemaker import torchrun_environment
 
     if (args.nproc_per_node > 1 or args.nnodes > 1) and torchrun_environment().world_size == 1:
@@ -78,8 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from textfit.classifier import load
-    from textfit.inference import InputRecord, predict_file, predict_file_parallel, read_records
+    from textfit.job import load
+    from textfit.prediction import InputRecord, predict_file, predict_file_parallel, read_records
 
     clf = load(args.model, backend=args.backend, quantized=args.quantized) if args.workers <= 1 else None
     if args.input:
@@ -226,8 +226,8 @@ def cmd_models_import(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from textfit.classifier import load
     from textfit.evaluation import evaluate
+    from textfit.job import load
     from textfit.metrics import format_report
 
     clf = load(args.model, backend=args.backend, quantized=args.quantized)
@@ -262,7 +262,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_sagemaker_train(args: argparse.Namespace) -> int:
-    from textfit.classifier import train
+    from textfit.job import train
     from textfit.sagemaker import gpu_count, launch_plan, torchrun_environment, training_job
 
     job = training_job(args.prefix)

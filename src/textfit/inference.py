@@ -3,7 +3,7 @@
 SageMaker's algorithm takes one `application/x-text` string per request and answers `application/json`
 (probabilities) or `application/json;verbose` (probabilities, labels, predicted_label). textfit also takes
 batches for batch transform: a JSON list, JSON Lines, or CSV with one text a line. The server and
-`textfit predict` share these functions.
+`textfit predict` (prediction.py) share these functions.
 
 Response shapes, decided once:
 - one text in (x-text, or a JSON string): one object, `{"probabilities": [...]}`, plus `labels` and
@@ -17,17 +17,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from textfit.errors import DataError, RequestError
-
-if TYPE_CHECKING:
-    from textfit.classifier import TextClassifier
+from textfit.errors import RequestError
 
 X_TEXT = "application/x-text"
 JSON = "application/json"
@@ -220,173 +215,3 @@ def encode_response(probabilities: np.ndarray, classes: list[str], accept: Accep
         return body.encode(), accept.header
     payload: Any = records[0] if single else records
     return json.dumps(payload, ensure_ascii=False).encode(), accept.header
-
-
-# ---------------------------------------------------------------------------------------------- batch files
-
-FILE_FORMATS = ("auto", "csv", "jsonl", "lines")
-CHUNK = 1024
-"""Records predicted at a time: memory stays flat however long the file is."""
-
-
-@dataclass(frozen=True)
-class InputRecord:
-    text: str
-    label: str | None
-    line: int
-
-
-def _format_of(path: Path, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    suffix = path.suffix.lower()
-    return {".csv": "csv", ".jsonl": "jsonl", ".jsonlines": "jsonl", ".ndjson": "jsonl"}.get(suffix, "lines")
-
-
-def _csv_records(lines: Iterator[str], path: Path) -> Iterator[InputRecord]:
-    reader = csv.reader(lines)
-    start = 1
-    for row in reader:
-        line, start = start, reader.line_num + 1
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue
-        if len(row) == 1:
-            yield InputRecord(row[0], None, line)
-        elif len(row) == 2:
-            yield InputRecord(row[1], row[0].strip(), line)
-        else:
-            raise DataError(f"{path}, line {line}: expected a text, or label,text, but found {len(row)} columns; "
-                            'quote a text that contains commas: "like, this"')
-
-
-def _jsonl_records(lines: Iterator[str], path: Path) -> Iterator[InputRecord]:
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {n}: not valid JSON ({exc.msg}); write one JSON value a line") from None
-        if isinstance(item, str):
-            yield InputRecord(item, None, n)
-        elif isinstance(item, dict) and isinstance(item.get("text"), str):
-            label = item.get("label")
-            yield InputRecord(item["text"], None if label is None else str(label), n)
-        else:
-            raise DataError(f'{path}, line {n}: expected a string or {{"text": "..."}}; got {line.strip()[:60]!r}')
-
-
-def read_records(path: Path, fmt: str = "auto") -> Iterator[InputRecord]:
-    """Stream the records of a prediction input file (CSV, JSON Lines or plain lines)."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; pass the file of texts to classify")
-    kind = _format_of(path, fmt)
-    with path.open(encoding="utf-8-sig", newline="" if kind == "csv" else None, errors="strict") as f:
-        try:
-            if kind == "csv":
-                yield from _csv_records(f, path)
-            elif kind == "jsonl":
-                yield from _jsonl_records(f, path)
-            else:
-                for n, line in enumerate(f, start=1):
-                    if line.strip():
-                        yield InputRecord(line.rstrip("\r\n"), None, n)
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: the file is not valid UTF-8; save it as UTF-8") from None
-
-
-def _chunks(records: Iterator[InputRecord], size: int) -> Iterator[list[InputRecord]]:
-    chunk: list[InputRecord] = []
-    for rec in records:
-        if not rec.text.strip():
-            raise DataError(f"line {rec.line}: the text is empty; remove the line or give it a text")
-        chunk.append(rec)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-@dataclass
-class PredictionSummary:
-    records: int = 0
-    labelled: int = 0
-    correct: int = 0
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.correct / self.labelled if self.labelled else None
-
-
-def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out: IO[str], *,
-                 long_texts: str = "truncate", progress: Any = None) -> PredictionSummary:
-    """Write one JSON line per record, in input order; with labels in the input, count the correct ones."""
-    summary = PredictionSummary()
-    for chunk in _chunks(records, CHUNK):
-        probs = classifier.predict_proba([r.text for r in chunk], long_texts=long_texts)
-        for rec, row in zip(chunk, probs):
-            result = verbose_record(row, classifier.classes_)
-            if rec.label is not None:
-                index = classifier.class_index(rec.label)
-                truth = None if index is None else classifier.classes_[index]
-                result["label"] = truth if truth is not None else rec.label
-                summary.labelled += 1
-                summary.correct += int(truth == result["predicted_label"])
-            out.write(json.dumps(result, ensure_ascii=False) + "\n")
-        summary.records += len(chunk)
-        if progress is not None:
-            progress.update(len(chunk))
-    return summary
-
-
-def _shard(records: Iterator[InputRecord], start: int, stop: int) -> Iterator[InputRecord]:
-    for i, rec in enumerate(records):
-        if i >= stop:
-            return
-        if i >= start:
-            yield rec
-
-
-def _predict_shard(model: str, path: str, fmt: str, start: int, stop: int, part: str, backend: str,
-                   quantized: bool, long_texts: str, threads: int) -> tuple[int, int, int]:
-    """One worker process: its contiguous range of records, to its own part file."""
-    import torch
-
-    from textfit.classifier import load
-
-    torch.set_num_threads(threads)
-    clf = load(model, backend=backend, quantized=quantized, threads=threads)
-    with open(part, "w", encoding="utf-8") as out:
-        summary = predict_file(clf, _shard(read_records(Path(path), fmt), start, stop), out, long_texts=long_texts)
-    return summary.records, summary.labelled, summary.correct
-
-
-def predict_file_parallel(model: str, path: Path, fmt: str, out: IO[str], workers: int, *, backend: str = "torch",
-                          quantized: bool = False, long_texts: str = "truncate") -> PredictionSummary:
-    """Shard a large input over worker processes (contiguous ranges of records) and write one output in order."""
-    import concurrent.futures
-    import multiprocessing
-    import os
-    import tempfile
-
-    total = sum(1 for _ in read_records(path, fmt))  # a cheap pass that also checks every record first
-    bounds = [round(i * total / workers) for i in range(workers + 1)]
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    summary = PredictionSummary()
-    with tempfile.TemporaryDirectory(prefix="textfit-predict-") as tmp:
-        parts = [str(Path(tmp) / f"part-{i}.jsonl") for i in range(workers)]
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [pool.submit(_predict_shard, model, str(path), fmt, bounds[i], bounds[i + 1], parts[i], backend,
-                                   quantized, long_texts, threads) for i in range(workers)]
-            for future in futures:
-                records, labelled, correct = future.result()
-                summary.records += records
-                summary.labelled += labelled
-                summary.correct += correct
-        for part in parts:  # the parts in input order make the output
-            with open(part, encoding="utf-8") as f:
-                for line in f:
-                    out.write(line)
-    return summary

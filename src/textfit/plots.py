@@ -37,19 +37,26 @@ def training_curves(history: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def confusion_matrix(report: metrics.Report, path: Path) -> Path:
-    """The confusion matrix normalised by true class (each row sums to 1), with the class names."""
+MAX_PLOTTED_CLASSES = 50
+"""Past this many classes a confusion matrix picture is unreadable (and its memory grows with the square)."""
+
+
+def confusion_matrix(matrix: list[list[int]], labels: list[str], accuracy: float, path: Path) -> Path | None:
+    """The confusion matrix normalised by true class (each row sums to 1), with the class names; None (no
+    picture) past MAX_PLOTTED_CLASSES classes, where the report's numbers are what a reader can use."""
+    n = len(labels)
+    if n > MAX_PLOTTED_CLASSES:
+        return None
     plt = _pyplot()
-    counts = np.asarray(report.confusion_matrix, dtype=np.float64)
+    counts = np.asarray(matrix, dtype=np.float64)
     normalised = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    n = len(report.labels)
     size = max(4.0, 0.6 * n + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set_xticks(range(n), report.labels, rotation=45, ha="right")
-    ax.set_yticks(range(n), report.labels)
-    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix (accuracy {report.accuracy:.3f})")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix (accuracy {accuracy:.3f})")
     if n <= 20:
         for i in range(n):
             for j in range(n):
@@ -92,7 +99,8 @@ def binary_curves(y_true: np.ndarray, proba: np.ndarray, labels: list[str], fold
 def report_figures(report: metrics.Report, y_true: np.ndarray, proba: np.ndarray, folder: Path) -> list[Path]:
     """The confusion matrix, and for a binary task the ROC and precision-recall curves."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [confusion_matrix(report, folder / "confusion_matrix.png")]
+    matrix = confusion_matrix(report.confusion_matrix, report.labels, report.accuracy, folder / "confusion_matrix.png")
+    paths = [matrix] if matrix is not None else []
     if report.roc_auc is not None:
         paths += binary_curves(y_true, proba, report.labels, folder)
     return paths

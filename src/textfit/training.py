@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from textfit import batching, distributed
+from textfit import architectures, batching, distributed
 from textfit.batching import Batch, Encoded
 from textfit.errors import HyperparameterError
 from textfit.hyperparameters import Hyperparameters, parse_class_weights
@@ -103,35 +103,11 @@ def warmup_then_linear_decay(total_steps: int, warmup_fraction: float) -> Callab
 # ---------------------------------------------------------------------------------------------- the head
 
 
-def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The classification layer's parameters: everything outside the pretrained encoder."""
-    prefix = getattr(model, "base_model_prefix", "")
-    return [(n, p) for n, p in model.named_parameters() if not n.startswith(prefix + ".")]
-
-
 def l2_penalty(model: nn.Module, factor: float) -> torch.Tensor | float:
     """Keras's l2 kernel regularizer on the head: factor * sum of squared weights, added to the loss."""
     if factor == 0:
         return 0.0
-    return factor * sum(p.float().pow(2).sum() for n, p in head_parameters(model) if p.ndim >= 2)
-
-
-def pooled_features(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """What the head sees: the encoder's pooled output (BERT-like) or its first token's hidden state."""
-    out = model.base_model(**batch.inputs)
-    pooled = getattr(out, "pooler_output", None)
-    return pooled if pooled is not None else out.last_hidden_state[:, 0]
-
-
-def head_logits(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """Run only the head on cached features, as the model's own forward would after the encoder."""
-    if hasattr(model, "dropout") and isinstance(getattr(model, "classifier", None), nn.Linear):
-        return model.classifier(model.dropout(features))  # BERT, ALBERT: Dropout -> Dense on the pooled output
-    return model.classifier(features.unsqueeze(1))  # ELECTRA, RoBERTa: the head reads token 0 itself
-
-
-def supports_feature_cache(model: nn.Module) -> bool:
-    return hasattr(model, "classifier") and hasattr(model, "base_model")
+    return factor * sum(p.float().pow(2).sum() for n, p in architectures.head_parameters(model) if p.ndim >= 2)
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -241,25 +217,30 @@ class _Head(nn.Module):
         self.model = model
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return head_logits(self.model, features)
+        return architectures.head(self.model, features)
 
 
 @torch.inference_mode()
 def _embed(model: nn.Module, data: Encoded, batch_size: int, device: torch.device,
            dtype: torch.dtype | None) -> torch.Tensor:
-    """The frozen encoder's features of every row, computed once (train_only_on_top_layer).
+    """The frozen encoder's features of every row, computed once (train_only_on_top_layer): what the
+    architecture's head reads, so that the head trained on them is the head the saved model runs.
 
     Each worker embeds its shard (every W-th row) and the shards are gathered, so every worker holds all.
     """
     world = distributed.current()
     model.eval()
     rows = list(range(world.rank, len(data), world.size))
-    feats = torch.zeros((len(rows), model.config.hidden_size), device=device)
+    feats: torch.Tensor | None = None
     lengths = [len(data.input_ids[r]) for r in rows]
     for group in batching.plan_batches(lengths, batch_size * 2, shuffle=False):
         batch = batching.collate(data, [rows[i] for i in group]).to(device)
         with autocast(device, dtype):
-            feats[group] = pooled_features(model, batch).float()
+            out = architectures.features(model, batch.inputs).float()
+        if feats is None:
+            feats = torch.zeros((len(rows), out.shape[-1]), device=device)
+        feats[group] = out
+    assert feats is not None  # a training set is never empty
     return distributed.all_gather_rows(feats, rows, len(data), world)
 
 
@@ -300,7 +281,10 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
     dtype = autocast_dtype(device, hp.precision)
     model.to(device)
     frozen = hp.train_only_on_top_layer
-    cache = frozen and supports_feature_cache(model)
+    cache = frozen and architectures.supports_feature_cache(model)
+    if frozen and not cache:
+        log.info("train_only_on_top_layer: %s has no feature cache in textfit, so the frozen encoder runs at "
+                 "every step (slower, same result)", architectures.describe(model))
     if frozen:
         model.base_model.requires_grad_(False)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -247,7 +247,7 @@ def _objective(job: TuningJob) -> Any:
                          epoch, metrics.val_accuracy)
                 raise optuna.TrialPruned()
 
-        clf = TextClassifier(job.model_id, params).fit(job.train, job.validation, on_epoch=report)
+        clf = TextClassifier(job.model_id, params).fit(job.train, validation=job.validation, on_epoch=report)
         saved = clf.save(Path(job.output) / "trials" / f"trial-{trial.number}", overwrite=True)
         trial.set_user_attr("model", f"{socket.gethostname()}:{saved.resolve()}")
         best = clf.history_[clf.best_epoch_ - 1]["val_accuracy"]

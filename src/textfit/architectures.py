@@ -1,0 +1,204 @@
+"""What textfit knows about each encoder family, in one place: one adapter per architecture.
+
+Encoders differ in where their classification head starts (BERT's pooler output, DistilBERT's
+`pre_classifier`, DeBERTa's ContextPooler, RoBERTa's and ELECTRA's token-0 dense head, ModernBERT's pooling
+setting) and in what their config calls the head's dropout. An adapter answers every such question: the
+features the head reads, the head as a function of them (so that `head(model, features(model, x))` equals
+`model(**x).logits` in eval mode, exactly), the dropout setting, the head's last layer (for folding a
+calibration temperature), the inputs the model takes, and its position limit. The training loop, the feature
+cache, calibration and the ONNX export ask the adapter; nothing else names an architecture.
+
+A checkpoint of any other family trains with full fine-tuning through transformers' own classes; with the
+encoder frozen it runs the whole forward each step (no feature cache): slower, still correct.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger("textfit")
+
+Inputs = dict[str, torch.Tensor]
+
+
+def _pooled(model: nn.Module, inputs: Inputs) -> torch.Tensor:
+    return model.base_model(**inputs).pooler_output
+
+
+def _first_token(model: nn.Module, inputs: Inputs) -> torch.Tensor:
+    return model.base_model(**inputs).last_hidden_state[:, 0]
+
+
+def _modernbert_pooled(model: nn.Module, inputs: Inputs) -> torch.Tensor:
+    """ModernBERT pools as its config says: the first token, or the mean over real tokens."""
+    hidden = model.base_model(**inputs).last_hidden_state
+    if model.config.classifier_pooling == "cls":
+        return hidden[:, 0]
+    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+
+
+def _dropout_dense(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    return model.classifier(model.dropout(features))  # BERT, ALBERT: Dropout -> Dense on the pooled output
+
+
+def _token_head(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    return model.classifier(features.unsqueeze(1))  # RoBERTa, ELECTRA: the head takes token 0 itself
+
+
+def _distilbert_head(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    return model.classifier(model.dropout(torch.relu(model.pre_classifier(features))))
+
+
+def _deberta_head(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    return model.classifier(model.dropout(model.pooler(features.unsqueeze(1))))
+
+
+def _modernbert_head(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    return model.classifier(model.drop(model.head(features)))
+
+
+def _classifier(model: nn.Module) -> nn.Linear:
+    return model.classifier
+
+
+def _out_proj(model: nn.Module) -> nn.Linear:
+    return model.classifier.out_proj
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    """Any other family: the last Linear layer outside the encoder with one output per class."""
+    prefix = model.base_model_prefix
+    layers = [m for n, m in model.named_modules() if not n.startswith(prefix) and isinstance(m, nn.Linear)
+              and m.out_features == model.config.num_labels]
+    return layers[-1]
+
+
+def _absolute_positions(config: Any) -> int | None:
+    return getattr(config, "max_position_embeddings", None)
+
+
+def _roberta_positions(config: Any) -> int | None:
+    """RoBERTa numbers positions from pad_token_id + 1: two fewer usable than its table (514 -> 512)."""
+    return config.max_position_embeddings - (config.pad_token_id or 0) - 1
+
+
+def _deberta_positions(config: Any) -> int | None:
+    """DeBERTa-v3 has relative positions only (no limit); with absolute ones too, their table bounds it."""
+    return config.max_position_embeddings if getattr(config, "position_biased_input", False) else None
+
+
+@dataclass(frozen=True)
+class Adapter:
+    family: str
+    model_types: tuple[str, ...]
+    dropout_key: str | None
+    """The config attribute the head's dropout is read from."""
+    features: Callable[[nn.Module, Inputs], torch.Tensor] | None
+    """What the head reads, from the encoder; None: no feature cache for this family."""
+    head: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None
+    last_layer: Callable[[nn.Module], nn.Linear]
+    token_types: bool
+    """Whether the model takes token_type_ids."""
+    position_limit: Callable[[Any], int | None] = _absolute_positions
+
+
+ADAPTERS: tuple[Adapter, ...] = (
+    Adapter("BERT", ("bert",), "classifier_dropout", _pooled, _dropout_dense, _classifier, True),
+    Adapter("ALBERT", ("albert",), "classifier_dropout_prob", _pooled, _dropout_dense, _classifier, True),
+    Adapter("ELECTRA", ("electra",), "classifier_dropout", _first_token, _token_head, _out_proj, True),
+    Adapter("DistilBERT", ("distilbert",), "seq_classif_dropout", _first_token, _distilbert_head, _classifier,
+            False),
+    Adapter("RoBERTa", ("roberta", "xlm-roberta"), "classifier_dropout", _first_token, _token_head, _out_proj,
+            False, _roberta_positions),
+    Adapter("DeBERTa-v2", ("deberta-v2",), "cls_dropout", _first_token, _deberta_head, _classifier, True,
+            _deberta_positions),
+    Adapter("ModernBERT", ("modernbert",), "classifier_dropout", _modernbert_pooled, _modernbert_head,
+            _classifier, False),
+)
+GENERIC = Adapter("other", (), "classifier_dropout", None, None, _last_linear, True)
+_BY_TYPE = {model_type: adapter for adapter in ADAPTERS for model_type in adapter.model_types}
+
+
+def adapter_for(config: Any) -> Adapter:
+    """The adapter of a model's config (or of a model); GENERIC for a family textfit has no adapter for."""
+    config = getattr(config, "config", config)
+    return _BY_TYPE.get(getattr(config, "model_type", ""), GENERIC)
+
+
+def set_dropout(config: Any, rate: float) -> None:
+    """dropout_rate on the head, under the name this family's config reads."""
+    key = adapter_for(config).dropout_key
+    if key is not None:
+        setattr(config, key, rate)
+
+
+def position_limit(config: Any) -> int | None:
+    """The longest input in tokens the encoder can take, None when it has no fixed limit."""
+    return adapter_for(config).position_limit(config)
+
+
+def supports_feature_cache(model: nn.Module) -> bool:
+    return adapter_for(model).features is not None
+
+
+def features(model: nn.Module, inputs: Inputs) -> torch.Tensor:
+    """What the head reads, computed by the encoder (train_only_on_top_layer computes it once per row)."""
+    compute = adapter_for(model).features
+    if compute is None:
+        raise TypeError(f"no feature cache for model_type {model.config.model_type!r}")
+    return compute(model, inputs)
+
+
+def head(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """The head alone on features: model(**x).logits == head(model, features(model, x)) in eval mode."""
+    run = adapter_for(model).head
+    if run is None:
+        raise TypeError(f"no feature cache for model_type {model.config.model_type!r}")
+    return run(model, feats)
+
+
+def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The classification head's parameters: everything outside the pretrained encoder."""
+    prefix = model.base_model_prefix + "."
+    return [(n, p) for n, p in model.named_parameters() if not n.startswith(prefix)]
+
+
+def reinitialize_head(model: nn.Module) -> None:
+    """A new random head on a fine-tuned encoder (reinitialize_top_layer=True on an artifact), each layer
+    initialised as the architecture initialises it."""
+    prefix = model.base_model_prefix
+    for name, module in model.named_modules():
+        if name and not name.startswith(prefix) and next(module.parameters(recurse=False), None) is not None:
+            model._init_weights(module)
+
+
+def scale_logits(model: nn.Module, factor: float) -> None:
+    """Multiply the logits by `factor` by scaling the head's last layer: temperature scaling stored in the
+    weights, so every engine (textfit, ONNX, a plain transformers pipeline) applies it."""
+    last = adapter_for(model).last_layer(model)
+    with torch.no_grad():
+        last.weight.mul_(factor)
+        if last.bias is not None:
+            last.bias.mul_(factor)
+
+
+def input_names(model: nn.Module, tokenizer: Any) -> list[str]:
+    """The inputs textfit feeds this model (and its ONNX graph): token types only where both sides have them."""
+    adapter = adapter_for(model)
+    takes = adapter.token_types if adapter is not GENERIC else (
+        "token_type_ids" in inspect.signature(model.forward).parameters)
+    types = takes and "token_type_ids" in tokenizer.model_input_names
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if types else [])
+
+
+def describe(model: nn.Module) -> str:
+    adapter = adapter_for(model)
+    return adapter.family if adapter is not GENERIC else f"{model.config.model_type} (no textfit adapter)"

@@ -1,0 +1,90 @@
+"""The training job around the estimator: what `textfit train` and `textfit.train()` run.
+
+A job reads channels from anywhere (local paths or s3:// URIs), joins the other workers of a distributed run,
+writes TensorBoard events, and saves the artifact (with its tarball, uploaded where the output is remote) from
+rank 0 alone. The estimator it wraps (classifier.TextClassifier) knows none of this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+from textfit import artifact, distributed, remote
+from textfit.classifier import TextClassifier
+from textfit.errors import TextfitError
+from textfit.training import EpochMetrics
+
+log = logging.getLogger("textfit")
+
+
+@contextlib.contextmanager
+def _tensorboard(folder: str | Path) -> Iterator[Callable[[int, EpochMetrics], None]]:
+    """An epoch hook that writes TensorBoard scalars (loss, accuracy, val_loss, val_accuracy) to `folder`."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TextfitError("--tensorboard needs the tensorboard package: pip install textfit[tensorboard]") from None
+    writer = SummaryWriter(log_dir=str(folder))
+
+    def write(epoch: int, m: EpochMetrics) -> None:
+        for name, value in m.as_dict().items():
+            if value is not None and name != "seconds":
+                writer.add_scalar(name, value, epoch)
+        writer.flush()
+
+    try:
+        yield write
+    finally:
+        writer.close()
+
+
+def _save(clf: TextClassifier, output: str | Path, tar: bool, overwrite: bool) -> None:
+    if not remote.is_remote(output):
+        clf.save(output, overwrite=overwrite, tar=tar)
+        return
+    with tempfile.TemporaryDirectory(prefix="textfit-out-") as tmp:
+        folder = clf.save(Path(tmp) / "model", tar=tar)
+        remote.upload(folder, str(output))
+        if tar:
+            remote.upload(folder.with_name("model.tar.gz"), str(output).rstrip("/") + ".tar.gz")
+
+
+def train(train: str | Path, validation: str | Path | None = None, *, model_id: str | None = None,
+          hyperparameters: Mapping[str, object] | None = None, output: str | Path | None = None,
+          model: str | Path | None = None, tar: bool = False, overwrite: bool = False,
+          allow_network: bool = False, tensorboard: str | Path | None = None) -> TextClassifier:
+    """Fine-tune and (with `output`) save: what `textfit train` does, from Python. Paths may be s3:// URIs.
+
+    >>> clf = textfit.train("data/", model_id="textfit-tc-all-minilm-l6-v2", output="model/")  # doctest: +SKIP
+    >>> textfit.load("model/").predict(["a lovely film"])  # doctest: +SKIP
+    """
+    world = distributed.init_from_environment()  # under torchrun or --nproc-per-node: join the other workers
+    try:
+        if output is not None and not remote.is_remote(output) and world.is_main:
+            artifact.check_output(Path(output), overwrite)  # before hours of training, not after
+        with contextlib.ExitStack() as stack:
+            local = lambda loc: None if loc is None else stack.enter_context(remote.local_copy(loc))  # noqa: E731
+            clf = TextClassifier(model_id, hyperparameters, init_model=local(model), allow_network=allow_network)
+            on_epoch = stack.enter_context(_tensorboard(tensorboard)) if tensorboard and world.is_main else None
+            clf.fit(local(train), validation=local(validation), on_epoch=on_epoch)  # type: ignore[arg-type]
+            clf.init_model = model  # the manifest names where it came from, not the temporary copy
+            if model is not None:
+                clf.manifest_["initialized_from"] = str(model)
+        clf.manifest_["workers"] = world.size
+        if output is not None and world.is_main:  # one artifact, written by rank 0 alone
+            _save(clf, output, tar, overwrite)
+    finally:
+        if world.active:
+            distributed.shutdown()
+    return clf
+
+
+def load(path: str | Path, *, backend: str = "torch", quantized: bool = False,
+         threads: int | None = None) -> TextClassifier:
+    """Load a trained model (folder, model.tar.gz, or an s3:// URI of either); see TextClassifier.load."""
+    with remote.local_copy(path) as local:
+        return TextClassifier.load(local, backend=backend, quantized=quantized, threads=threads)

@@ -1,0 +1,87 @@
+"""Batch prediction of files: every input format, streaming, order, labels scored, worker processes."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from textfit.errors import DataError
+from textfit.prediction import CHUNK, InputRecord, predict_file, read_records
+
+
+def test_read_records_in_every_format(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text('1,"good, very good"\n0,bad\n', encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text('{"text": "good", "label": 1}\n"bad"\n', encoding="utf-8")
+    (tmp_path / "c.txt").write_text("good\n\nbad\n", encoding="utf-8")
+    assert [(r.text, r.label) for r in read_records(tmp_path / "a.csv")] == [("good, very good", "1"), ("bad", "0")]
+    assert [(r.text, r.label) for r in read_records(tmp_path / "b.jsonl")] == [("good", "1"), ("bad", None)]
+    assert [(r.text, r.line) for r in read_records(tmp_path / "c.txt")] == [("good", 1), ("bad", 3)]
+
+
+def test_read_records_errors_name_the_line(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("good\n1,bad,extra\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"a.csv, line 2: expected a text, or label,text"):
+        list(read_records(tmp_path / "a.csv"))
+    (tmp_path / "b.jsonl").write_text('"ok"\n[1]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"b.jsonl, line 2: expected a string"):
+        list(read_records(tmp_path / "b.jsonl"))
+
+
+def test_predict_file_streams_in_order_and_scores_labels(tiny_artifact: Path, tmp_path: Path) -> None:
+    from textfit import TextClassifier
+
+    clf = TextClassifier.load(tiny_artifact)
+    texts = [" ".join(["good great lovely", "bad awful poor"][i % 2].split()[: 1 + i % 3]) for i in range(2500)]
+    rows = [f"{1 - i % 2},{t}" for i, t in enumerate(texts)]  # labels: 1 for the good texts
+    (tmp_path / "in.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = io.StringIO()
+    summary = predict_file(clf, read_records(tmp_path / "in.csv"), out)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(records) == summary.records == summary.labelled == 2500  # more than one chunk of 1024
+    expected = clf.predict_proba(texts)
+    np.testing.assert_allclose([r["probabilities"] for r in records], expected, atol=1e-5)
+    assert [r["label"] for r in records[:2]] == ["1", "0"]
+    assert summary.correct == sum(r["label"] == r["predicted_label"] for r in records)
+
+
+def test_predict_file_streams(tiny_artifact: Path) -> None:
+    """Records are pulled a chunk at a time: the first output is written before the input is exhausted."""
+    from textfit import TextClassifier
+
+    clf = TextClassifier.load(tiny_artifact)
+    pulled = 0
+
+    def endless() -> Iterator[InputRecord]:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield InputRecord("good film", None, pulled)
+
+    class StopAfterFirstChunk(io.StringIO):
+        def write(self, s: str) -> int:
+            raise StopIteration(pulled)
+
+    with pytest.raises(StopIteration) as info:
+        predict_file(clf, endless(), StopAfterFirstChunk())
+    assert info.value.value == CHUNK  # not a record more than one chunk was read
+
+
+def test_predict_with_workers_writes_one_output_in_order(tiny_artifact: Path, tmp_path: Path) -> None:
+    from textfit.cli import main
+
+    texts = [" ".join(["good great", "bad awful", "lovely", "poor sad"][i % 4].split()) + f" film {i % 7}"
+             for i in range(301)]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert main(["-q", "predict", "--model", str(tiny_artifact), "--input", str(tmp_path / "in.txt"),
+                 "--output", str(tmp_path / "two.jsonl"), "--workers", "2"]) == 0
+    assert main(["-q", "predict", "--model", str(tiny_artifact), "--input", str(tmp_path / "in.txt"),
+                 "--output", str(tmp_path / "one.jsonl")]) == 0
+    one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
+    assert len(two) == 301
+    np.testing.assert_allclose([r["probabilities"] for r in two], [r["probabilities"] for r in one], atol=1e-5)
