@@ -19,7 +19,8 @@ _PUBLIC = {
     "read_channel": "textfit.channels",
     "train": "textfit.job",
 }
-__all__ = ["__version__", *sorted(_PUBLIC)]
+__all__ = ["Hyperparameters", "TextClassifier", "TextfitError", "__version__", "create_app", "load", "read_channel",
+           "train"]
 
 if TYPE_CHECKING:
     from textfit.channels import read_channel
