@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -91,3 +92,27 @@ def test_a_damaged_tarball_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a tarball")
     with pytest.raises(ArtifactError, match="cannot read the tarball"), artifact.opened(bad):
         pass
+
+
+def test_stale_temporaries_of_killed_runs_are_removed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".out.tmp-{dead.stdout.strip()}-abc"
+    stale.mkdir()
+    (stale / "config.json").write_text("{}")
+    live = tmp_path / f".out.tmp-{os.getpid()}-xyz"  # this process's own: kept
+    live.mkdir()
+    with artifact.staged(tmp_path / "out") as tmp:
+        tmp.write_text("done")
+    assert (tmp_path / "out").read_text() == "done"
+    assert not stale.exists() and live.exists()
+
+
+def test_outputs_have_ordinary_modes(tiny_artifact: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    for item in tiny_artifact.iterdir():
+        assert item.stat().st_mode & 0o777 == (0o666 & ~mask), item.name
+    assert tiny_artifact.stat().st_mode & 0o777 == 0o777 & ~mask

@@ -124,3 +124,40 @@ def test_unfitted_and_wrong_input() -> None:
 def test_single_string_is_refused(fitted: TextClassifier) -> None:
     with pytest.raises(DataError, match="wrap it"):
         fitted.predict_proba("the film")  # type: ignore[arg-type]
+
+
+def test_fit_on_texts_and_labels_in_memory(tiny_bert: Path, tmp_path: Path) -> None:
+    rows = make_rows(48)
+    texts, labels = [t for _, t in rows], ["pos" if y else "neg" for y, _ in rows]
+    clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "8"}).fit(texts, labels)
+    assert clf.classes_ == ["neg", "pos"]
+    assert clf.predict(["good great film", "bad awful plot"]) == ["pos", "neg"]
+    assert clf.manifest_["data"]["train"]["file"] == "<the training data>"
+    val = make_rows(10, seed=5)
+    with_val = TextClassifier(str(tiny_bert), {**FAST, "epochs": "1"}).fit(
+        texts, labels, validation=([t for _, t in val], ["pos" if y else "neg" for y, _ in val]))
+    assert with_val.manifest_["data"]["validation"]["rows"] == 10
+
+
+@pytest.mark.parametrize(("texts", "labels", "message"), [
+    (["good", "bad"], ["a"], "2 texts but 1 labels"),
+    (["good", ""], ["a", "b"], "row 2: the text is empty"),
+    (["good", 3], ["a", "b"], "row 2: the text is not a string"),
+    (["good", "bad"], ["a", 1.5], "row 2: label 1.5 is neither an integer nor a string"),
+])
+def test_fit_in_memory_checks_its_input(tiny_bert: Path, texts: list[object], labels: list[object],
+                                        message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        TextClassifier(str(tiny_bert), FAST).fit(texts, labels)  # type: ignore[arg-type]
+
+
+def test_a_channel_with_labels_is_refused(tiny_bert: Path, channel: Path) -> None:
+    with pytest.raises(DataError, match="labels come with texts in memory"):
+        TextClassifier(str(tiny_bert), FAST).fit(channel, ["a", "b"])
+
+
+def test_load_then_save_keeps_every_file(tiny_artifact: Path, tmp_path: Path) -> None:
+    TextClassifier.load(tiny_artifact).save(tmp_path / "again")
+    assert {p.name for p in (tmp_path / "again").iterdir()} == {p.name for p in tiny_artifact.iterdir()}
+    assert TextClassifier.load(tmp_path / "again").validation_report_ == TextClassifier.load(
+        tiny_artifact).validation_report_

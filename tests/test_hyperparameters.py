@@ -8,7 +8,7 @@ import pytest
 from textfit.errors import HyperparameterError
 from textfit.hyperparameters import Hyperparameters, parse_assignments, parse_hyperparameters, resolve
 
-# spec §4: the 19 names and their documented defaults
+# README, Hyperparameters: the 19 names and their documented defaults
 SAGEMAKER_DEFAULTS = {
     "batch_size": 32, "beta_1": 0.9, "beta_2": 0.999, "dropout_rate": 0.2, "early_stopping": False,
     "early_stopping_min_delta": 0.0, "early_stopping_patience": 5, "epochs": 10, "epsilon": 1e-7,

@@ -117,7 +117,7 @@ def test_l2_penalty_is_on_the_head_weights_only(tiny_bert: Path) -> None:
     assert training.l2_penalty(model, 0.0) == 0.0
 
 
-# SageMaker's tuning regexes (spec §5): the documented one and the one every AWS notebook uses.
+# SageMaker's tuning regexes (README: Tune): the documented one and the one every AWS notebook uses.
 SAGEMAKER_REGEXES = {
     "val_accuracy (doc)": r"val_accuracy=([0-9\.]+)",
     "val_accuracy (notebooks)": r"val_accuracy: ([0-9\.]+)",

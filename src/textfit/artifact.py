@@ -227,30 +227,80 @@ def _move_into_place(tmp: Path, output: Path) -> None:
     os.replace(tmp, output)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _ordinary_modes(path: Path) -> None:
+    """0644 files and 0755 folders (less the umask): temporary files and mkdtemp are private, an output is not."""
+    mask = _umask()
+    if path.is_dir():
+        path.chmod(0o777 & ~mask)
+        for item in path.rglob("*"):
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+    else:
+        path.chmod(0o666 & ~mask)
+
+
+def _remove_stale(target: Path) -> None:
+    """Temporary siblings left by runs that were killed while writing `target` (their process is gone)."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = stale.name.removeprefix(f".{target.name}.tmp-").split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def staged(target: Path, *, folder: bool = False) -> Iterator[Path]:
+    """The one way textfit writes an output: into a temporary sibling of `target` (same filesystem, so the final
+    rename is atomic), moved into place only when the block succeeds; on failure nothing is left. Temporary
+    siblings of killed runs into the same place are removed first.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(target)
+    prefix = f".{target.name}.tmp-{os.getpid()}-"
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    else:
+        handle, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+        os.close(handle)
+        tmp = Path(name)
+    try:
+        yield tmp
+        _ordinary_modes(tmp)
+        if folder:
+            _move_into_place(tmp, target)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
 def write_atomically(output: Path, write: Callable[[Path], None], *, overwrite: bool = False) -> None:
     """Write the artifact into a temporary sibling folder, then rename it into place: never a half artifact."""
     check_output(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the artifact is an ordinary folder
+    with staged(output, folder=True) as tmp:
         write(tmp)
         check_complete(tmp)
-        _move_into_place(tmp, output)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_tarball(folder: Path, tarball: Path) -> None:
     """SageMaker's model.tar.gz: the folder's files at the top level of the archive."""
-    tmp = tarball.with_name(f".{tarball.name}.tmp-{os.getpid()}")
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
-            for item in sorted(folder.iterdir()):
-                tar.add(item, arcname=item.name)
-        os.replace(tmp, tarball)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with staged(tarball) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        for item in sorted(folder.iterdir()):
+            tar.add(item, arcname=item.name)

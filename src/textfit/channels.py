@@ -1,4 +1,4 @@
-"""Data channels in SageMaker's format: a folder with a headerless `label,text` data.csv (spec §1).
+"""Data channels in SageMaker's format: a folder with a headerless `label,text` data.csv (README: Train).
 
 Reading checks every rule a user can break and names the file, the line and the fix. Labels may be any
 integers (mapped, sorted, to class indices) or, beyond SageMaker, names.

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -110,13 +109,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _atomic_text(path: Path) -> Iterator[TextIO]:
     """Write to a temporary sibling and rename on success: a failed run leaves no partial output."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from textfit.artifact import staged
+
+    with staged(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        yield f
 
 
 def _progress(input_path: str | None) -> Any:

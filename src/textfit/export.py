@@ -7,7 +7,6 @@ quantization doubles that again at a small accuracy cost, which `export` measure
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from textfit import artifact
 from textfit.errors import ArtifactError
 
 log = logging.getLogger("textfit")
@@ -38,19 +38,13 @@ def export_onnx(model: torch.nn.Module, input_names: list[str], output: Path) ->
     # code has for unpadded inputs.
     example["attention_mask"][1, 5:] = 0
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
-        with torch.inference_mode(), warnings.catch_warnings():
-            # The TorchScript exporter is deprecated but exact for these encoders (the dynamo one needs onnxscript);
-            # its tracer warns about shape-dependent Python branches, which the padded example exercises.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (), str(tmp), kwargs=example, input_names=input_names,
-                              output_names=["logits"], dynamic_axes={**axes, "logits": {0: "batch"}},
-                              opset_version=OPSET, dynamo=False)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with artifact.staged(output) as tmp, torch.inference_mode(), warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but exact for these encoders (the dynamo one needs onnxscript);
+        # its tracer warns about shape-dependent Python branches, which the padded example exercises.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (), str(tmp), kwargs=example, input_names=input_names,
+                          output_names=["logits"], dynamic_axes={**axes, "logits": {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
     return output
 
 
@@ -58,10 +52,8 @@ def quantize_int8(source: Path, output: Path) -> Path:
     """Dynamic int8 quantization of the weights of MatMul layers (activations stay float)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / output.name
+    with artifact.staged(output) as staged:  # beside the output: the final rename never crosses filesystems
         quantize_dynamic(str(source), str(staged), weight_type=QuantType.QInt8)
-        os.replace(staged, output)
     return output
 
 

@@ -1,6 +1,6 @@
 """The 19 hyperparameters of SageMaker's Text Classification - TensorFlow algorithm, plus textfit's few extras.
 
-Field names, defaults and valid ranges are the SageMaker contract (spec §4). SageMaker passes every value as a
+Field names, defaults and valid ranges are the SageMaker contract (README: Hyperparameters). SageMaker passes every value as a
 string ("True", "1e-5"), so parsing from strings is the main way in.
 """
 
@@ -20,7 +20,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "nesterov", "rmsprop", "adagrad", "adadelt
 REINITIALIZE = ("Auto", "True", "False")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-# Other spellings seen in SageMaker's material (spec §4 caveats, §12 rows 1-3): the JumpStart scripts'
+# Other spellings seen in SageMaker's material (README: Hyperparameters, aliases): the JumpStart scripts'
 # `train_only_top_layer`, the tuning page's `eps`, and the v1.x dashed names. Dashes are normalised first.
 ALIASES = {
     "train_only_top_layer": "train_only_on_top_layer",
@@ -35,7 +35,7 @@ def _unit(lo: float = 0.0, hi: float = 1.0) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """Training settings; field names and defaults are SageMaker's (spec §4), extras are marked."""
+    """Training settings; field names and defaults are SageMaker's (README: Hyperparameters), extras are marked."""
 
     batch_size: int = field(default=32, metadata={"min": 1, "max": 65536})
     """Global batch size; split across devices when training on several."""

@@ -1,4 +1,4 @@
-"""The inference contract in three steps: decode_request -> predict_proba -> encode_response (spec §8-§10).
+"""The inference contract in three steps: decode_request -> predict_proba -> encode_response (README: Serve).
 
 SageMaker's algorithm takes one `application/x-text` string per request and answers `application/json`
 (probabilities) or `application/json;verbose` (probabilities, labels, predicted_label). textfit also takes

@@ -1,7 +1,7 @@
 """SageMaker's container contract in one place, and the only module that reads the environment.
 
-Training (spec §11): hyperparameters.json, the channels, /opt/ml/model and the failure file. Serving
-(spec §9-§10): the port, the payload limit, batch transform's settings and the default Accept.
+Training (README: SageMaker): hyperparameters.json, the channels, /opt/ml/model and the failure file. Serving
+(README: Serve, SageMaker): the port, the payload limit, batch transform's settings and the default Accept.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def model_store_dir() -> Path:
 
 @dataclass(frozen=True)
 class TrainingJob:
-    """What a SageMaker training container sees (spec §11), under a prefix (default /opt/ml)."""
+    """What a SageMaker training container sees (README: SageMaker), under a prefix (default /opt/ml)."""
 
     prefix: Path
     hyperparameters: dict[str, str]

@@ -270,7 +270,7 @@ def create_app(model: TextClassifier | Callable[[], TextClassifier], settings: S
         return Response(content, media_type=media_type)
 
     async def execution_parameters(request: Request) -> Response:
-        """Batch transform asks this once (spec §10) to size its requests."""
+        """Batch transform asks this once (README: Serve) to size its requests."""
         return JSONResponse({"MaxConcurrentTransforms": settings.max_concurrent_transforms,
                              "BatchStrategy": settings.batch_strategy,
                              "MaxPayloadInMB": max(1, settings.max_body_bytes // (1024 * 1024))})

@@ -8,7 +8,6 @@ and matches the zoo entry's architecture before it is accepted; `pull_model` dow
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -60,9 +59,7 @@ def _check_loads(folder: Path) -> None:
 def _install(model_id: str, source_folder: Path, origin: str, store: Path | None) -> Path:
     """Copy a checked checkpoint into the store atomically and record its checksum."""
     target = store_path(model_id, store)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with artifact.staged(target, folder=True) as tmp:
         for item in source_folder.iterdir():
             if item.is_file():
                 shutil.copy2(item, tmp / item.name)
@@ -72,11 +69,6 @@ def _install(model_id: str, source_folder: Path, origin: str, store: Path | None
                   "sha256": {name: sha256(tmp / name) for name in WEIGHT_FILES if (tmp / name).is_file()},
                   "architecture": _architecture(tmp)}
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

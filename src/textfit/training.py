@@ -1,7 +1,7 @@
 """The training loop, in plain sight: optimizers, warm-up schedule, evaluation, early stopping, metric lines.
 
 The epoch line is Keras's `verbose=2` line that SageMaker's tuner parses (`val_accuracy: 0.8717`), followed by
-the documented `val_accuracy=0.8717` form (spec §5), so either regex finds the metric.
+the documented `val_accuracy=0.8717` form (README: Tune), so either regex finds the metric.
 """
 
 from __future__ import annotations
@@ -62,13 +62,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
 
 
 def _decay_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW as in the BERT recipe: no weight decay on biases and LayerNorm weights (spec §7.3)."""
+    """AdamW as in the BERT recipe: no weight decay on biases and LayerNorm weights (Devlin et al., 2019)."""
     no_decay = [p for n, p in params if p.ndim < 2 or "LayerNorm" in n or "layer_norm" in n]
     decay = [p for n, p in params if not (p.ndim < 2 or "LayerNorm" in n or "layer_norm" in n)]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-# Keras's optimizers mapped to torch.optim with the same knobs (spec §4). Keras RMSprop's `rho` is torch's alpha.
+# Keras's optimizers mapped to torch.optim with the same knobs (README: Hyperparameters). Keras RMSprop's `rho` is torch's alpha.
 OPTIMIZERS: dict[str, Callable[[list[tuple[str, nn.Parameter]], Hyperparameters], torch.optim.Optimizer]] = {
     "adam": lambda p, h: torch.optim.Adam(
         [x for _, x in p], lr=h.learning_rate, betas=(h.beta_1, h.beta_2), eps=h.epsilon
@@ -89,7 +89,7 @@ OPTIMIZERS: dict[str, Callable[[list[tuple[str, nn.Parameter]], Hyperparameters]
 
 
 def warmup_then_linear_decay(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
-    """LR multiplier: 0 -> 1 over the warm-up steps, then linearly down to 0 (the BERT recipe, spec §7.3)."""
+    """LR multiplier: 0 -> 1 over the warm-up steps, then linearly down to 0 (the BERT recipe)."""
     warmup = int(warmup_fraction * total_steps)
 
     def factor(step: int) -> float:
@@ -133,7 +133,7 @@ class EpochMetrics:
 
 
 def metric_line(m: EpochMetrics) -> str:
-    """Keras verbose=2 epoch line, as SageMaker's job logs show it (spec §7.1)."""
+    """Keras verbose=2 epoch line, as SageMaker's job logs show it (README: Train)."""
     line = f"{m.steps}/{m.steps} - {m.seconds:.0f}s - loss: {m.loss:.4f} - accuracy: {m.accuracy:.4f}"
     if m.val_accuracy is not None:
         line += f" - val_loss: {m.val_loss:.4f} - val_accuracy: {m.val_accuracy:.4f}"
@@ -292,7 +292,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
     lengths = [len(ids) for ids in train_data.input_ids]
     steps_per_epoch = len(_plan(lengths, hp.batch_size, hp.seed, world))
     schedule = None
-    if hp.optimizer == "adamw":  # warm-up applies to adamw only (spec §4)
+    if hp.optimizer == "adamw":  # warm-up applies to adamw only (README: Hyperparameters)
         factor = warmup_then_linear_decay(steps_per_epoch * hp.epochs, hp.warmup_steps_fraction)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -1,4 +1,4 @@
-"""Hyperparameter tuning on Optuna: maximise val_accuracy, as SageMaker's Automatic Model Tuning does (spec §5).
+"""Hyperparameter tuning on Optuna: maximise val_accuracy, as SageMaker's Automatic Model Tuning does (README: Tune).
 
 Ranges come in SageMaker's `ParameterRanges` shape; each trial is a real `TextClassifier.fit`; a median pruner
 stops hopeless trials at epoch ends (AMT's early stopping); an RDB storage (SQLite by default, in the output
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from textfit import artifact
 from textfit.errors import HyperparameterError
 from textfit.hyperparameters import FIELDS, canonical_name, parse_hyperparameters
 
@@ -29,7 +30,7 @@ log = logging.getLogger("textfit")
 STRATEGIES = ("bayesian", "random", "grid")
 SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
 
-# spec §5: the recommended ranges of SageMaker's tuning page for this algorithm.
+# README, Tune: the recommended ranges of SageMaker's tuning page for this algorithm.
 DEFAULT_RANGES: dict[str, list[dict[str, Any]]] = {
     "IntegerParameterRanges": [{"Name": "batch_size", "MinValue": "4", "MaxValue": "128", "ScalingType": "Auto"}],
     "ContinuousParameterRanges": [
@@ -46,7 +47,7 @@ DEFAULT_RANGES: dict[str, list[dict[str, Any]]] = {
     ],
 }
 
-# Optimizer-specific hyperparameters are sampled only with their optimizer (spec §5: "use beta_1 and beta_2
+# Optimizer-specific hyperparameters are sampled only with their optimizer (SageMaker's tuning page: "use beta_1 and beta_2
 # only when adamw or adam is the optimizer"), so the search does not spend trials on values that do nothing.
 CONDITIONS: dict[str, set[str]] = {
     "beta_1": {"adam", "adamw"},
@@ -484,9 +485,8 @@ def _finish(job: TuningJob, out: Path, keep_trials: bool, seconds: float) -> Tun
     _plots(rows, out)
     source = out / "trials" / f"trial-{best.number}"
     if source.is_dir():
-        if (out / "best").exists():
-            shutil.rmtree(out / "best")
-        shutil.copytree(source, out / "best")
+        with artifact.staged(out / "best", folder=True) as tmp:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
         where = str(out / "best")
     else:  # a shared study: the best trial ran on another worker, which keeps its model
         where = f"{best.user_attrs.get('model', 'another worker')} (trained by another worker)"
