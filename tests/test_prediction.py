@@ -85,3 +85,21 @@ def test_predict_with_workers_writes_one_output_in_order(tiny_artifact: Path, tm
     two = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
     assert len(two) == 301
     np.testing.assert_allclose([r["probabilities"] for r in two], [r["probabilities"] for r in one], atol=1e-5)
+
+
+def test_predict_and_evaluate_say_how_many_texts_were_truncated(tiny_artifact: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    from textfit.cli import main
+
+    long_text = " ".join(["good", "film"] * 150)  # 300 words: over the 128 tokens of max_seq_length
+    (tmp_path / "in.csv").write_text(f"1,{long_text}\n0,bad awful film\n1,good film\n")
+    assert main(["predict", "--model", str(tiny_artifact), "--input", str(tmp_path / "in.csv"), "--output",
+                 str(tmp_path / "out.jsonl")]) == 0
+    assert "1 of 3 texts are longer than max_seq_length=128 tokens" in caplog.text
+    caplog.clear()
+    assert main(["evaluate", "--model", str(tiny_artifact), "--data", str(tmp_path / "in.csv")]) == 0
+    assert "1 of 3 texts are longer than max_seq_length=128 tokens" in caplog.text
+    caplog.clear()
+    assert main(["predict", "--model", str(tiny_artifact), "--input", str(tmp_path / "in.csv"), "--output",
+                 str(tmp_path / "w.jsonl"), "--long-texts", "window"]) == 0
+    assert "longer than" not in caplog.text  # windows use all of each text

@@ -297,22 +297,21 @@ class TextClassifier:
 
     def predict_logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Raw scores before the softmax, one row per text (truncated at max_seq_length tokens)."""
-        return self._logits(texts, batch_size)  # type: ignore[return-value]
+        return self._logits(texts, batch_size)[0]
 
     def _logits(self, texts: Sequence[str], batch_size: int, overlap: int | None = None
-                ) -> tuple[np.ndarray, batching.Encoded] | np.ndarray:
+                ) -> tuple[np.ndarray, batching.Encoded]:
+        """Logits of each row (a text, or with `overlap` a window of one) and the encoded rows."""
         self._check_fitted()
-        if isinstance(texts, str):
-            raise DataError("predict_proba takes a list of texts, not a single string; wrap it: [text]")
         data = batching.encode(self.tokenizer_, texts, self.hyperparameters_.max_seq_length, window_overlap=overlap,
                                token_types="token_type_ids" in self.input_names_)
         rows = np.zeros((len(data), len(self.classes_)), dtype=np.float32)
         for batch in batching.iterate(data, batch_size, shuffle=False):
             rows[batch.rows] = self.runner_(batch.inputs)
-        return (rows, data) if overlap is not None else rows
+        return rows, data
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64, *, long_texts: str = "truncate"
-                      ) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64, *, long_texts: str = "truncate",
+                      counts: dict[str, int] | None = None) -> np.ndarray:
         """Probabilities, one row per text, columns in the order of `classes_`.
 
         Args:
@@ -320,6 +319,7 @@ class TextClassifier:
             long_texts: "truncate" (SageMaker's behaviour) cuts texts at max_seq_length tokens; "window"
                 classifies overlapping windows of a longer text and averages their probabilities,
                 weighted by window length.
+            counts: if given, "truncated" is increased by the number of texts cut at max_seq_length tokens.
         """
         self._check_fitted()
         if long_texts not in ("truncate", "window"):
@@ -327,8 +327,11 @@ class TextClassifier:
         if not isinstance(texts, str) and len(texts) == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
         if long_texts == "truncate":
-            return _softmax(self._logits(texts, batch_size))  # type: ignore[arg-type]
-        logits, data = self._logits(texts, batch_size, overlap=self.hyperparameters_.max_seq_length // 4)  # type: ignore[misc]
+            logits, data = self._logits(texts, batch_size)
+            if counts is not None:
+                counts["truncated"] = counts.get("truncated", 0) + data.truncated
+            return _softmax(logits)
+        logits, data = self._logits(texts, batch_size, overlap=self.hyperparameters_.max_seq_length // 4)
         weights = np.array([len(ids) for ids in data.input_ids], dtype=np.float32)
         out = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
         np.add.at(out, data.owners, _softmax(logits) * weights[:, None])

@@ -103,7 +103,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         log.info("Wrote %d predictions to %s", summary.records, args.output)
     if summary.accuracy is not None:
         log.info("accuracy: %.4f (%d of %d labelled rows)", summary.accuracy, summary.correct, summary.labelled)
+    _log_truncated(summary.truncated, summary.records, clf)
     return 0
+
+
+def _log_truncated(truncated: int, total: int, clf: Any) -> None:
+    if truncated:
+        limit = f"max_seq_length={clf.hyperparameters_.max_seq_length}" if clf is not None else "max_seq_length"
+        log.info("%d of %d texts are longer than %s tokens: only their first tokens counted; --long-texts window "
+                 "classifies all of each text", truncated, total, limit)
 
 
 @contextlib.contextmanager
@@ -227,8 +235,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from textfit.metrics import format_report
 
     clf = load(args.model, backend=args.backend, quantized=args.quantized)
-    report = evaluate(clf, args.data, args.output, long_texts=args.long_texts)
+    counts: dict[str, int] = {"truncated": 0}
+    report = evaluate(clf, args.data, args.output, long_texts=args.long_texts, counts=counts)
     print(format_report(report))
+    _log_truncated(counts["truncated"], report.rows, clf)
     if args.output:
         log.info("Wrote metrics.json and plots to %s", args.output)
     return 0

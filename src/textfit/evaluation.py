@@ -28,7 +28,7 @@ def true_classes(channel: Channel, clf: TextClassifier) -> list[int]:
 
 
 def evaluate(clf: TextClassifier, data: str | Path, output: str | Path | None = None, *,
-             long_texts: str = "truncate") -> metrics.Report:
+             long_texts: str = "truncate", counts: dict[str, int] | None = None) -> metrics.Report:
     """Every quality number of `clf` on a labelled channel; with `output`, metrics.json and PNG plots there.
 
     Raises:
@@ -36,7 +36,7 @@ def evaluate(clf: TextClassifier, data: str | Path, output: str | Path | None = 
     """
     channel = read_channel(data)
     y = np.asarray(true_classes(channel, clf))
-    proba = clf.predict_proba(channel.texts, long_texts=long_texts)
+    proba = clf.predict_proba(channel.texts, long_texts=long_texts, counts=counts)
     result = metrics.report(y, proba, clf.classes_)
     if output is not None:
         folder = Path(output)

@@ -106,6 +106,8 @@ class PredictionSummary:
     records: int = 0
     labelled: int = 0
     correct: int = 0
+    truncated: int = 0
+    """Texts longer than max_seq_length tokens, of which only the first max_seq_length counted."""
 
     @property
     def accuracy(self) -> float | None:
@@ -115,9 +117,10 @@ class PredictionSummary:
 def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out: IO[str], *,
                  long_texts: str = "truncate", progress: Any = None) -> PredictionSummary:
     """Write one JSON line per record, in input order; with labels in the input, count the correct ones."""
-    summary = PredictionSummary()
+    summary, counts = PredictionSummary(), {"truncated": 0}
     for chunk in _chunks(records, CHUNK):
-        probs = classifier.predict_proba([r.text for r in chunk], long_texts=long_texts)
+        probs = classifier.predict_proba([r.text for r in chunk], long_texts=long_texts, counts=counts)
+        summary.truncated = counts["truncated"]
         for rec, row in zip(chunk, probs):
             result = verbose_record(row, classifier.classes_)
             if rec.label is not None:
@@ -142,7 +145,7 @@ def _shard(records: Iterator[InputRecord], start: int, stop: int) -> Iterator[In
 
 
 def _predict_shard(model: str, path: str, fmt: str, start: int, stop: int, part: str, backend: str,
-                   quantized: bool, long_texts: str, threads: int) -> tuple[int, int, int]:
+                   quantized: bool, long_texts: str, threads: int) -> tuple[int, int, int, int]:
     """One worker process: its contiguous range of records, to its own part file."""
     import torch
 
@@ -152,7 +155,7 @@ def _predict_shard(model: str, path: str, fmt: str, start: int, stop: int, part:
     clf = load(model, backend=backend, quantized=quantized, threads=threads)
     with open(part, "w", encoding="utf-8") as out:
         summary = predict_file(clf, _shard(read_records(Path(path), fmt), start, stop), out, long_texts=long_texts)
-    return summary.records, summary.labelled, summary.correct
+    return summary.records, summary.labelled, summary.correct, summary.truncated
 
 
 def predict_file_parallel(model: str, path: Path, fmt: str, out: IO[str], workers: int, *, backend: str = "torch",
@@ -174,10 +177,11 @@ def predict_file_parallel(model: str, path: Path, fmt: str, out: IO[str], worker
             futures = [pool.submit(_predict_shard, model, str(path), fmt, bounds[i], bounds[i + 1], parts[i], backend,
                                    quantized, long_texts, threads) for i in range(workers)]
             for future in futures:
-                records, labelled, correct = future.result()
+                records, labelled, correct, truncated = future.result()
                 summary.records += records
                 summary.labelled += labelled
                 summary.correct += correct
+                summary.truncated += truncated
         for part in parts:  # the parts in input order make the output
             with open(part, encoding="utf-8") as f:
                 for line in f:
