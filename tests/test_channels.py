@@ -108,3 +108,15 @@ def test_too_few_rows_for_the_split() -> None:
         stratified_split([0, 1, 1], 0.1, seed=0, path=Path("d.csv"))
     with pytest.raises(DataError, match="too few"):
         stratified_split([0, 1, 0, 1], 0.9, seed=0, path=Path("d.csv"))
+
+
+def test_a_field_of_any_size_is_read(tmp_path: Path) -> None:
+    """A real corpus has e-mails over csv's default 128 KiB field limit: valid CSV, so valid data."""
+    huge = "word " * 60_000  # 300 KB, quoted, with commas and newlines inside
+    (tmp_path / "data.csv").write_text(f'0,"{huge}, and more\nlines"\n1,short text\n0,another\n1,more\n',
+                                       encoding="utf-8")
+    channel = read_channel(tmp_path)
+    assert len(channel.texts[0]) > 300_000 and channel.labels == [0, 1, 0, 1]
+    (tmp_path / "bad.csv").write_text('0,"unterminated\n1,text\n')
+    with pytest.raises(DataError, match=r"bad.csv, line \d+: malformed CSV"):
+        read_channel(tmp_path / "bad.csv")

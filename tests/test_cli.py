@@ -138,3 +138,13 @@ def test_a_run_killed_mid_training_leaves_no_artifact(tiny_bert: Path, tmp_path:
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]
+
+
+def test_a_latin1_hyperparameters_file_is_one_line(tiny_bert: Path, channel: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "hp.json").write_bytes('{"epochs": "2", "note": "café"}'.encode("latin-1"))
+    assert run(tiny_bert, "--train", str(channel), "--output", str(tmp_path / "out"), "--hyperparameters",
+               str(tmp_path / "hp.json")) == 2
+    err = capsys.readouterr().err
+    assert "hp.json: the hyperparameters file is not valid UTF-8" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -41,6 +41,32 @@ def test_the_batch_is_split_across_workers() -> None:
                                               "10 on the others")
 
 
+@pytest.mark.parametrize("world", [2, 3, 4, 8])
+def test_every_worker_gets_rows_in_every_step(world: int) -> None:
+    """Any row count, batch size and worker count: every global batch has a row for each worker, and an
+    epoch holds every row once."""
+    import random
+
+    from textfit.training import _plan
+
+    rng = random.Random(world)
+    for _ in range(300):
+        rows, batch = rng.randint(world, 400), rng.randint(1, 70)
+        lengths = [rng.randint(1, 128) for _ in range(rows)]
+        plan = _plan(lengths, batch, rng.randint(0, 99), World(0, world))
+        assert sorted(r for group in plan for r in group) == list(range(rows))
+        assert all(len(my_rows(group, World(rank, world))) >= 1 for group in plan for rank in range(world)), (
+            rows, batch)
+
+
+def test_forty_one_rows_in_batches_of_ten_on_two_workers(no_dropout_bert: Path, tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "train" / "data.csv", make_rows(41)).parent
+    run = train(no_dropout_bert, data, tmp_path / "out", "--nproc-per-node", "2", "--hp",
+                "validation_split_ratio=0", "--hp", "epochs=4")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "textfit.json").read_text())["workers"] == 2
+
+
 def test_two_workers_match_one(no_dropout_bert: Path, tmp_path: Path) -> None:
     data = write_csv(tmp_path / "train" / "data.csv", make_rows(52)).parent
     one = train(no_dropout_bert, data, tmp_path / "one")
@@ -49,6 +75,7 @@ def test_two_workers_match_one(no_dropout_bert: Path, tmp_path: Path) -> None:
     assert two.returncode == 0, two.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "train", "two"]  # one artifact
     assert two.stderr.count("Epoch 1/3") == 1  # only rank 0 logs the metric lines
+    assert len(two.stdout.strip().splitlines()) == 1  # and prints the one summary of the job
     assert "batch_size 10 is split across 2 workers: 5 rows each" in two.stderr
     a = json.loads((tmp_path / "one" / "textfit.json").read_text())
     b = json.loads((tmp_path / "two" / "textfit.json").read_text())

@@ -66,6 +66,8 @@ def test_unknown_names_are_logged_and_ignored(caplog: pytest.LogCaptureFixture) 
         ({"optimizer": "lion"}, "optimizer='lion' is not valid; use one of adamw, adam, sgd"),
         ({"reinitialize_top_layer": "Maybe"}, "reinitialize_top_layer='Maybe' is not valid"),
         ({"eps": "1e-8", "epsilon": "1e-6"}, "epsilon is given twice with different values"),
+        ({"beta_1": "1"}, "beta_1=1.0 is out of range; valid values are in [0.0, 1.0)"),
+        ({"beta_2": "1.0"}, "beta_2=1.0 is out of range; valid values are in [0.0, 1.0)"),
     ],
 )
 def test_bad_values_name_the_value_and_the_fix(values: dict[str, str], message: str) -> None:

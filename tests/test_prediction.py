@@ -103,3 +103,17 @@ def test_predict_and_evaluate_say_how_many_texts_were_truncated(tiny_artifact: P
     assert main(["predict", "--model", str(tiny_artifact), "--input", str(tmp_path / "in.csv"), "--output",
                  str(tmp_path / "w.jsonl"), "--long-texts", "window"]) == 0
     assert "longer than" not in caplog.text  # windows use all of each text
+
+
+def test_a_header_row_is_recognised_as_train_does(tiny_artifact: Path, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    from textfit import TextClassifier
+
+    clf = TextClassifier.load(tiny_artifact)
+    (tmp_path / "in.csv").write_text("label,text\n1,good great film\n0,bad awful plot\n")
+    out = io.StringIO()
+    summary = predict_file(clf, read_records(tmp_path / "in.csv"), out)
+    assert summary.records == 2 and summary.labelled == 2 and summary.accuracy == 1.0
+    assert "line 1 looks like a header row" in caplog.text
+    (tmp_path / "plain.csv").write_text("2,good great film\n1,good film\n0,bad awful plot\n")  # 2: unknown, no header
+    assert predict_file(clf, read_records(tmp_path / "plain.csv"), io.StringIO()).records == 3

@@ -129,12 +129,18 @@ def collate(data: Encoded, rows: list[int]) -> Batch:
     return Batch(rows, inputs, labels)
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0) -> list[list[int]]:
-    """Row groups of at most batch_size with similar lengths; shuffled (reproducibly) for training."""
+def plan_batches(lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0,
+                 min_size: int = 1) -> list[list[int]]:
+    """Row groups of at most batch_size with similar lengths; shuffled (reproducibly) for training.
+
+    `min_size`: no group smaller than this (given that many rows): a group that would be (the last of a
+    window, or every group when batch_size is smaller) joins its neighbour before the groups are shuffled, so
+    that in a distributed job every worker gets a row in every step.
+    """
     order = list(range(len(lengths)))
     if not shuffle:
         order.sort(key=lambda r: lengths[r])
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return _at_least([order[i : i + batch_size] for i in range(0, len(order), batch_size)], min_size)
     rng = random.Random(seed)
     rng.shuffle(order)
     window = batch_size * BUCKET_WINDOW
@@ -142,8 +148,23 @@ def plan_batches(lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed
     for start in range(0, len(order), window):
         chunk = sorted(order[start : start + window], key=lambda r: lengths[r])
         groups.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    groups = _at_least(groups, min_size)
     rng.shuffle(groups)
     return groups
+
+
+def _at_least(groups: list[list[int]], min_size: int) -> list[list[int]]:
+    if min_size <= 1:
+        return groups
+    merged: list[list[int]] = []
+    for group in groups:
+        if merged and len(merged[-1]) < min_size:
+            merged[-1].extend(group)
+        else:
+            merged.append(list(group))
+    if len(merged) > 1 and len(merged[-1]) < min_size:
+        merged[-2].extend(merged.pop())
+    return merged
 
 
 def iterate(data: Encoded, batch_size: int, *, shuffle: bool, seed: int = 0) -> Iterator[Batch]:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import random
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,7 +85,14 @@ def _is_int(text: str) -> bool:
     return True
 
 
+def allow_any_field_size() -> None:
+    """csv refuses fields over 128 KiB by default; a valid CSV field of any size is data (an e-mail with its
+    attachments, a whole report), bounded only by memory, and truncated to max_seq_length tokens later."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
 def _rows(path: Path, text: str) -> tuple[list[str], list[str], list[int]]:
+    allow_any_field_size()
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     labels: list[str] = []
     texts: list[str] = []

@@ -23,6 +23,9 @@ def _read_json_file(path: str, what: str, example: str) -> dict[str, object]:
         data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except OSError as exc:
         raise HyperparameterError(f"{path}: cannot read the {what} file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise HyperparameterError(f"{path}: the {what} file is not valid UTF-8 (byte {exc.start}); save it as "
+                                  "UTF-8 (for example: iconv -f latin1 -t utf-8)") from None
     except json.JSONDecodeError as exc:
         raise HyperparameterError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}); "
                                   f"write an object such as {example}") from None
@@ -70,6 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     clf = train(args.train, args.validation, model_id=args.model_id, hyperparameters=given, output=args.output,
                 model=args.model, tar=args.tar, overwrite=args.overwrite, allow_network=args.allow_network,
                 tensorboard=args.tensorboard)
+    if torchrun_environment().rank != 0:  # one summary per job: rank 0 saved the artifact and reports it
+        return 0
     best = clf.history_[clf.best_epoch_ - 1]
     log.info("Saved the model of epoch %d to %s%s", clf.best_epoch_, args.output, " (and its .tar.gz)" if args.tar else "")
     print(json.dumps({"output": str(args.output), "best_epoch": clf.best_epoch_, **best}))

@@ -39,10 +39,10 @@ class Hyperparameters:
 
     batch_size: int = field(default=32, metadata={"min": 1, "max": 65536})
     """Global batch size; split across devices when training on several."""
-    beta_1: float = field(default=0.9, metadata=_unit())
-    """Adam/AdamW decay rate of the first moment estimates."""
-    beta_2: float = field(default=0.999, metadata=_unit())
-    """Adam/AdamW decay rate of the second moment estimates."""
+    beta_1: float = field(default=0.9, metadata={**_unit(), "below_max": True})
+    """Adam/AdamW decay rate of the first moment estimates (below 1: at 1 the moment never updates)."""
+    beta_2: float = field(default=0.999, metadata={**_unit(), "below_max": True})
+    """Adam/AdamW decay rate of the second moment estimates (below 1, as beta_1)."""
     dropout_rate: float = field(default=0.2, metadata=_unit())
     """Dropout before the classification layer (used when a new head is built)."""
     early_stopping: bool = False
@@ -143,6 +143,9 @@ def _check_range(name: str, value: object, meta: Mapping[str, Any]) -> str | Non
         return f"{name}={value!r} is not valid; use one of {', '.join(meta['choices'])}"
     if "min" in meta and not meta["min"] <= value <= meta["max"]:  # type: ignore[operator]
         return f"{name}={value} is out of range; valid values are in [{meta['min']}, {meta['max']}]"
+    if meta.get("below_max") and value == meta["max"]:
+        # Adam's bias correction divides by 1 - beta**t: at beta = 1 the update is 0/0 (torch refuses it too)
+        return f"{name}={value} is out of range; valid values are in [{meta['min']}, {meta['max']})"
     return None
 
 

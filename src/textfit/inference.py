@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +135,7 @@ def _from_jsonlines(text: str) -> Request:
 def _from_csv(text: str) -> Request:
     """One text a line; a line that is one quoted CSV field is unquoted, any other line is the text as it is."""
     texts = []
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a text of any size, within the body limit
     for line in text.splitlines():
         if not line.strip():
             continue

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from textfit.channels import allow_any_field_size
 from textfit.classifier import TextClassifier
 from textfit.errors import DataError
 from textfit.inference import verbose_record
+
+log = logging.getLogger("textfit")
 
 FILE_FORMATS = ("auto", "csv", "jsonl", "lines")
 CHUNK = 1024
@@ -37,6 +41,7 @@ def _format_of(path: Path, fmt: str) -> str:
 
 
 def _csv_records(lines: Iterator[str], path: Path) -> Iterator[InputRecord]:
+    allow_any_field_size()
     reader = csv.reader(lines)
     start = 1
     for row in reader:
@@ -114,11 +119,39 @@ class PredictionSummary:
         return self.correct / self.labelled if self.labelled else None
 
 
+HEADER_NAMES = {"label", "labels", "class", "category", "target", "y", "tag", "topic", "sentiment"}
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_header(classifier: TextClassifier, chunk: list[InputRecord]) -> bool:
+    """The first row of a labelled file is a header when its label is no class of the model, the next rows'
+    labels are, and it cannot be a label: a word where the labels are integers (the rule `train` applies to
+    data.csv), or a column name such as "label" where they are names."""
+    first, rest = chunk[0], [r for r in chunk[1:6] if r.label is not None]
+    if first.line != 1 or first.label is None or classifier.class_index(first.label) is not None or not rest:
+        return False
+    if not all(classifier.class_index(r.label) is not None for r in rest):
+        return False
+    numeric = all(isinstance(v, int) for v in classifier.label_values_)
+    return (numeric and not _is_int(first.label)) or first.label.strip().lower() in HEADER_NAMES
+
+
 def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out: IO[str], *,
                  long_texts: str = "truncate", progress: Any = None) -> PredictionSummary:
     """Write one JSON line per record, in input order; with labels in the input, count the correct ones."""
     summary, counts = PredictionSummary(), {"truncated": 0}
-    for chunk in _chunks(records, CHUNK):
+    for n, chunk in enumerate(_chunks(records, CHUNK)):
+        if n == 0 and _is_header(classifier, chunk):
+            log.info("line %d looks like a header row (%r is not a class of this model, as the labels of the other "
+                     "rows are); it is skipped", chunk[0].line, chunk[0].label)
+            chunk = chunk[1:]
         probs = classifier.predict_proba([r.text for r in chunk], long_texts=long_texts, counts=counts)
         summary.truncated = counts["truncated"]
         for rec, row in zip(chunk, probs):

@@ -20,7 +20,7 @@ from torch import nn
 
 from textfit import architectures, batching, distributed
 from textfit.batching import Batch, Encoded
-from textfit.errors import HyperparameterError
+from textfit.errors import DataError, HyperparameterError
 from textfit.hyperparameters import Hyperparameters, parse_class_weights
 
 log = logging.getLogger("textfit")
@@ -245,12 +245,8 @@ def _embed(model: nn.Module, data: Encoded, batch_size: int, device: torch.devic
 
 
 def _plan(lengths: list[int], batch_size: int, seed: int, world: distributed.World) -> list[list[int]]:
-    """The global batches of an epoch, the same on every worker; a last batch too small to give every worker
-    a row joins the one before it."""
-    plan = batching.plan_batches(lengths, batch_size, shuffle=True, seed=seed)
-    if world.active and len(plan) > 1 and len(plan[-1]) < world.size:
-        plan[-2].extend(plan.pop())
-    return plan
+    """The global batches of an epoch, the same on every worker; each has a row for every worker."""
+    return batching.plan_batches(lengths, batch_size, shuffle=True, seed=seed, min_size=world.size)
 
 
 def class_weights(spec: str, labels: list[int], n_classes: int) -> torch.Tensor | None:
@@ -277,6 +273,9 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
     and stops a hopeless trial by raising.
     """
     world = distributed.current()
+    if len(train_data) < world.size:
+        raise DataError(f"{len(train_data)} training rows cannot be shared by {world.size} workers; add rows or "
+                        "use fewer workers")
     device = device or (distributed.device_for(world) if world.active else pick_device())
     dtype = autocast_dtype(device, hp.precision)
     model.to(device)

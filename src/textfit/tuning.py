@@ -101,8 +101,9 @@ def _range(kind: str, item: Mapping[str, Any], problems: list[str]) -> Range | N
         problems.append(f"{raw_name}: ScalingType {scaling!r} is not one of {', '.join(SCALINGS)}")
     if not low < high:
         problems.append(f"{raw_name}: MinValue {low} must be below MaxValue {high}")
-    elif "min" in meta and (low < meta["min"] or high > meta["max"]):
-        problems.append(f"{raw_name}: [{low}, {high}] leaves the valid range [{meta['min']}, {meta['max']}]")
+    elif "min" in meta and (low < meta["min"] or high > meta["max"] or (meta.get("below_max") and high == meta["max"])):
+        close = ")" if meta.get("below_max") else "]"
+        problems.append(f"{raw_name}: [{low}, {high}] leaves the valid range [{meta['min']}, {meta['max']}{close}")
     if scaling in ("Logarithmic", "ReverseLogarithmic") and low <= 0:
         problems.append(f"{raw_name}: logarithmic scaling needs MinValue above 0")
     # Auto: logarithmic when the range spans orders of magnitude, as AMT picks for learning rates
