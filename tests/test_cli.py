@@ -23,7 +23,10 @@ def test_train_then_predict(tiny_bert: Path, channel: Path, tmp_path: Path, caps
     out = tmp_path / "model"
     assert run(tiny_bert, "--train", str(channel), "--output", str(out), "--hyperparameters", str(hp_file), "--tar") == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["output"] == str(out) and 0 <= summary["val_accuracy"] <= 1
+    manifest = json.loads((out / "textfit.json").read_text())
+    kept = manifest["epochs"][manifest["best_epoch"] - 1]
+    assert summary["output"] == str(out) and summary["val_accuracy"] == kept["val_accuracy"]
+    assert summary["val_accuracy"] == max(e["val_accuracy"] for e in manifest["epochs"])
     assert (tmp_path / "model.tar.gz").is_file()
     assert json.loads((out / "textfit.json").read_text())["hyperparameters"]["epochs"] == "4"  # --hp wins over the file
     assert main(["predict", "--model", str(out), "--text", "good great film", "--text", "awful bad"]) == 0
@@ -148,3 +151,45 @@ def test_a_latin1_hyperparameters_file_is_one_line(tiny_bert: Path, channel: Pat
     err = capsys.readouterr().err
     assert "hp.json: the hyperparameters file is not valid UTF-8" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_outputs_that_cannot_work_are_refused_before_training(tiny_bert: Path, channel: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a-file").write_text("x")
+    for output, message in ((channel / "model", "inside the data folder"),
+                            (tmp_path / "a-file" / "model", "cannot write in")):
+        assert run(tiny_bert, "--train", str(channel), "--output", str(output)) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Epoch 1/" not in err and "Traceback" not in err
+    from textfit.artifact import check_output
+    from textfit.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="the model needs about 1000000000000 MB but"):
+        check_output(tmp_path / "big", False, needed_bytes=10**18)
+
+
+def test_a_report_that_fails_after_training_keeps_the_model(tiny_bert: Path, channel: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from textfit import artifact, plots
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError("drawing the confusion matrix")
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plots, "confusion_matrix", out_of_memory)
+    monkeypatch.setattr(artifact, "write_tarball", disk_full)
+    out = tmp_path / "model"
+    assert run(tiny_bert, "--train", str(channel), "--output", str(out), "--tar") == 3
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert f"the model is saved in {out}" in errors[0]
+    assert "confusion_matrix.png could not be written (MemoryError" in errors[0]
+    assert "model.tar.gz could not be written (No space left on device)" in errors[0]
+    from textfit import TextClassifier
+
+    assert TextClassifier.load(out).predict(["good great film"]) == ["1"]
+    assert not (out / "confusion_matrix.png").exists() and (out / "validation_report.json").is_file()

@@ -67,15 +67,41 @@ def test_training_writes_curves_report_and_a_model_card(tiny_artifact: Path) -> 
 
 
 def test_calibration_fits_a_temperature_into_the_weights(tiny_bert: Path, channel: Path, tmp_path: Path) -> None:
+    plain = TextClassifier(str(tiny_bert), {**FAST, "epochs": "8"}).fit(channel)
     clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "8", "calibrate": "True"}).fit(channel)
     cal = clf.manifest_["calibration"]
-    assert cal["temperature"] > 0 and cal["log_loss_after"] <= cal["log_loss_before"] + 1e-9
+    texts = ["good great film", "awful plot", "the film was quite bad"]
+    # the same training (same seed), then the logits divided by the temperature: folded into the last layer
+    np.testing.assert_allclose(clf.predict_logits(texts), plain.predict_logits(texts) / cal["temperature"],
+                               rtol=1e-4, atol=1e-5)
     assert clf.validation_report_["calibration"] == cal  # type: ignore[index]
     clf.save(tmp_path / "m")
-    texts = ["good great film", "awful plot"]
     np.testing.assert_allclose(TextClassifier.load(tmp_path / "m").predict_proba(texts), clf.predict_proba(texts),
                                atol=1e-6)  # the temperature travels in the weights
     assert "Probabilities are calibrated" in (tmp_path / "m" / "README.md").read_text()
+
+
+def test_the_calibration_after_figure_is_measured_on_held_out_rows() -> None:
+    """Each half of the validation rows is scaled by the temperature fitted on the other half."""
+    from textfit import metrics
+    from textfit.classifier import _cross_fitted_temperature, _softmax
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, size=200)
+    logits = rng.normal(size=(200, 3)) + 4.0 * np.eye(3)[np.where(rng.random(200) < 0.7, y, (y + 1) % 3)]
+    temperature, held_out = _cross_fitted_temperature(logits, y, seed=7)
+    assert temperature == pytest.approx(metrics.fit_temperature(logits, y))
+    order = np.random.default_rng(7).permutation(200)
+    a, b = order[:100], order[100:]
+    np.testing.assert_allclose(held_out[b], _softmax(logits[b] / metrics.fit_temperature(logits[a], y[a])), atol=1e-9)
+    np.testing.assert_allclose(held_out[a], _softmax(logits[a] / metrics.fit_temperature(logits[b], y[b])), atol=1e-9)
+
+
+def test_calibration_without_validation_data_is_an_error(tiny_bert: Path, channel: Path) -> None:
+    from textfit.errors import HyperparameterError
+
+    with pytest.raises(HyperparameterError, match="calibrate=True needs validation data"):
+        TextClassifier(str(tiny_bert), {**FAST, "calibrate": "True", "validation_split_ratio": "0"}).fit(channel)
 
 
 def test_tensorboard_event_files(tiny_bert: Path, channel: Path, tmp_path: Path) -> None:
@@ -118,4 +144,8 @@ def test_quantization_report_compares_engines_on_labelled_data(tiny_artifact: Pa
     report = quantization_report(model, data)
     assert report["texts"] == 30 and report["onnx_fp32"]["max_abs_probability_diff"] < 1e-4
     assert report["onnx_fp32"]["accuracy"] == report["torch"]["accuracy"]
-    assert 0 <= report["onnx_int8"]["agreement"] <= 1 and "accuracy" in report["onnx_int8"]
+    texts, truth = [t for _, t in make_rows(30, seed=4)], np.array([y for y, _ in make_rows(30, seed=4)])
+    reference = TextClassifier.load(model).predict_proba(texts)
+    int8 = TextClassifier.load(model, backend="onnx", quantized=True).predict_proba(texts)
+    assert report["onnx_int8"]["agreement"] == pytest.approx(float((reference.argmax(1) == int8.argmax(1)).mean()))
+    assert report["onnx_int8"]["accuracy"] == pytest.approx(float((int8.argmax(1) == truth).mean()))

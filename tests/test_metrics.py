@@ -65,3 +65,27 @@ def test_the_printed_tables() -> None:
     text = metrics.format_report(metrics.report(Y, PROBA, ["a", "b", "c"]))
     assert "macro avg" in text and "weighted avg" in text and "confusion matrix" in text
     assert "accuracy 0.6667" in text
+
+
+def test_tied_scores_do_not_depend_on_row_order() -> None:
+    """All scores equal: ROC AUC is 0.5 and average precision the positive share, in any row order."""
+    score = np.full(6, 0.5)
+    for y in (np.array([1, 1, 1, 0, 0, 0]), np.array([0, 0, 0, 1, 1, 1]), np.array([0, 1, 0, 1, 0, 1])):
+        assert metrics.roc_curve(y, score)[2] == pytest.approx(0.5)
+        assert metrics.precision_recall_curve(y, score)[2] == pytest.approx(0.5)
+
+
+def test_many_classes_give_top_confusions_not_a_matrix() -> None:
+    n, rows = 10_000, 30_000
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, n, size=rows)
+    pred = np.where(rng.random(rows) < 0.9, y, (y + 1) % n)
+    y[:100], pred[:100] = 3, 7  # the most frequent mistake: class 3 taken for class 7, 100 times
+    proba = np.zeros((rows, n), dtype=np.float32)
+    proba[np.arange(rows), pred] = 1.0
+    r = metrics.report(y, proba, [f"c{i}" for i in range(n)])
+    assert r.confusion_matrix is None and r.accuracy == pytest.approx(float((pred == y).mean()))
+    assert r.top_confusions is not None and len(r.top_confusions) == metrics.TOP_CONFUSIONS
+    first = r.top_confusions[0]
+    assert (first["true"], first["predicted"], first["count"]) == ("c3", "c7", 100)
+    assert "most frequent confusions (of 10000 classes)" in metrics.format_report(r)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def test_every_optimizer_trains(tiny_bert: Path, optimizer: str) -> None:
     lr = 1.0 if optimizer == "adadelta" else 0.01
     result = training.train(model, data(tok, 16, 0), None, hp(epochs=1, optimizer=optimizer, learning_rate=lr))
     assert not torch.equal(before, model.classifier.weight)
-    assert result.history[0].loss > 0
+    assert math.isfinite(result.history[0].loss)
 
 
 def test_optimizer_mapping_carries_the_knobs() -> None:
@@ -88,7 +89,8 @@ def test_early_stopping_stops_and_the_best_epoch_is_kept(tiny_bert: Path) -> Non
     h = hp(epochs=30, early_stopping=True, early_stopping_patience=1, early_stopping_min_delta=0.5)
     result = training.train(model, data(tok, 32, 0), data(tok, 16, 1), h)
     assert result.stopped_early and len(result.history) == 2
-    assert result.best_epoch in (1, 2)
+    best = max(range(2), key=lambda i: (result.history[i].val_accuracy, -result.history[i].val_loss))  # type: ignore[arg-type,operator]
+    assert result.best_epoch == best + 1
 
 
 def test_the_best_epoch_not_the_last_is_kept(tiny_bert: Path) -> None:

@@ -200,12 +200,37 @@ def opened(path: str | Path) -> Iterator[Path]:
         yield _model_root(Path(tmp))
 
 
-def check_output(output: Path, overwrite: bool) -> None:
-    """Fail before training, not after it, when the output folder cannot be written."""
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output(output: Path, overwrite: bool, *, inputs: tuple[Path, ...] = (), needed_bytes: int = 0) -> None:
+    """Fail before training, not after it, when the output folder cannot be written: not a folder, not empty,
+    inside the training data, in a folder this user cannot write, or on a disk without room for the model."""
     if output.exists() and not output.is_dir():
         raise ArtifactError(f"{output}: exists and is not a folder; choose another --output")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise ArtifactError(f"{output}: the folder exists and is not empty; choose another --output or pass --overwrite")
+    target = output.resolve()
+    for data in inputs:
+        folder = data.resolve()
+        if folder.is_dir() and (target == folder or folder in target.parents):
+            raise ArtifactError(f"{output}: the output would be inside the data folder {folder}; choose an --output "
+                                "outside it")
+    where = _existing_ancestor(output)
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".textfit-probe-", dir=where)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ArtifactError(f"{output}: cannot write in {where} ({exc.strerror}); choose another --output") from None
+    free = shutil.disk_usage(where).free
+    if needed_bytes and free < needed_bytes:
+        raise ArtifactError(f"{output}: the model needs about {needed_bytes / 1e6:.0f} MB but {where} has "
+                            f"{free / 1e6:.0f} MB free; free some space or choose another --output")
 
 
 def _move_into_place(tmp: Path, output: Path) -> None:
@@ -292,11 +317,22 @@ def staged(target: Path, *, folder: bool = False) -> Iterator[Path]:
 
 
 def write_atomically(output: Path, write: Callable[[Path], None], *, overwrite: bool = False) -> None:
-    """Write the artifact into a temporary sibling folder, then rename it into place: never a half artifact."""
+    """Write the artifact into a temporary sibling folder, then rename it into place: never a half artifact.
+
+    Raises:
+        ArtifactError: the folder cannot be written (no space, no permission); nothing is left behind.
+    """
+    from safetensors import SafetensorError
+
     check_output(output, overwrite)
-    with staged(output, folder=True) as tmp:
-        write(tmp)
-        check_complete(tmp)
+    try:
+        with staged(output, folder=True) as tmp:
+            write(tmp)
+            check_complete(tmp)
+    except (OSError, SafetensorError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ArtifactError(f"{output}: cannot write the model ({reason}); free some space or choose another "
+                            "--output") from None
 
 
 def write_tarball(folder: Path, tarball: Path) -> None:

@@ -24,7 +24,7 @@ from torch import nn
 
 from textfit import architectures, artifact, batching, checkpoint, export, metrics, training
 from textfit.channels import Channel, ClassSet, class_set, encode_labels, from_memory, read_channel, stratified_split
-from textfit.errors import ArtifactError, DataError, HyperparameterError, TextfitError
+from textfit.errors import ArtifactError, DataError, HyperparameterError, ReportError, TextfitError
 from textfit.hyperparameters import Hyperparameters, canonical_name, resolve
 from textfit.inference import verbose_record
 from textfit.zoo import defaults_for, resolve_model
@@ -67,6 +67,18 @@ def _data_summary(channel: Channel, labels: list[int], classes: ClassSet, trunca
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def _cross_fitted_temperature(logits: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float, np.ndarray]:
+    """The temperature fitted on all validation rows (the one stored), and honest calibrated probabilities
+    of every row: each half scaled by the temperature fitted on the other half, never on itself."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    halves = (order[: len(order) // 2], order[len(order) // 2 :])
+    held_out = np.zeros_like(logits, dtype=np.float64)
+    for fit_on, apply_to in (halves, halves[::-1]):
+        t = metrics.fit_temperature(logits[fit_on], labels[fit_on])
+        held_out[apply_to] = _softmax(logits[apply_to] / t)
+    return metrics.fit_temperature(logits, labels), held_out
 
 
 def _as_channel(data: ChannelLike | Sequence[str], labels: Sequence[object] | None, what: str) -> Channel:
@@ -178,9 +190,10 @@ class TextClassifier:
         if validation is not None:
             return train.texts, y, validation.texts, encode_labels(validation, classes, origin=origin)
         if hp.validation_split_ratio == 0:
-            if hp.early_stopping:
-                raise HyperparameterError("early_stopping=True needs validation data; pass a validation channel "
-                                          "or set validation_split_ratio above 0")
+            for name in ("early_stopping", "calibrate"):
+                if getattr(hp, name):
+                    raise HyperparameterError(f"{name}=True needs validation data; pass a validation channel or "
+                                              "set validation_split_ratio above 0")
             return train.texts, y, [], []
         tr, va = stratified_split(y, hp.validation_split_ratio, hp.seed, path=train.path)
         return [train.texts[i] for i in tr], [y[i] for i in tr], [train.texts[i] for i in va], [y[i] for i in va]
@@ -261,16 +274,18 @@ class TextClassifier:
         before = metrics.report(labels, _softmax(logits), self.classes_)
         calibration = None
         if self.hyperparameters_.calibrate:
-            temperature = metrics.fit_temperature(logits, np.asarray(labels))
+            temperature, held_out = _cross_fitted_temperature(logits, np.asarray(labels), self.hyperparameters_.seed)
             architectures.scale_logits(self.model_, 1.0 / temperature)  # stored in the weights: every engine applies it
-            after = metrics.report(labels, _softmax(logits / temperature), self.classes_)
+            after = metrics.report(labels, held_out, self.classes_)
             calibration = {"temperature": temperature, "ece_before": before.expected_calibration_error,
                            "ece_after": after.expected_calibration_error, "log_loss_before": before.log_loss,
-                           "log_loss_after": after.log_loss}
-            log.info("Calibration: temperature %.3f, expected calibration error %.4f -> %.4f", temperature,
-                     before.expected_calibration_error, after.expected_calibration_error)
+                           "log_loss_after": after.log_loss,
+                           "after_measured_on": "held-out halves of the validation rows (2-fold cross-fitting)"}
+            log.info("Calibration: temperature %.3f, expected calibration error %.4f -> %.4f (measured on rows the "
+                     "temperature was not fitted on)", temperature, before.expected_calibration_error,
+                     after.expected_calibration_error)
             self.manifest_["calibration"] = calibration
-            before = after
+            before = metrics.report(labels, _softmax(logits / temperature), self.classes_)
         return {**before.as_dict(), "class_weights": self.hyperparameters_.class_weights, "calibration": calibration}
 
     # ------------------------------------------------------------------------------------------ fitted state
@@ -360,31 +375,62 @@ class TextClassifier:
 
     # ------------------------------------------------------------------------------------------ persistence
 
-    def _write(self, folder: Path) -> None:
-        from textfit import plots
-        from textfit.card import model_card
-
+    def _write_model(self, folder: Path) -> None:
+        """What a prediction needs: weights, config, tokenizer, labels and the manifest with their digests."""
         self.model_.save_pretrained(folder)  # safetensors, config.json with id2label / label2id
         self.tokenizer_.save_pretrained(folder)
         artifact.write_json(folder / artifact.LABELS, {"labels": self.classes_, "label_values": self.label_values_})
         self.manifest_[artifact.DIGESTS] = artifact.digests(folder)
         artifact.write_json(folder / artifact.MANIFEST, self.manifest_)
+
+    def _write_reports(self, folder: Path) -> list[str]:
+        """The reports beside the model; each that fails is named in the list returned, never losing the model."""
+        from textfit import plots
+        from textfit.card import model_card
+
         report = self.validation_report_
+        steps: list[tuple[str, Callable[[], object]]] = [
+            (artifact.CARD, lambda: (folder / artifact.CARD).write_text(model_card(self.manifest_, report),
+                                                                        encoding="utf-8"))]
         if self.history_:
-            plots.training_curves(self.history_, folder / artifact.CURVES)
+            steps.append((artifact.CURVES, lambda: plots.training_curves(self.history_, folder / artifact.CURVES)))
         if report is not None:
-            artifact.write_json(folder / artifact.REPORT, report)
-            plots.confusion_matrix(report["confusion_matrix"], report["labels"], report["accuracy"],
-                                   folder / artifact.CONFUSION)
-        (folder / artifact.CARD).write_text(model_card(self.manifest_, report), encoding="utf-8")
+            steps.append((artifact.REPORT, lambda: artifact.write_json(folder / artifact.REPORT, report)))
+            if report.get("confusion_matrix") is not None:
+                steps.append((artifact.CONFUSION, lambda: plots.confusion_matrix(
+                    report["confusion_matrix"], report["labels"], report["accuracy"], folder / artifact.CONFUSION)))
+        failed = []
+        for name, step in steps:
+            try:
+                step()
+            except Exception as exc:  # a report is not the model: whatever broke it, the model is kept
+                (folder / name).unlink(missing_ok=True)
+                failed.append(f"{name} could not be written ({type(exc).__name__}: {exc})")
+        return failed
 
     def save(self, path: str | Path, *, overwrite: bool = False, tar: bool = False) -> Path:
-        """Write the artifact folder atomically; with tar=True also `<path>.tar.gz` (SageMaker's model.tar.gz)."""
+        """Write the artifact folder atomically; with tar=True also `<path>.tar.gz` (SageMaker's model.tar.gz).
+
+        Raises:
+            ArtifactError: the model itself could not be written (nothing is left behind).
+            ReportError: the model is saved, but a report, a picture or the tarball is not.
+        """
         self._check_fitted()
         output = Path(path)
-        artifact.write_atomically(output, self._write, overwrite=overwrite)
+        failed: list[str] = []
+
+        def write(folder: Path) -> None:
+            self._write_model(folder)
+            failed.extend(self._write_reports(folder))
+
+        artifact.write_atomically(output, write, overwrite=overwrite)
         if tar:
-            artifact.write_tarball(output, output.with_name(output.name + ".tar.gz"))
+            try:
+                artifact.write_tarball(output, output.with_name(output.name + ".tar.gz"))
+            except OSError as exc:
+                failed.append(f"{output.name}.tar.gz could not be written ({exc.strerror or exc})")
+        if failed:
+            raise ReportError(f"the model is saved in {output}, but {'; '.join(failed)}")
         return output
 
     @classmethod

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from textfit import __version__
-from textfit.errors import ArtifactError, DataError, HyperparameterError, ModelNotFoundError, TextfitError
+from textfit.errors import (
+    ArtifactError,
+    DataError,
+    HyperparameterError,
+    ModelNotFoundError,
+    ReportError,
+    TextfitError,
+)
 from textfit.sagemaker import write_failure
 
 log = logging.getLogger("textfit")
@@ -462,6 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _log_to_stderr(logging.WARNING if args.quiet else logging.INFO)
     try:
         return int(args.func(args))
+    except ReportError as exc:  # the model is saved; an extra is not: a distinct exit code, and the reason
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except TextfitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if getattr(args, "container", False):

@@ -32,3 +32,10 @@ class RequestError(TextfitError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ReportError(TextfitError):
+    """The model is saved, but something made after it (a report, a picture, the tarball, the upload) failed.
+
+    The CLI exits with code 3 for it: the artifact is usable, the extra named in the message is not there.
+    """

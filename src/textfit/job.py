@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from textfit import artifact, distributed, remote
 from textfit.classifier import TextClassifier
-from textfit.errors import TextfitError
+from textfit.errors import ReportError, TextfitError
 from textfit.training import EpochMetrics
 
 log = logging.getLogger("textfit")
@@ -47,10 +49,38 @@ def _save(clf: TextClassifier, output: str | Path, tar: bool, overwrite: bool) -
         clf.save(output, overwrite=overwrite, tar=tar)
         return
     with tempfile.TemporaryDirectory(prefix="textfit-out-") as tmp:
-        folder = clf.save(Path(tmp) / "model", tar=tar)
-        remote.upload(folder, str(output))
-        if tar:
-            remote.upload(folder.with_name("model.tar.gz"), str(output).rstrip("/") + ".tar.gz")
+        try:
+            folder = clf.save(Path(tmp) / "model", tar=tar)
+        except ReportError as exc:  # upload what was saved, then say what is missing
+            folder, missing = Path(tmp) / "model", str(exc)
+        else:
+            missing = ""
+        try:
+            remote.upload(folder, str(output))
+            if tar and folder.with_name("model.tar.gz").is_file():
+                remote.upload(folder.with_name("model.tar.gz"), str(output).rstrip("/") + ".tar.gz")
+        except TextfitError as exc:  # keep the trained model here rather than lose it with the temporary folder
+            kept = Path.cwd() / f"textfit-not-uploaded-{time.strftime('%Y%m%d-%H%M%S')}"
+            shutil.copytree(folder.parent, kept)
+            raise ReportError(f"the model could not be uploaded to {output} ({exc}); it is kept in {kept}: "
+                              "copy it there once the store can be reached") from None
+        if missing:
+            raise ReportError(missing.replace(str(folder), str(output)))
+
+
+def _weights_bytes(model_id: str | None, model: str | Path | None) -> int:
+    """About what the artifact will take on disk (its weights, in fp32, and the rest), to check for room before
+    training: the source checkpoint's safetensors, or 0 where the source is not local yet."""
+    from textfit.zoo import resolve_model
+
+    try:
+        source = Path(model) if model is not None else Path(resolve_model(model_id).path)
+    except TextfitError:
+        return 0  # the fit says why the model cannot be found, with the fix
+    weights = source / "model.safetensors" if source.is_dir() else source
+    return int(weights.stat().st_size * 1.1) + 20_000_000 if weights.is_file() else 0
+
+
 
 
 def train(train: str | Path, validation: str | Path | None = None, *, model_id: str | None = None,
@@ -64,8 +94,10 @@ def train(train: str | Path, validation: str | Path | None = None, *, model_id: 
     """
     world = distributed.init_from_environment()  # under torchrun or --nproc-per-node: join the other workers
     try:
-        if output is not None and not remote.is_remote(output) and world.is_main:
-            artifact.check_output(Path(output), overwrite)  # before hours of training, not after
+        if output is not None and not remote.is_remote(output) and world.is_main:  # before hours of training
+            local_inputs = tuple(Path(p) for p in (train, validation) if p is not None and not remote.is_remote(p))
+            needed = 0 if model is not None and remote.is_remote(model) else _weights_bytes(model_id, model)
+            artifact.check_output(Path(output), overwrite, inputs=local_inputs, needed_bytes=needed * (2 if tar else 1))
         with contextlib.ExitStack() as stack:
             local = lambda loc: None if loc is None else stack.enter_context(remote.local_copy(loc))  # noqa: E731
             clf = TextClassifier(model_id, hyperparameters, init_model=local(model), allow_network=allow_network)

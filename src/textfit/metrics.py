@@ -45,25 +45,28 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int 
 
 
 def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """(false positive rate, true positive rate, area) of the positive class (index 1)."""
-    order = np.argsort(-score, kind="stable")
-    positive = (y_true[order] == 1).astype(np.float64)
-    tps = np.concatenate([[0.0], np.cumsum(positive)])
-    fps = np.concatenate([[0.0], np.cumsum(1 - positive)])
-    tpr = tps / max(tps[-1], 1.0)
-    fpr = fps / max(fps[-1], 1.0)
-    return fpr, tpr, float(np.trapezoid(tpr, fpr))
+    """(false positive rate, true positive rate, area) of the positive class (index 1), by scikit-learn: tied
+    scores make one step of the curve, whatever the order of the rows."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_curve as curve
+
+    fpr, tpr, _ = curve(y_true == 1, score)
+    return fpr, tpr, float(roc_auc_score(y_true == 1, score))
 
 
 def precision_recall_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """(recall, precision, average precision) of the positive class (index 1)."""
-    order = np.argsort(-score, kind="stable")
-    positive = (y_true[order] == 1).astype(np.float64)
-    tps = np.cumsum(positive)
-    precision = tps / np.arange(1, len(tps) + 1)
-    recall = tps / max(tps[-1], 1.0)
-    average = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
-    return recall, precision, average
+    """(recall, precision, average precision) of the positive class (index 1), by scikit-learn."""
+    from sklearn.metrics import average_precision_score
+    from sklearn.metrics import precision_recall_curve as curve
+
+    precision, recall, _ = curve(y_true == 1, score)
+    return recall, precision, float(average_precision_score(y_true == 1, score))
+
+
+MAX_MATRIX_CLASSES = 50
+"""Past this many classes the report lists the most frequent confusions instead of the full matrix, whose
+size grows with the square of the classes (10,000 classes: 100 million cells)."""
+TOP_CONFUSIONS = 20
 
 
 @dataclass
@@ -87,27 +90,42 @@ class Report:
     log_loss: float
     expected_calibration_error: float
     per_class: list[ClassReport]
-    confusion_matrix: list[list[int]]
+    confusion_matrix: list[list[int]] | None
+    """Counts[true][predicted]; None past MAX_MATRIX_CLASSES classes (see top_confusions)."""
     labels: list[str]
     rows: int
     roc_auc: float | None = None
     average_precision: float | None = None
+    top_confusions: list[dict[str, Any]] | None = None
+    """The most frequent mistakes, {"true", "predicted", "count"}, most frequent first."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _top_confusions(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+    wrong = y != pred
+    pairs, counts = np.unique(np.stack([y[wrong], pred[wrong]]), axis=1, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:TOP_CONFUSIONS]
+    return [{"true": labels[pairs[0, i]], "predicted": labels[pairs[1, i]], "count": int(counts[i])} for i in order]
+
+
 def report(y_true: np.ndarray | list[int], proba: np.ndarray, labels: list[str]) -> Report:
-    """Every quality number of predictions `proba` (rows x classes) against true class indices."""
+    """Every quality number of predictions `proba` (rows x classes) against true class indices.
+
+    Per-class counts come from bincounts, so memory grows with the classes, not their square.
+    """
     y = np.asarray(y_true, dtype=np.int64)
     pred = proba.argmax(axis=1)
-    matrix = confusion(y, pred, len(labels))
-    tp = np.diag(matrix).astype(np.float64)
-    support = matrix.sum(axis=1)
-    precision = _safe_div(tp, matrix.sum(axis=0).astype(np.float64))
+    n = len(labels)
+    tp = np.bincount(y[y == pred], minlength=n).astype(np.float64)
+    support = np.bincount(y, minlength=n)
+    predicted = np.bincount(pred, minlength=n).astype(np.float64)
+    precision = _safe_div(tp, predicted)
     recall = _safe_div(tp, support.astype(np.float64))
     f1 = _safe_div(2 * precision * recall, precision + recall)
     weights = support / max(support.sum(), 1)
+    small = n <= MAX_MATRIX_CLASSES
     out = Report(
         accuracy=float(tp.sum() / max(len(y), 1)),
         macro_precision=float(precision.mean()), macro_recall=float(recall.mean()), macro_f1=float(f1.mean()),
@@ -116,9 +134,10 @@ def report(y_true: np.ndarray | list[int], proba: np.ndarray, labels: list[str])
         log_loss=log_loss(y, proba), expected_calibration_error=expected_calibration_error(y, proba),
         per_class=[ClassReport(label, float(p), float(r), float(f), int(s))
                    for label, p, r, f, s in zip(labels, precision, recall, f1, support)],
-        confusion_matrix=matrix.tolist(), labels=list(labels), rows=int(len(y)),
+        confusion_matrix=confusion(y, pred, n).tolist() if small else None, labels=list(labels), rows=int(len(y)),
+        top_confusions=None if small else _top_confusions(y, pred, labels),
     )
-    if len(labels) == 2 and 0 < y.sum() < len(y):
+    if n == 2 and 0 < y.sum() < len(y):
         out.roc_auc = roc_curve(y, proba[:, 1])[2]
         out.average_precision = precision_recall_curve(y, proba[:, 1])[2]
     return out
@@ -138,6 +157,10 @@ def format_report(r: Report) -> str:
     if r.roc_auc is not None:
         lines.append(f"ROC AUC {r.roc_auc:.4f}   average precision {r.average_precision:.4f}")
     lines.append("")
+    if r.confusion_matrix is None:
+        lines.append(f"most frequent confusions (of {len(r.labels)} classes)")
+        lines += [f"{c['true']:<{width}} -> {c['predicted']:<{width}} {c['count']:>8}" for c in r.top_confusions or []]
+        return "\n".join(lines)
     lines.append("confusion matrix (rows: true, columns: predicted)")
     lines.append(" " * width + " " + " ".join(f"{label[:8]:>8}" for label in r.labels))
     for label, row in zip(r.labels, r.confusion_matrix):

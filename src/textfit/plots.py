@@ -99,7 +99,10 @@ def binary_curves(y_true: np.ndarray, proba: np.ndarray, labels: list[str], fold
 def report_figures(report: metrics.Report, y_true: np.ndarray, proba: np.ndarray, folder: Path) -> list[Path]:
     """The confusion matrix, and for a binary task the ROC and precision-recall curves."""
     folder.mkdir(parents=True, exist_ok=True)
-    matrix = confusion_matrix(report.confusion_matrix, report.labels, report.accuracy, folder / "confusion_matrix.png")
+    matrix = None
+    if report.confusion_matrix is not None:
+        matrix = confusion_matrix(report.confusion_matrix, report.labels, report.accuracy,
+                                  folder / "confusion_matrix.png")
     paths = [matrix] if matrix is not None else []
     if report.roc_auc is not None:
         paths += binary_curves(y_true, proba, report.labels, folder)
