@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -124,21 +126,60 @@ def test_conditional_parameters(tiny_bert: Path, tmp_path: Path) -> None:
 
 
 def test_a_killed_study_resumes(tiny_bert: Path, tmp_path: Path) -> None:
+    """Killed inside trial 2: the rerun runs exactly that configuration again, under a new number, and repeats
+    none that finished (learning rates are continuous draws: a repeat could only be a replayed generator)."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
     write_csv(tmp_path / "train" / "data.csv", make_rows(300))
+    (tmp_path / "ranges.json").write_text(json.dumps({"ContinuousParameterRanges": [
+        {"Name": "learning_rate", "MinValue": "1e-4", "MaxValue": "1e-1", "ScalingType": "Logarithmic"}]}))
     cmd = [sys.executable, "-m", "textfit", "tune", "--train", str(tmp_path / "train"), "--model-id", str(tiny_bert),
-           "--output", str(tmp_path / "t"), "--max-jobs", "3", "--strategy", "grid", "--early-stopping", "off",
-           "--ranges", str(tmp_path / "ranges.json"), "--hp", "batch_size=8", "--hp", "precision=fp32"]
-    (tmp_path / "ranges.json").write_text(
-        '{"CategoricalParameterRanges": [{"Name": "epochs", "Values": ["2", "30", "3"]}]}')
-    kill(run_until([*cmd, "--seed", "1"], "Epoch 2/30"))  # killed inside the long trial
-    done = subprocess.run([*cmd, "--seed", "1"], capture_output=True, text=True, timeout=300, check=False)
+           "--output", str(tmp_path / "t"), "--max-jobs", "4", "--strategy", "random", "--early-stopping", "off",
+           "--ranges", str(tmp_path / "ranges.json"), "--hp", "batch_size=8", "--hp", "precision=fp32",
+           "--hp", "epochs=3", "--seed", "1"]
+    first = run_until(cmd, "Trial 1: val_accuracy")
+    assert first.stderr is not None
+    for line in first.stderr:  # trial 2 has started: kill it inside its first epochs
+        if line.startswith("Epoch 1/3"):
+            break
+    kill(first)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Resuming: 1 trial(s) interrupted" in done.stderr
+    study = optuna.load_study(study_name="textfit", storage=f"sqlite:///{tmp_path / 't' / 'study.db'}")
+    trials = study.get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert [t.number for t in failed] == [2] and len(complete) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = [t for t in complete if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 2]
+    assert len(retry) == 1 and retry[0].params == failed[0].params  # the interrupted configuration, again
+    rates = [t.params["learning_rate"] for t in complete]
+    assert len(set(rates)) == 4, rates  # nothing finished was repeated
     with (tmp_path / "t" / "trials.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert sum(r["state"] == "complete" for r in rows) == 3
-    assert [r["state"] for r in rows].count("fail") == 1
+    assert sum(r["state"] == "complete" for r in rows) == 4
     assert (tmp_path / "t" / "best" / "textfit.json").is_file()
+
+
+def test_default_ranges_leave_out_what_is_fixed() -> None:
+    ranges = parse_ranges(None, {"train_only_on_top_layer": "True", "learning_rate": "1e-4"})
+    names = {r.name for r in ranges}
+    assert "train_only_on_top_layer" not in names and "learning_rate" not in names and "batch_size" in names
+    with pytest.raises(HyperparameterError, match="learning_rate is both fixed"):
+        parse_ranges({"ContinuousParameterRanges": [{"Name": "learning_rate", "MinValue": "1e-5",
+                                                     "MaxValue": "1e-3"}]}, {"learning_rate": "1e-4"})
+
+
+def test_threads_follow_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from textfit.sagemaker import thread_budget
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert thread_budget() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert thread_budget() == os.cpu_count()
 
 
 # ------------------------------------------------------------------- a study shared through PostgreSQL
@@ -160,6 +201,8 @@ def postgres(tmp_path: Path) -> object:
 
     initdb, server = _postgres_bin("initdb"), _postgres_bin("postgres")
     if not initdb or not server:
+        if os.environ.get("CI"):  # .ci/run installs PostgreSQL: in CI this test may not quietly skip
+            pytest.fail("no PostgreSQL server binaries (initdb, postgres) although .ci/run should have installed them")
         pytest.skip("no PostgreSQL server on this machine (initdb/postgres not found)")
     import shutil
     import tempfile

@@ -207,3 +207,10 @@ def launch_plan(job: TrainingJob, gpus: int) -> LaunchPlan | None:
         raise TextfitError(f"current host {job.current_host!r} is not among the hosts {hosts} (SM_CURRENT_HOST, "
                            "SM_HOSTS or resourceconfig.json)")
     return LaunchPlan(per_node, len(hosts), hosts.index(job.current_host), hosts[0])
+
+
+def thread_budget() -> int:
+    """The threads this job may use: OMP_NUM_THREADS where set (a container's or a scheduler's share of the
+    machine), else every core."""
+    configured = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(configured) if configured.isdigit() and int(configured) > 0 else (os.cpu_count() or 1)

@@ -7,16 +7,16 @@ folder) makes a killed run resumable and lets workers on several machines share 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
 import multiprocessing
-import os
 import shutil
 import socket
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,8 @@ def parse_ranges(data: Mapping[str, Any] | None, fixed: Mapping[str, object] | N
              "CategoricalParameterRanges": "categorical"}
     ranges = [r for key, kind in kinds.items() for item in data.get(key, []) if (r := _range(kind, item, problems))]
     fixed_names = {canonical_name(k) for k in (fixed or {})}
+    if data is DEFAULT_RANGES:  # the user named no range: what they fix is simply not tuned
+        ranges = [r for r in ranges if r.name not in fixed_names]
     seen: set[str] = set()
     for r in ranges:
         if r.name in seen:
@@ -183,19 +185,23 @@ class TuningJob:
     """The first epoch at which a trial may be stopped: epoch 1 is noisy (warm-up, schedules of other lengths)."""
 
 
-def _sampler(job: TuningJob) -> Any:
+def _sampler(job: TuningJob, salt: int = 0) -> Any:
+    """The search strategy. `salt` (the trials already in the study, and the worker's index) makes every run
+    and every worker draw its own samples: a resumed study or a second worker with the same seed would
+    otherwise replay the first run's draws and repeat finished configurations."""
     import optuna
 
+    seed = job.seed + 1_000_003 * salt
     if job.strategy == "random":
-        return optuna.samplers.RandomSampler(seed=job.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if job.strategy == "grid":
         if any(r.kind != "categorical" for r in job.ranges):
             raise HyperparameterError("grid search takes categorical ranges only (as SageMaker's); "
                                       "list the values to try in CategoricalParameterRanges")
-        return optuna.samplers.GridSampler({r.name: list(r.values) for r in job.ranges}, seed=job.seed)
+        return optuna.samplers.GridSampler({r.name: list(r.values) for r in job.ranges}, seed=seed)
     with warnings.catch_warnings():  # multivariate TPE with groups is "experimental", and the right tool for
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # conditional search spaces
-        return optuna.samplers.TPESampler(seed=job.seed, multivariate=True, group=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
 
 def _pruner(job: TuningJob) -> Any:
@@ -207,15 +213,50 @@ def _pruner(job: TuningJob) -> Any:
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=job.prune_from_epoch)
 
 
-def _study(job: TuningJob) -> Any:
+# A running trial records a heartbeat every HEARTBEAT seconds; one silent for GRACE seconds belongs to a dead
+# worker and is run again. A local study (SQLite in the output folder) has no remote workers to wait for, so
+# its grace period is short: a rerun after a crash starts within seconds.
+HEARTBEAT = {"local": 2, "shared": 10}
+GRACE = {"local": 6, "shared": 60}
+MAX_RETRIES = 3
+
+
+@contextlib.contextmanager
+def _experimental() -> Iterator[None]:
+    """Optuna marks its heartbeat and retry machinery "experimental" (since 2.8, 2.9); it is the documented way
+    to recover a dead worker's trial, so its warnings would only be noise in a user's log."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def _kind(job: TuningJob) -> str:
+    return "local" if job.storage.startswith("sqlite:") else "shared"
+
+
+def _storage(job: TuningJob) -> Any:
+    """Optuna's RDB storage with heartbeats: a trial whose worker died (killed run, lost machine) is failed
+    once its heartbeat is stale and retried with the same hyperparameters (RetryHeartbeatStaleTrialCallback)."""
+    import optuna
+
+    kind = _kind(job)
+    with _experimental():
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+        return optuna.storages.RDBStorage(job.storage, heartbeat_interval=HEARTBEAT[kind], grace_period=GRACE[kind],
+                                          heartbeat_stale_trial_callback=retry)
+
+
+def _study(job: TuningJob, salt: int = 0) -> Any:
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for attempt in range(5):
         try:
-            return optuna.create_study(study_name=job.study_name, storage=job.storage, direction="maximize",
-                                       sampler=_sampler(job), pruner=_pruner(job), load_if_exists=True)
+            return optuna.create_study(study_name=job.study_name, storage=_storage(job), direction="maximize",
+                                       sampler=_sampler(job, salt), pruner=_pruner(job), load_if_exists=True)
         except SQLAlchemyError:
             # Workers started together race to create the schema; the loser finds it made on its next try.
             if attempt == 4:
@@ -224,13 +265,23 @@ def _study(job: TuningJob) -> Any:
     raise AssertionError("unreachable")
 
 
+def _retried(study: Any) -> set[int]:
+    """Numbers of the trials whose worker died and that were queued again under a new number."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    with _experimental():
+        numbers = [RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in study.get_trials(deepcopy=False)]
+    return {n for n in numbers if n is not None}
+
+
 def _counted(study: Any) -> int:
-    """Trials that count toward max_jobs: finished ones, not those a killed run left behind."""
+    """Trials that count toward max_jobs: finished or running ones, not those of a dead worker, which run again."""
     from optuna.trial import TrialState
 
+    retried = _retried(study)
     return sum(1 for t in study.get_trials(deepcopy=False)
                if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-               or (t.state == TrialState.FAIL and not t.system_attrs.get("textfit_interrupted")))
+               or (t.state == TrialState.FAIL and t.number not in retried))
 
 
 def _objective(job: TuningJob) -> Any:
@@ -268,8 +319,9 @@ def _stop_at(max_jobs: int) -> Any:
     return callback
 
 
-def run_worker(job: TuningJob) -> None:
+def run_worker(job: TuningJob, index: int = 0) -> None:
     """Run trials until the study holds max_jobs of them; workers on other machines may share the study."""
+    import optuna
     import torch
 
     from textfit.errors import TextfitError
@@ -277,6 +329,9 @@ def run_worker(job: TuningJob) -> None:
     if job.threads:
         torch.set_num_threads(job.threads)
     study = _study(job)
+    study = _study(job, salt=len(study.get_trials(deepcopy=False)) * 16 + index + 1)
+    with _experimental():
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
     if _counted(study) >= job.max_jobs:
         return
     if not study.get_trials(deepcopy=False):
@@ -325,16 +380,24 @@ def _typed_initial(initial: list[Mapping[str, object]], ranges: list[Range]) -> 
     return typed
 
 
-def _interrupt_stale(job: TuningJob) -> int:
-    """Trials left RUNNING by a killed run of this (local, unshared) study: mark them failed, to be re-run."""
+def _reclaim_interrupted(job: TuningJob) -> int:
+    """Trials a killed run of this (local, unshared) study left running: wait out their heartbeat's grace
+    period (nobody else runs them), then Optuna fails them and queues their configurations again."""
+    import optuna
     from optuna.trial import TrialState
 
     study = _study(job)
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for t in stale:
-        study._storage.set_trial_system_attr(t._trial_id, "textfit_interrupted", True)
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    return len(stale)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return 0
+    log.info("Resuming: %d trial(s) interrupted by an earlier run will be run again (once their heartbeat "
+             "lapses, within %d s)", len(running), GRACE["local"])
+    deadline = time.monotonic() + GRACE["local"] + HEARTBEAT["local"] + 5
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and time.monotonic() < deadline:
+        with _experimental():
+            optuna.storages.fail_stale_trials(study)
+        time.sleep(1)
+    return len(running)
 
 
 @dataclass
@@ -430,6 +493,7 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
         HyperparameterError: invalid ranges, strategy or job counts, before any trial starts.
     """
     from textfit.channels import read_channel
+    from textfit.sagemaker import thread_budget
     from textfit.zoo import defaults_for
 
     if strategy not in STRATEGIES:
@@ -452,10 +516,10 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
     default_opt = parse_hyperparameters(defaults_for(model_id)).get("optimizer", "adam")
     job = TuningJob(str(train), None if validation is None else str(validation), model_id, str(out), parsed, fixed,
                     storage or f"sqlite:///{(out / 'study.db').resolve()}", study_name, strategy, early_stopping,
-                    max_jobs, seed, max(1, (os.cpu_count() or 1) // max_parallel_jobs), str(default_opt),
+                    max_jobs, seed, max(1, thread_budget() // max_parallel_jobs), str(default_opt),
                     typed_initial, prune_from_epoch)
-    if storage is None and (n := _interrupt_stale(job)):
-        log.info("Resuming: %d trial(s) interrupted by an earlier run will be run again", n)
+    if storage is None:
+        _reclaim_interrupted(job)
     start = time.perf_counter()
     _run(job, max_parallel_jobs)
     return _finish(job, out, keep_trials, time.perf_counter() - start)
@@ -466,7 +530,7 @@ def _run(job: TuningJob, parallel: int) -> None:
         run_worker(job)
         return
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    workers = [context.Process(target=run_worker, args=(job,), name=f"textfit-tune-{i}") for i in range(parallel)]
+    workers = [context.Process(target=run_worker, args=(job, i), name=f"textfit-tune-{i}") for i in range(parallel)]
     for w in workers:
         w.start()
     for w in workers:
