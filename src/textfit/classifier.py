@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from textfit import architectures, artifact, batching, checkpoint, export, metrics, training
+from textfit import architectures, artifact, batching, checkpoint, checkpoints, export, metrics, training
 from textfit.channels import Channel, ClassSet, class_set, encode_labels, from_memory, read_channel, stratified_split
 from textfit.errors import ArtifactError, DataError, HyperparameterError, ReportError, TextfitError
 from textfit.hyperparameters import Hyperparameters, canonical_name, resolve
@@ -211,7 +211,8 @@ class TextClassifier:
 
     def fit(self, X: ChannelLike | Sequence[str], y: Sequence[object] | None = None, *,
             validation: ChannelLike | tuple[Sequence[str], Sequence[object]] | None = None,
-            on_epoch: Callable[[int, training.EpochMetrics], None] | None = None) -> TextClassifier:
+            on_epoch: Callable[[int, training.EpochMetrics], None] | None = None,
+            checkpoint_dir: str | Path | None = None) -> TextClassifier:
         """Train; returns self.
 
         Args:
@@ -219,6 +220,8 @@ class TextClassifier:
             y: with texts, their labels (integers or names), as scikit-learn's fit(X, y).
             validation: a validation channel, or (texts, labels); default: a stratified split of X.
             on_epoch: called with (epoch, metrics) after each epoch.
+            checkpoint_dir: write a checkpoint there at each epoch end and on SIGTERM/SIGINT, and resume from the
+                one it holds (same data, hyperparameters and model).
 
         Every check of data and hyperparameters runs before the model's weights are loaded.
 
@@ -243,7 +246,13 @@ class TextClassifier:
         val_data = batching.encode(tokenizer, x_val, hp.max_seq_length, y_val, token_types=types) if x_val else None
         _log_truncated(train_data, hp.max_seq_length, "training")
         log.info("Classes (%d): %s", len(start.classes.names), ", ".join(start.classes.names))
-        result = training.train(model, train_data, val_data, hp, on_epoch=on_epoch)
+        checkpointer = None
+        if checkpoint_dir is not None:
+            checkpointer = checkpoints.Checkpointer(Path(checkpoint_dir), checkpoints.fingerprint(
+                hp.to_strings(), train_data.input_ids, train_data.labels,
+                {k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and "version" not in k}))
+        with checkpointer.stop.installed() if checkpointer else contextlib.nullcontext():
+            result = training.train(model, train_data, val_data, hp, on_epoch=on_epoch, checkpoint=checkpointer)
 
         history = [m.as_dict() for m in result.history]
         manifest = {

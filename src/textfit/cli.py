@@ -19,6 +19,7 @@ from textfit.errors import (
     ModelNotFoundError,
     ReportError,
     TextfitError,
+    TrainingInterrupted,
 )
 from textfit.sagemaker import write_failure
 
@@ -79,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = {**_read_hyperparameters_file(args.hyperparameters), **parse_assignments(args.hp)}
     clf = train(args.train, args.validation, model_id=args.model_id, hyperparameters=given, output=args.output,
                 model=args.model, tar=args.tar, overwrite=args.overwrite, allow_network=args.allow_network,
-                tensorboard=args.tensorboard)
+                tensorboard=args.tensorboard, checkpoint_dir=args.checkpoint_dir)
     if torchrun_environment().rank != 0:  # one summary per job: rank 0 saved the artifact and reports it
         return 0
     best = clf.history_[clf.best_epoch_ - 1]
@@ -296,7 +297,7 @@ def cmd_sagemaker_train(args: argparse.Namespace) -> int:
     log.info("SageMaker training job: channels training=%s validation=%s model=%s; writing %s",
              job.train, job.validation, job.model, job.model_dir)
     train(job.train, job.validation, model_id=job.model_id, hyperparameters=job.algorithm_hyperparameters,
-          output=job.model_dir, model=job.model, overwrite=True)
+          output=job.model_dir, model=job.model, overwrite=True, checkpoint_dir=job.checkpoint_dir)
     log.info("Reporting training SUCCESS")
     return 0
 
@@ -341,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     train.add_argument("--allow-network", action="store_true", help="let a missing model download from the Hub")
     train.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files of each epoch to DIR")
+    train.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="checkpoint there at each epoch end and on SIGTERM/SIGINT; a rerun resumes from it")
     dist = train.add_argument_group("distributed training (torch.distributed; or run this command under torchrun)")
     dist.add_argument("--nproc-per-node", type=int, default=1, help="workers on this machine (GPUs, or CPU processes)")
     dist.add_argument("--nnodes", type=int, default=1, help="machines in the job")
@@ -472,6 +475,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReportError as exc:  # the model is saved; an extra is not: a distinct exit code, and the reason
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as exc:  # a checkpoint is saved: the shell's code for death by that signal
+        print(f"stopped: {exc}", file=sys.stderr)
+        if getattr(args, "container", False):
+            write_failure(args.prefix, str(exc))
+        return 128 + exc.signum
     except TextfitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if getattr(args, "container", False):

@@ -39,3 +39,11 @@ class ReportError(TextfitError):
 
     The CLI exits with code 3 for it: the artifact is usable, the extra named in the message is not there.
     """
+
+
+class TrainingInterrupted(TextfitError):
+    """Training stopped on a signal after writing a checkpoint; the CLI exits with 128 + the signal number."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

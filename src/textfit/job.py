@@ -86,8 +86,12 @@ def _weights_bytes(model_id: str | None, model: str | Path | None) -> int:
 def train(train: str | Path, validation: str | Path | None = None, *, model_id: str | None = None,
           hyperparameters: Mapping[str, object] | None = None, output: str | Path | None = None,
           model: str | Path | None = None, tar: bool = False, overwrite: bool = False,
-          allow_network: bool = False, tensorboard: str | Path | None = None) -> TextClassifier:
+          allow_network: bool = False, tensorboard: str | Path | None = None,
+          checkpoint_dir: str | Path | None = None) -> TextClassifier:
     """Fine-tune and (with `output`) save: what `textfit train` does, from Python. Paths may be s3:// URIs.
+
+    With `checkpoint_dir`, training checkpoints there at each epoch end and on SIGTERM/SIGINT, and a rerun
+    with the same folder resumes (checkpoints.py).
 
     >>> clf = textfit.train("data/", model_id="textfit-tc-all-minilm-l6-v2", output="model/")  # doctest: +SKIP
     >>> textfit.load("model/").predict(["a lovely film"])  # doctest: +SKIP
@@ -102,7 +106,8 @@ def train(train: str | Path, validation: str | Path | None = None, *, model_id: 
             local = lambda loc: None if loc is None else stack.enter_context(remote.local_copy(loc))  # noqa: E731
             clf = TextClassifier(model_id, hyperparameters, init_model=local(model), allow_network=allow_network)
             on_epoch = stack.enter_context(_tensorboard(tensorboard)) if tensorboard and world.is_main else None
-            clf.fit(local(train), validation=local(validation), on_epoch=on_epoch)  # type: ignore[arg-type]
+            clf.fit(local(train), validation=local(validation), on_epoch=on_epoch,  # type: ignore[arg-type]
+                    checkpoint_dir=checkpoint_dir)
             clf.init_model = model  # the manifest names where it came from, not the temporary copy
             if model is not None:
                 clf.manifest_["initialized_from"] = str(model)

@@ -84,6 +84,9 @@ class TrainingJob:
     failure_file: Path
     hosts: list[str]
     current_host: str
+    checkpoint_dir: Path | None = None
+    """SageMaker's checkpoint folder (/opt/ml/checkpoints), present when the job configures checkpoints (spot
+    training): textfit checkpoints there and resumes from what it holds."""
 
     @property
     def model_id(self) -> str | None:
@@ -145,6 +148,7 @@ def training_job(prefix: str | Path | None = None) -> TrainingJob:
         failure_file=root / "output" / "failure",
         hosts=list(hosts) or ["localhost"],
         current_host=current or "localhost",
+        checkpoint_dir=root / "checkpoints" if (root / "checkpoints").is_dir() else None,
     )
 
 

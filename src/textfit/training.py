@@ -6,9 +6,8 @@ the documented `val_accuracy=0.8717` form (README: Tune), so either regex finds 
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +19,8 @@ from torch import nn
 
 from textfit import architectures, batching, distributed
 from textfit.batching import Batch, Encoded
-from textfit.errors import DataError, HyperparameterError
+from textfit.checkpoints import Checkpointer, LoopState
+from textfit.errors import DataError, HyperparameterError, TrainingInterrupted
 from textfit.hyperparameters import Hyperparameters, parse_class_weights
 
 log = logging.getLogger("textfit")
@@ -122,14 +122,17 @@ class EpochMetrics:
     seconds: float = 0.0
     steps: int = 0
 
-    def as_dict(self) -> dict[str, float | None]:
-        return {
+    def as_dict(self, full: bool = False) -> dict[str, float | None]:
+        out: dict[str, float | None] = {
             "loss": self.loss,
             "accuracy": self.accuracy,
             "val_loss": self.val_loss,
             "val_accuracy": self.val_accuracy,
             "seconds": round(self.seconds, 3),
         }
+        if full:  # for a checkpoint: everything needed to rebuild the metrics
+            out["steps"] = self.steps
+        return out
 
 
 def metric_line(m: EpochMetrics) -> str:
@@ -264,13 +267,15 @@ def class_weights(spec: str, labels: list[int], n_classes: int) -> torch.Tensor 
 
 
 def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: Hyperparameters,
-          device: torch.device | None = None, on_epoch: Callable[[int, EpochMetrics], None] | None = None
-          ) -> TrainResult:
+          device: torch.device | None = None, on_epoch: Callable[[int, EpochMetrics], None] | None = None,
+          checkpoint: Checkpointer | None = None) -> TrainResult:
     """Fine-tune `model` in place and leave it holding the weights of the best epoch by val_accuracy.
 
     In a distributed job (distributed.py) every worker runs this same loop on its share of each global batch.
     `on_epoch(epoch, metrics)` sees each epoch's metrics; hyperparameter tuning reports them to its pruner there,
-    and stops a hopeless trial by raising.
+    and stops a hopeless trial by raising. With `checkpoint`, a checkpoint is written at each epoch end and, on
+    SIGTERM or SIGINT, at the next step boundary (then TrainingInterrupted); a run with the same checkpoint
+    folder resumes where the last one stopped.
     """
     world = distributed.current()
     if len(train_data) < world.size:
@@ -310,16 +315,30 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
         log.info("Class weights: %s", ", ".join(f"{w:.3f}" for w in weights.tolist()))
         weights = weights.to(device)
 
-    result, best, best_state = TrainResult(), None, None
-    wait, es_best = 0, -math.inf  # early-stopping counter and the best val_accuracy it has accepted
-    for epoch in range(1, hp.epochs + 1):
+    state, best_state = LoopState(), None
+    if checkpoint is not None and (restored := checkpoint.load(model, optimizer, schedule, scaler)):
+        state, best_state = restored
+        log.info("Resuming from checkpoint %s: epoch %d, step %d of %d", checkpoint.folder, state.epoch, state.step,
+                 steps_per_epoch)
+    result = TrainResult([EpochMetrics(**m) for m in state.history], state.best_epoch, state.stopped_early)
+    best = result.history[state.best_epoch - 1] if state.best_epoch else None
+    for epoch in range(state.epoch, hp.epochs + 1):
         start = time.perf_counter()
         model.train()
         if frozen:
             model.base_model.eval()  # a frozen encoder runs in inference mode, as a non-trainable Keras layer
-        total, weight_seen, correct, seen = 0.0, 0.0, 0, 0
+        total, weight_seen, correct, seen = state.totals if epoch == state.epoch else [0.0, 0.0, 0, 0]
+        done = state.step if epoch == state.epoch else 0  # steps a resumed epoch has already taken
         bar = _progress(steps_per_epoch, f"epoch {epoch}/{hp.epochs}")
-        for rows in _plan(lengths, hp.batch_size, hp.seed + epoch, world):
+        bar.update(done)
+        for step, rows in enumerate(_plan(lengths, hp.batch_size, hp.seed + epoch, world)):
+            if step < done:
+                continue
+            if checkpoint is not None and _stop_requested(checkpoint, device):
+                state = LoopState(epoch, step, [total, weight_seen, correct, seen],
+                                  [m.as_dict(full=True) for m in result.history], result.best_epoch, state.wait,
+                                  state.es_best, False)
+                _interrupt(checkpoint, state, model, optimizer, schedule, scaler, best_state, world)
             mine = distributed.my_rows(rows, world)
             if cache:
                 batch = Batch(mine, {"features": train_feats[mine]}, train_labels[mine])
@@ -362,22 +381,46 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
 
         if _is_better(metrics, best):
             best, result.best_epoch = metrics, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            # kept off the training device, and only when it improves
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        stop = False
         if val_data is not None and hp.early_stopping:
             # Keras EarlyStopping: an improvement must beat the best by more than min_delta.
-            if metrics.val_accuracy - hp.early_stopping_min_delta > es_best:  # type: ignore[operator]
-                wait, es_best = 0, metrics.val_accuracy
+            if metrics.val_accuracy - hp.early_stopping_min_delta > state.es_best:  # type: ignore[operator]
+                state.wait, state.es_best = 0, metrics.val_accuracy  # type: ignore[assignment]
             else:
-                wait += 1
-            if wait >= hp.early_stopping_patience:
-                log.info("Early stopping: val_accuracy has not improved for %d epochs", wait)
-                result.stopped_early = True
-                break
+                state.wait += 1
+            if state.wait >= hp.early_stopping_patience:
+                log.info("Early stopping: val_accuracy has not improved for %d epochs", state.wait)
+                result.stopped_early = stop = True
+        if checkpoint is not None and world.is_main:  # an epoch's work is never lost to a kill
+            checkpoint.save(LoopState(hp.epochs + 1 if stop else epoch + 1, 0, [0.0, 0.0, 0, 0],
+                                      [m.as_dict(full=True) for m in result.history], result.best_epoch, state.wait,
+                                      state.es_best, stop), model, optimizer, schedule, scaler, best_state)
+        if stop:
+            break
 
     if best_state is not None:
         model.load_state_dict(best_state)
     _log_best(result)
     return result
+
+
+def _stop_requested(checkpoint: Checkpointer, device: torch.device) -> bool:
+    """A signal arrived here or, in a distributed job, at any worker: all stop at the same step."""
+    local = 1.0 if checkpoint.stop.signum is not None else 0.0
+    return distributed.all_sum([local], device)[0] > 0
+
+
+def _interrupt(checkpoint: Checkpointer, state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer,
+               schedule: Any, scaler: torch.amp.GradScaler, best_state: dict[str, torch.Tensor] | None,
+               world: distributed.World) -> None:
+    if world.is_main:
+        checkpoint.save(state, model, optimizer, schedule, scaler, best_state)
+    signum = checkpoint.stop.signum or signal.SIGTERM
+    raise TrainingInterrupted(signum, f"training stopped by {signal.Signals(signum).name} at epoch {state.epoch}, "
+                                      f"step {state.step}; the checkpoint is in {checkpoint.folder}: run the same "
+                                      "command again to resume")
 
 
 def _log_best(result: TrainResult) -> None:
