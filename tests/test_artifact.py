@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -17,7 +18,11 @@ def test_exact_file_set(tiny_bert: Path, channel: Path, tmp_path: Path) -> None:
     names = {p.name for p in (tmp_path / "m").iterdir()}
     assert names == {"config.json", "model.safetensors", "labels_info.json", "textfit.json", "tokenizer.json",
                      "tokenizer_config.json", "README.md", "validation_report.json", "training_curves.png",
-                     "confusion_matrix.png"}
+                     "confusion_matrix.png", "onnx"}
+    assert sorted(p.name for p in (tmp_path / "m" / "onnx").iterdir()) == ["model.onnx"]  # serve starts from it
+    manifest = json.loads((tmp_path / "m" / "textfit.json").read_text())
+    assert set(manifest["files"]) == {"config.json", "model.safetensors", "labels_info.json", "tokenizer.json",
+                                      "tokenizer_config.json", "onnx/model.onnx"}
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)  # safetensors only
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left over
 
@@ -113,6 +118,29 @@ def test_stale_temporaries_of_killed_runs_are_removed(tmp_path: Path) -> None:
 def test_outputs_have_ordinary_modes(tiny_artifact: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
-    for item in tiny_artifact.iterdir():
-        assert item.stat().st_mode & 0o777 == (0o666 & ~mask), item.name
+    for item in tiny_artifact.rglob("*"):
+        assert item.stat().st_mode & 0o777 == ((0o777 if item.is_dir() else 0o666) & ~mask), item.name
     assert tiny_artifact.stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_the_onnx_backend_starts_from_the_saved_graph_without_torch_weights(tiny_artifact: Path, tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    import numpy as np
+
+    onnx = TextClassifier.load(tiny_artifact, backend="onnx")
+    assert onnx.model_ is None and "exporting it" not in caplog.text
+    texts = ["good great film", "bad awful plot", "the film"]
+    np.testing.assert_allclose(onnx.predict_proba(texts), TextClassifier.load(tiny_artifact).predict_proba(texts),
+                               atol=1e-4)
+    with pytest.raises(ArtifactError, match="loaded for ONNX inference only"):
+        onnx.save(tmp_path / "again")
+
+
+def test_an_export_into_a_saved_folder_keeps_it_intact(tiny_artifact: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = Path(shutil.copytree(tiny_artifact, tmp_path / "m"))
+    TextClassifier.load(folder).export_onnx(folder, quantize=True)
+    manifest = json.loads((folder / "textfit.json").read_text())
+    assert {"onnx/model.onnx", "onnx/model.int8.onnx"} <= set(manifest["files"])
+    TextClassifier.load(folder, backend="onnx", quantized=True).predict(["good film"])  # digests verified

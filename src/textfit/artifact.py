@@ -71,11 +71,22 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+ONNX_FILES = ("onnx/model.onnx", "onnx/model.int8.onnx")
+
+
 def model_files(folder: Path) -> list[str]:
-    """The files a prediction depends on: config, weights, labels and every tokenizer file present."""
+    """The files a prediction depends on: config, weights, labels, every tokenizer file and ONNX graph present."""
     tokenizer = [name for name in (*TOKENIZER_FILES, *VOCABULARY_FILES, "special_tokens_map.json", "merges.txt",
                                    "added_tokens.json") if (folder / name).is_file()]
-    return [*CHECKED, *tokenizer]
+    return [*CHECKED, *tokenizer, *(name for name in ONNX_FILES if (folder / name).is_file())]
+
+
+def refresh_digests(folder: Path) -> None:
+    """Record the digests of a saved folder's files again, after a file was added to it (an ONNX export)."""
+    manifest = read_json(folder / MANIFEST)
+    manifest[DIGESTS] = digests(folder)
+    with staged(folder / MANIFEST) as tmp:
+        write_json(tmp, manifest)
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import logging
 import platform
+import shutil
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -299,17 +300,18 @@ class TextClassifier:
 
     # ------------------------------------------------------------------------------------------ fitted state
 
-    def _set_fitted(self, model: nn.Module, tokenizer: Any, manifest: dict[str, Any], classes: Sequence[str],
+    def _set_fitted(self, model: nn.Module | None, tokenizer: Any, manifest: dict[str, Any], classes: Sequence[str],
                     values: Sequence[object], runner: Callable[[dict[str, torch.Tensor]], np.ndarray] | None = None,
-                    backend: str = "torch") -> None:
-        """The one place fitted state is set, from `fit` and from `load` alike."""
+                    backend: str = "torch", input_names: list[str] | None = None) -> None:
+        """The one place fitted state is set, from `fit` and from `load` alike (`model` is None when an ONNX
+        graph alone serves the predictions)."""
         self.model_, self.tokenizer_, self.manifest_ = model, tokenizer, manifest
         self.hyperparameters_ = Hyperparameters.from_strings(manifest.get("hyperparameters", {}))
         self.classes_, self.label_values_ = list(classes), list(values)
         self.model_id_ = manifest.get("model_id")
         self.history_, self.best_epoch_ = list(manifest.get("epochs", [])), int(manifest.get("best_epoch", 0))
-        self.input_names_ = architectures.input_names(model, tokenizer)
-        self.runner_ = runner or export.TorchRunner(model)
+        self.input_names_ = input_names or architectures.input_names(model, tokenizer)  # type: ignore[arg-type]
+        self.runner_ = runner or export.TorchRunner(model)  # type: ignore[arg-type]
         self.backend_ = backend
         self.validation_report_: dict[str, Any] | None = None
 
@@ -384,13 +386,22 @@ class TextClassifier:
 
     # ------------------------------------------------------------------------------------------ persistence
 
-    def _write_model(self, folder: Path) -> None:
-        """What a prediction needs: weights, config, tokenizer, labels and the manifest with their digests."""
+    def _write_model(self, folder: Path, onnx: str) -> list[str]:
+        """What a prediction needs: weights, config, tokenizer, labels, the ONNX graph a server starts from at
+        once, and the manifest with their digests. An export that fails is named in the list returned."""
         self.model_.save_pretrained(folder)  # safetensors, config.json with id2label / label2id
         self.tokenizer_.save_pretrained(folder)
         artifact.write_json(folder / artifact.LABELS, {"labels": self.classes_, "label_values": self.label_values_})
+        failed = []
+        if onnx != "none":
+            try:
+                self.export_onnx(folder, quantize=onnx == "int8")
+            except Exception as exc:  # serving exports at start instead: slower to start, same answers
+                shutil.rmtree(folder / export.ONNX_DIR, ignore_errors=True)
+                failed.append(f"the ONNX export failed ({type(exc).__name__}: {exc}); `serve` will export at start")
         self.manifest_[artifact.DIGESTS] = artifact.digests(folder)
         artifact.write_json(folder / artifact.MANIFEST, self.manifest_)
+        return failed
 
     def _write_reports(self, folder: Path) -> list[str]:
         """The reports beside the model; each that fails is named in the list returned, never losing the model."""
@@ -417,8 +428,11 @@ class TextClassifier:
                 failed.append(f"{name} could not be written ({type(exc).__name__}: {exc})")
         return failed
 
-    def save(self, path: str | Path, *, overwrite: bool = False, tar: bool = False) -> Path:
+    def save(self, path: str | Path, *, overwrite: bool = False, tar: bool = False, onnx: str = "fp32") -> Path:
         """Write the artifact folder atomically; with tar=True also `<path>.tar.gz` (SageMaker's model.tar.gz).
+
+        `onnx`: "fp32" (default) writes onnx/model.onnx, so that `serve` starts without exporting; "int8" also
+        the quantized graph; "none" neither.
 
         Raises:
             ArtifactError: the model itself could not be written (nothing is left behind).
@@ -428,8 +442,14 @@ class TextClassifier:
         output = Path(path)
         failed: list[str] = []
 
+        if onnx not in ("fp32", "int8", "none"):
+            raise ArtifactError(f"onnx={onnx!r} is not valid; use fp32, int8 or none")
+        if self.model_ is None:
+            raise ArtifactError("this model was loaded for ONNX inference only; load it with backend='torch' to "
+                                "save it")
+
         def write(folder: Path) -> None:
-            self._write_model(folder)
+            failed.extend(self._write_model(folder, onnx))
             failed.extend(self._write_reports(folder))
 
         artifact.write_atomically(output, write, overwrite=overwrite)
@@ -458,25 +478,38 @@ class TextClassifier:
         with artifact.opened(path) as folder:
             manifest = artifact.check_intact(folder)
             labels = artifact.read_labels(folder / artifact.LABELS)
-            model = _load_model(str(folder), False).eval()
-            if model.config.num_labels != len(labels["labels"]):
-                raise ArtifactError(f"{folder}: config.json has {model.config.num_labels} outputs but "
+            config = checkpoint.load_config(str(folder))
+            if config.num_labels != len(labels["labels"]):
+                raise ArtifactError(f"{folder}: config.json has {config.num_labels} outputs but "
                                     f"labels_info.json names {len(labels['labels'])} classes; the artifact is damaged")
             tokenizer = checkpoint.load_tokenizer(str(folder))
-            runner = export.runner(model, folder, backend, architectures.input_names(model, tokenizer), quantized,
-                                   threads)
+            graph = export.onnx_path(folder, quantized)
+            if backend == "onnx" and graph.is_file():  # the graph alone: no torch weights in memory
+                model, runner = None, export.OnnxRunner(graph, threads)
+                names = runner.input_names
+            else:
+                model = _load_model(str(folder), False).eval()
+                names = architectures.input_names(model, tokenizer)
+                runner = export.runner(model, folder, backend, names, quantized, threads)
             report_file = folder / artifact.REPORT
             report = artifact.read_json(report_file) if report_file.is_file() else None
         clf = cls(manifest.get("model_id"), manifest.get("hyperparameters"))
-        clf._set_fitted(model, tokenizer, manifest, labels["labels"], labels["label_values"], runner, backend)
+        clf._set_fitted(model, tokenizer, manifest, labels["labels"], labels["label_values"], runner, backend, names)
         clf.validation_report_ = report
         return clf
 
     def export_onnx(self, folder: str | Path, *, quantize: bool = False) -> Path:
         """Write onnx/model.onnx (and with quantize, onnx/model.int8.onnx) into a saved artifact folder."""
         self._check_fitted()
-        fp32 = export.export_onnx(self.model_, self.input_names_, export.onnx_path(Path(folder), False))
-        return export.quantize_int8(fp32, export.onnx_path(Path(folder), True)) if quantize else fp32
+        if self.model_ is None:
+            raise ArtifactError("this model was loaded for ONNX inference only; load it with backend='torch' to "
+                                "export it")
+        folder = Path(folder)
+        fp32 = export.export_onnx(self.model_, self.input_names_, export.onnx_path(folder, False))
+        written = export.quantize_int8(fp32, export.onnx_path(folder, True)) if quantize else fp32
+        if (folder / artifact.MANIFEST).is_file():  # a saved artifact: its digests now cover the graphs too
+            artifact.refresh_digests(folder)
+        return written
 
 
 def log_hyperparameters(hp: Hyperparameters, given: Mapping[str, object]) -> None:

@@ -80,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = {**_read_hyperparameters_file(args.hyperparameters), **parse_assignments(args.hp)}
     clf = train(args.train, args.validation, model_id=args.model_id, hyperparameters=given, output=args.output,
                 model=args.model, tar=args.tar, overwrite=args.overwrite, allow_network=args.allow_network,
-                tensorboard=args.tensorboard, checkpoint_dir=args.checkpoint_dir)
+                tensorboard=args.tensorboard, checkpoint_dir=args.checkpoint_dir, onnx=args.onnx)
     if torchrun_environment().rank != 0:  # one summary per job: rank 0 saved the artifact and reports it
         return 0
     best = clf.history_[clf.best_epoch_ - 1]
@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     train.add_argument("--allow-network", action="store_true", help="let a missing model download from the Hub")
     train.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files of each epoch to DIR")
+    train.add_argument("--onnx", choices=["fp32", "int8", "none"], default="fp32",
+                       help="ONNX graph saved in the artifact, so that serve starts at once (default fp32; int8 "
+                            "adds the quantized one)")
     train.add_argument("--checkpoint-dir", metavar="DIR",
                        help="checkpoint there at each epoch end and on SIGTERM/SIGINT; a rerun resumes from it")
     dist = train.add_argument_group("distributed training (torch.distributed; or run this command under torchrun)")

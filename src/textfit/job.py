@@ -44,13 +44,13 @@ def _tensorboard(folder: str | Path) -> Iterator[Callable[[int, EpochMetrics], N
         writer.close()
 
 
-def _save(clf: TextClassifier, output: str | Path, tar: bool, overwrite: bool) -> None:
+def _save(clf: TextClassifier, output: str | Path, tar: bool, overwrite: bool, onnx: str) -> None:
     if not remote.is_remote(output):
-        clf.save(output, overwrite=overwrite, tar=tar)
+        clf.save(output, overwrite=overwrite, tar=tar, onnx=onnx)
         return
     with tempfile.TemporaryDirectory(prefix="textfit-out-") as tmp:
         try:
-            folder = clf.save(Path(tmp) / "model", tar=tar)
+            folder = clf.save(Path(tmp) / "model", tar=tar, onnx=onnx)
         except ReportError as exc:  # upload what was saved, then say what is missing
             folder, missing = Path(tmp) / "model", str(exc)
         else:
@@ -87,11 +87,12 @@ def train(train: str | Path, validation: str | Path | None = None, *, model_id: 
           hyperparameters: Mapping[str, object] | None = None, output: str | Path | None = None,
           model: str | Path | None = None, tar: bool = False, overwrite: bool = False,
           allow_network: bool = False, tensorboard: str | Path | None = None,
-          checkpoint_dir: str | Path | None = None) -> TextClassifier:
+          checkpoint_dir: str | Path | None = None, onnx: str = "fp32") -> TextClassifier:
     """Fine-tune and (with `output`) save: what `textfit train` does, from Python. Paths may be s3:// URIs.
 
     With `checkpoint_dir`, training checkpoints there at each epoch end and on SIGTERM/SIGINT, and a rerun
-    with the same folder resumes (checkpoints.py).
+    with the same folder resumes (checkpoints.py). `onnx` (fp32, int8 or none) is the ONNX graph saved in the
+    artifact, from which `serve` starts at once.
 
     >>> clf = textfit.train("data/", model_id="textfit-tc-all-minilm-l6-v2", output="model/")  # doctest: +SKIP
     >>> textfit.load("model/").predict(["a lovely film"])  # doctest: +SKIP
@@ -113,7 +114,7 @@ def train(train: str | Path, validation: str | Path | None = None, *, model_id: 
                 clf.manifest_["initialized_from"] = str(model)
         clf.manifest_["workers"] = world.size
         if output is not None and world.is_main:  # one artifact, written by rank 0 alone
-            _save(clf, output, tar, overwrite)
+            _save(clf, output, tar, overwrite, onnx)
     finally:
         if world.active:
             distributed.shutdown()

@@ -314,9 +314,7 @@ def serve(model: Callable[[], TextClassifier], host: str = "127.0.0.1", port: in
     import uvicorn
 
     limits = limits or ConnectionLimits()
-    classifier = model()
-    log.info("Model loaded: %d classes (%s)", len(classifier.classes_), ", ".join(classifier.classes_))
-    app = create_app(classifier, settings)
+    app = create_app(model(), settings)  # the app logs "Model loaded" as it starts
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
                             limit_concurrency=limits.max_connections + 1, backlog=2048,
                             timeout_keep_alive=int(limits.keep_alive_s),

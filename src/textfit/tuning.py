@@ -301,7 +301,7 @@ def _objective(job: TuningJob) -> Any:
                 raise optuna.TrialPruned()
 
         clf = TextClassifier(job.model_id, params).fit(job.train, validation=job.validation, on_epoch=report)
-        saved = clf.save(Path(job.output) / "trials" / f"trial-{trial.number}", overwrite=True)
+        saved = clf.save(Path(job.output) / "trials" / f"trial-{trial.number}", overwrite=True, onnx="none")
         trial.set_user_attr("model", f"{socket.gethostname()}:{saved.resolve()}")
         best = clf.history_[clf.best_epoch_ - 1]["val_accuracy"]
         trial.set_user_attr("epochs_run", len(clf.history_))
