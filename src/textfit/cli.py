@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -467,14 +469,40 @@ def _log_to_stderr(level: int) -> None:
     log.propagate = False
 
 
+class _Terminated(BaseException):
+    """SIGTERM outside the steps of a checkpointed training: stop now, leaving nothing half-written."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a subcommand; a TextfitError becomes one line on stderr and exit code 2, never a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     _log_to_stderr(logging.WARNING if args.quiet else logging.INFO)
+    main_thread = threading.current_thread() is threading.main_thread()
+    # As a container's PID 1 a process without a SIGTERM handler ignores the signal: `docker stop` would
+    # wait out its grace period and kill. Training with checkpoints and the server install their own.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The subcommand, with every way it can end mapped to one line and an exit code."""
     try:
         return int(args.func(args))
+    except _Terminated:
+        print("stopped by SIGTERM: nothing was written", file=sys.stderr)
+        if getattr(args, "container", False):
+            write_failure(args.prefix, "stopped by SIGTERM before the job finished")
+        return 128 + signal.SIGTERM
     except ReportError as exc:  # the model is saved; an extra is not: a distinct exit code, and the reason
         print(f"error: {exc}", file=sys.stderr)
         return 3
