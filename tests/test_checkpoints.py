@@ -105,3 +105,25 @@ def test_the_sagemaker_job_checkpoints_when_its_folder_exists(tmp_path: Path) ->
     assert training_job(tmp_path).checkpoint_dir is None
     os.makedirs(tmp_path / "checkpoints")
     assert training_job(tmp_path).checkpoint_dir == tmp_path / "checkpoints"
+
+
+def test_a_distributed_job_checkpoints_on_sigterm_and_resumes(tiny_bert: Path, tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "train" / "data.csv", make_rows(1600)).parent
+    cmd = [*_cmd(tiny_bert, data, tmp_path / "model", tmp_path / "ckpt"), "--hp", "epochs=2", "--nproc-per-node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**env, "PYTHONUNBUFFERED": "1"})
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("epoch=1 "):
+            break
+    time.sleep(0.7)
+    proc.send_signal(signal.SIGTERM)  # to the launcher, as `docker stop` sends it to PID 1
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, err[-2000:]
+    assert "training stopped by SIGTERM at epoch 2" in err and "Traceback" not in err
+    assert json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())["loop"]["epoch"] == 2
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming from checkpoint" in resumed.stderr and "epoch 2, step" in resumed.stderr
+    assert json.loads((tmp_path / "model" / "textfit.json").read_text())["workers"] == 2

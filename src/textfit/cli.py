@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -507,7 +508,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except TrainingInterrupted as exc:  # a checkpoint is saved: the shell's code for death by that signal
-        print(f"stopped: {exc}", file=sys.stderr)
+        from textfit.sagemaker import torchrun_environment
+
+        env = torchrun_environment()
+        if env.rank == 0:  # one line per job, from rank 0 (or the launcher)
+            print(f"stopped: {exc}", file=sys.stderr)
+        if env.world_size > 1:
+            # A worker of a launcher that is shutting down on this signal: torch's elastic workers wait for
+            # their launcher to collect a return value it never collects on this path (30 s, then SIGKILL).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + exc.signum)
         if getattr(args, "container", False):
             write_failure(args.prefix, str(exc))
         return 128 + exc.signum

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from textfit.errors import TextfitError
+from textfit.errors import TextfitError, TrainingInterrupted
 from textfit.sagemaker import torchrun_environment
 
 log = logging.getLogger("textfit")
@@ -125,6 +125,7 @@ def launch(entrypoint: Callable[..., Any], args: tuple[Any, ...], *, nproc_per_n
     Raises:
         TextfitError: a worker failed; its error is in the message.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -136,6 +137,10 @@ def launch(entrypoint: Callable[..., Any], args: tuple[Any, ...], *, nproc_per_n
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
     try:
         elastic_launch(config, entrypoint)(*args)
+    except SignalException as exc:  # the launcher was told to stop: it passed the signal on to the workers
+        raise TrainingInterrupted(int(exc.sigval), f"distributed training stopped by {exc.sigval.name}; with "
+                                  "--checkpoint-dir the workers wrote a checkpoint there at their last step: run "
+                                  "the same command again to resume") from None
     except ChildFailedError as exc:
         failures = "; ".join(f"worker {rank}: {f.message or f'exit code {f.exitcode}'}"
                              for rank, f in sorted(exc.failures.items()))
