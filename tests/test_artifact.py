@@ -144,3 +144,26 @@ def test_an_export_into_a_saved_folder_keeps_it_intact(tiny_artifact: Path, tmp_
     manifest = json.loads((folder / "textfit.json").read_text())
     assert {"onnx/model.onnx", "onnx/model.int8.onnx"} <= set(manifest["files"])
     TextClassifier.load(folder, backend="onnx", quantized=True).predict(["good film"])  # digests verified
+
+
+def test_extraction_is_safe_without_tarfiles_filters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     tiny_artifact: Path) -> None:
+    """Python before 3.11.4 (Debian bookworm's 3.11.2) has no extraction filters: textfit's vetting stands alone."""
+    monkeypatch.delattr(tarfile, "data_filter")
+    real_extractall = tarfile.TarFile.extractall
+
+    def extractall_without_filter(self: tarfile.TarFile, path: str = ".", members: object = None, *,
+                                  numeric_owner: bool = False, **kwargs: object) -> None:
+        assert "filter" not in kwargs  # as on an old Python, where the keyword does not exist
+        real_extractall(self, path, members, numeric_owner=numeric_owner, filter="fully_trusted")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extractall_without_filter)
+    member = tarfile.TarInfo("../outside.txt")
+    member.size = 1
+    with pytest.raises(ArtifactError, match="points outside the target folder"):
+        artifact.safe_extract(_tar_with(tmp_path, member, b"x"), tmp_path / "dest")
+    assert not (tmp_path / "outside.txt").exists()
+    good = tmp_path / "model.tar.gz"
+    artifact.write_tarball(tiny_artifact, good)
+    artifact.safe_extract(good, tmp_path / "ok")
+    assert (tmp_path / "ok" / "model.safetensors").read_bytes() == (tiny_artifact / "model.safetensors").read_bytes()

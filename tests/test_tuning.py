@@ -271,3 +271,37 @@ def test_start_from_defaults_runs_the_model_defaults_first(tiny_bert: Path, tmp_
                   hyperparameters={"batch_size": "8", "precision": "fp32"}, start_from_defaults=True)
     first = result.trials[0]
     assert float(first["learning_rate"]) == 5e-5 and first["epochs"] == "3"  # the BERT recipe of a non-zoo model
+
+
+def test_a_dead_workers_trial_is_reclaimed_by_another(postgres: str, tiny_bert: Path, tmp_path: Path) -> None:
+    """Worker A dies inside a trial of a shared study; worker B, once A's heartbeat has lapsed, runs that
+    trial's configuration again under a new number and fills the budget."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    write_csv(tmp_path / "train" / "data.csv", make_rows(1500))
+    (tmp_path / "ranges.json").write_text(json.dumps({"ContinuousParameterRanges": [
+        {"Name": "learning_rate", "MinValue": "1e-3", "MaxValue": "1e-1", "ScalingType": "Logarithmic"}]}))
+    cmd = [sys.executable, "-m", "textfit", "tune", "--train", str(tmp_path / "train"), "--model-id", str(tiny_bert),
+           "--max-jobs", "3", "--strategy", "random", "--ranges", str(tmp_path / "ranges.json"), "--storage", postgres,
+           "--study", "reclaim", "--hp", "epochs=3", "--hp", "batch_size=8", "--hp", "precision=fp32",
+           "--hp", "max_seq_length=16", "--early-stopping", "off", "--heartbeat-grace", "4"]
+    first = run_until([*cmd, "--output", str(tmp_path / "a"), "--seed", "0"], "Trial 0: val_accuracy")
+    assert first.stderr is not None
+    for line in first.stderr:  # trial 1 has started on worker A
+        if line.startswith("Epoch 1/3"):
+            break
+    kill(first)
+    second = subprocess.run([*cmd, "--output", str(tmp_path / "b"), "--seed", "1"], capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    storage = optuna.storages.RDBStorage(postgres)
+    trials = optuna.load_study(study_name="reclaim", storage=storage).get_trials()
+    storage.engine.dispose()
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert [t.number for t in failed] == [1] and len(complete) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = [t for t in complete if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 1]
+    assert len(retry) == 1 and retry[0].params == failed[0].params

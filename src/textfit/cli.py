@@ -277,7 +277,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   storage=args.storage, study_name=args.study, strategy=args.strategy,
                   early_stopping=args.early_stopping, seed=args.seed, keep_trials=args.keep_trials,
                   initial=initial, start_from_defaults=args.start_from_defaults,
-                  prune_from_epoch=args.prune_from_epoch)
+                  prune_from_epoch=args.prune_from_epoch, heartbeat_grace=args.heartbeat_grace)
     print(json.dumps({"best_trial": result.best_trial, "val_accuracy": result.best_val_accuracy,
                       "hyperparameters": result.best_hyperparameters, "model": str(result.output / "best")}))
     return 0
@@ -444,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--start-from-defaults", action="store_true",
                       help="run the model's default hyperparameters as the first trial")
     tune.add_argument("--keep-trials", action="store_true", help="keep every trial's model, not only the best")
+    tune.add_argument("--heartbeat-grace", type=int, metavar="SECONDS",
+                      help="a running trial silent this long belongs to a dead worker and runs again "
+                           "(default: 6 for a local study, 60 for a shared one)")
     tune.set_defaults(func=cmd_tune)
 
     sm = sub.add_parser("sagemaker", help="the SageMaker container entry points (train, serve)")

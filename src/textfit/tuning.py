@@ -183,6 +183,8 @@ class TuningJob:
     """Configurations to run first (known-good settings, say), typed per range."""
     prune_from_epoch: int = 2
     """The first epoch at which a trial may be stopped: epoch 1 is noisy (warm-up, schedules of other lengths)."""
+    heartbeat_grace: int | None = None
+    """Seconds without a heartbeat after which a running trial counts as dead (default: GRACE by storage)."""
 
 
 def _sampler(job: TuningJob, salt: int = 0) -> Any:
@@ -242,10 +244,11 @@ def _storage(job: TuningJob) -> Any:
     import optuna
 
     kind = _kind(job)
+    grace = job.heartbeat_grace or GRACE[kind]
     with _experimental():
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
-        return optuna.storages.RDBStorage(job.storage, heartbeat_interval=HEARTBEAT[kind], grace_period=GRACE[kind],
-                                          heartbeat_stale_trial_callback=retry)
+        return optuna.storages.RDBStorage(job.storage, heartbeat_interval=min(HEARTBEAT[kind], max(1, grace // 3)),
+                                          grace_period=grace, heartbeat_stale_trial_callback=retry)
 
 
 def _study(job: TuningJob, salt: int = 0) -> Any:
@@ -339,6 +342,27 @@ def run_worker(job: TuningJob, index: int = 0) -> None:
             study.enqueue_trial(params, skip_if_exists=True)
     study.optimize(_objective(job), callbacks=[_stop_at(job.max_jobs)], catch=(TextfitError,),
                    n_trials=job.max_jobs)
+    _drain(study, job)
+
+
+def _drain(study: Any, job: TuningJob) -> None:
+    """The budget is filled, but some of it may be trials other workers are running: wait for them. A trial
+    whose worker died is failed when its heartbeat lapses and queued again; this worker runs it."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from textfit.errors import TextfitError
+
+    while True:
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if waiting:
+            study.optimize(_objective(job), catch=(TextfitError,), n_trials=len(waiting))
+            continue
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        time.sleep(1)
+        with _experimental():
+            optuna.storages.fail_stale_trials(study)
 
 
 def _defaults_in_ranges(model_id: str | None, ranges: list[Range]) -> dict[str, object]:
@@ -392,7 +416,7 @@ def _reclaim_interrupted(job: TuningJob) -> int:
         return 0
     log.info("Resuming: %d trial(s) interrupted by an earlier run will be run again (once their heartbeat "
              "lapses, within %d s)", len(running), GRACE["local"])
-    deadline = time.monotonic() + GRACE["local"] + HEARTBEAT["local"] + 5
+    deadline = time.monotonic() + (job.heartbeat_grace or GRACE["local"]) + HEARTBEAT["local"] + 5
     while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and time.monotonic() < deadline:
         with _experimental():
             optuna.storages.fail_stale_trials(study)
@@ -482,7 +506,7 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
          storage: str | None = None, study_name: str = "textfit", strategy: str = "bayesian",
          early_stopping: str = "auto", seed: int = 0, keep_trials: bool = False,
          initial: list[Mapping[str, object]] | None = None, start_from_defaults: bool = False,
-         prune_from_epoch: int = 2) -> TuningResult:
+         prune_from_epoch: int = 2, heartbeat_grace: int | None = None) -> TuningResult:
     """Search hyperparameters to maximise val_accuracy; the best trial's model is copied to OUTPUT/best.
 
     Running the same command again resumes the study where it stopped. `initial` configurations (values for
@@ -517,7 +541,7 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
     job = TuningJob(str(train), None if validation is None else str(validation), model_id, str(out), parsed, fixed,
                     storage or f"sqlite:///{(out / 'study.db').resolve()}", study_name, strategy, early_stopping,
                     max_jobs, seed, max(1, thread_budget() // max_parallel_jobs), str(default_opt),
-                    typed_initial, prune_from_epoch)
+                    typed_initial, prune_from_epoch, heartbeat_grace)
     if storage is None:
         _reclaim_interrupted(job)
     start = time.perf_counter()
