@@ -30,13 +30,25 @@ class Encoded:
     """Token ids of each text (unpadded) and, for training data, class indices."""
 
     input_ids: list[list[int]]
-    labels: list[int] | None
+    labels: list[Any] | None
     pad_id: int
     has_token_types: bool
     owners: list[int] | None = None
     """With windows: the text each row (window) belongs to."""
     truncated: int = 0
     """Texts longer than max_length tokens, cut to their first max_length."""
+    n_labels: int = 0
+    """Multi-label data: the number of labels, and `labels` holds a list of label indices per row."""
+
+    def label_tensor(self, rows: Sequence[int]) -> torch.Tensor:
+        """Class indices (long), or for multi-label data a 0/1 matrix (rows x labels, float)."""
+        assert self.labels is not None
+        if not self.n_labels:
+            return torch.tensor([self.labels[r] for r in rows], dtype=torch.long)
+        out = torch.zeros((len(rows), self.n_labels), dtype=torch.float32)
+        for i, r in enumerate(rows):
+            out[i, self.labels[r]] = 1.0  # type: ignore[index]
+        return out
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -73,8 +85,8 @@ def check_texts(texts: Sequence[object]) -> list[str]:
     return out
 
 
-def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequence[int] | None = None,
-           window_overlap: int | None = None, token_types: bool | None = None) -> Encoded:
+def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequence[Any] | None = None,
+           window_overlap: int | None = None, token_types: bool | None = None, n_labels: int = 0) -> Encoded:
     """Tokenize all texts in one call (the fast tokenizer parallelises it), truncated to max_length tokens.
 
     With `window_overlap`, a text longer than max_length becomes several overlapping windows instead,
@@ -86,7 +98,8 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequen
     has_types = "token_type_ids" in tokenizer.model_input_names if token_types is None else token_types
     if window_overlap is None:
         ids, truncated = _tokenize_window(tokenizer, texts, max_length)
-        return Encoded(ids, None if labels is None else list(labels), pad_id, has_types, truncated=truncated)
+        return Encoded(ids, None if labels is None else list(labels), pad_id, has_types, truncated=truncated,
+                       n_labels=n_labels)
     enc = tokenizer(texts, truncation=True, max_length=max_length, stride=window_overlap, padding=False,
                     return_overflowing_tokens=True)
     return Encoded(list(enc["input_ids"]), None, pad_id, has_types, list(enc["overflow_to_sample_mapping"]))
@@ -125,8 +138,7 @@ def collate(data: Encoded, rows: list[int]) -> Batch:
     inputs = {"input_ids": ids, "attention_mask": mask}
     if data.has_token_types:
         inputs["token_type_ids"] = torch.zeros_like(ids)
-    labels = None if data.labels is None else torch.tensor([data.labels[r] for r in rows], dtype=torch.long)
-    return Batch(rows, inputs, labels)
+    return Batch(rows, inputs, None if data.labels is None else data.label_tensor(rows))
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0,

@@ -12,9 +12,23 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
+def _multi_label_metrics(report: dict[str, Any]) -> str:
+    lines = [f"Multi-label: one independent probability per label; a label is predicted above its threshold, "
+             f"chosen on the validation rows for the label's F1. On {report['rows']} validation rows: micro F1 "
+             f"**{report['micro_f1']:.4f}** (at 0.5 for every label: {report['micro_f1_at_0.5']:.4f}), macro F1 "
+             f"{report['macro_f1']:.4f}, samples F1 {report['samples_f1']:.4f}, subset accuracy "
+             f"{report['subset_accuracy']:.4f}, Hamming loss {report['hamming_loss']:.4f}.", "",
+             "| label | threshold | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]
+    lines += [f"| {c['label']} | {c['threshold']:.3f} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | "
+              f"{c['support']} |" for c in report["per_label"]]
+    return "\n".join(lines) + "\n"
+
+
 def _metrics(report: dict[str, Any] | None) -> str:
     if report is None:
         return "No validation data was held out (validation_split_ratio=0 and no validation channel).\n"
+    if report.get("multi_label"):
+        return _multi_label_metrics(report)
     lines = [f"On {report['rows']} validation rows: accuracy **{report['accuracy']:.4f}**, macro F1 "
              f"{report['macro_f1']:.4f}, weighted F1 {report['weighted_f1']:.4f}, log loss {report['log_loss']:.4f}, "
              f"expected calibration error {report['expected_calibration_error']:.4f}.", "",

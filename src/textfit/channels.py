@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from textfit.errors import DataError
 
@@ -31,8 +32,8 @@ class Channel:
     path: Path
     """The CSV file read."""
     texts: list[str]
-    labels: list[int | str]
-    """Raw labels: all ints, or all strings."""
+    labels: list[Any]
+    """Raw labels: all ints, or all strings; for multi-label data, a tuple of label strings per row."""
     lines: list[int]
     """Line number (1-based) where each row starts, for messages."""
     names: dict[str, str]
@@ -172,8 +173,39 @@ def _names(path: Path) -> dict[str, str]:
     return {str(k).strip(): str(v) for k, v in data.items()}
 
 
-def read_channel(path: str | Path) -> Channel:
+HEADER_WORDS = {"label", "labels", "class", "classes", "category", "categories", "tag", "tags", "target", "y"}
+
+
+def _label_sets(path: Path, labels: list[str], lines: list[int], delimiter: str) -> list[tuple[str, ...]]:
+    """Multi-label rows: each label field split at the delimiter, stripped, a repeated label counted once; an
+    empty field is a row with none of the labels."""
+    if labels and labels[0].lower() in HEADER_WORDS:
+        raise DataError(f"{path}, line {lines[0]}: this looks like a header row ({labels[0]!r} is a column name); "
+                        "data.csv must have no header: delete the first line")
+    out, problems = [], []
+    for field, line in zip(labels, lines):
+        parts = [part.strip() for part in field.split(delimiter)] if field.strip() else []
+        if any(not part for part in parts):
+            problems.append(f"line {line}: the label field {field!r} has an empty label name between "
+                            f"{delimiter!r} delimiters; remove the extra {delimiter!r}")
+        out.append(tuple(dict.fromkeys(parts)))
+    if problems:
+        raise DataError(_problems(path, problems))
+    return out
+
+
+def _no_delimiters(path: Path, labels: list[str], lines: list[int], delimiter: str) -> None:
+    """A single-label channel whose labels hold the multi-label delimiter was almost surely meant as multi-label."""
+    for field, line in zip(labels, lines):
+        if delimiter in field:
+            raise DataError(f"{path}, line {line}: label {field!r} holds {delimiter!r}; for several labels per "
+                            "text set multi_label=True (label_delimiter chooses the separator)")
+
+
+def read_channel(path: str | Path, *, multi_label: bool = False, delimiter: str = "|") -> Channel:
     """Read a channel (a folder holding data.csv, or a CSV file) and check every row.
+
+    With `multi_label`, each label field holds zero or more labels separated by `delimiter` ("billing|bug").
 
     >>> channel = read_channel("examples/sentiment")  # doctest: +SKIP
     """
@@ -184,19 +216,26 @@ def read_channel(path: str | Path) -> Channel:
     labels, texts, lines = _rows(file, _decode(file, raw))
     if not labels:
         raise DataError(f"{file}: no rows found; it needs rows of label,text with no header")
+    if not multi_label:
+        _no_delimiters(file, labels, lines, delimiter)
     return Channel(
         path=file,
         texts=texts,
-        labels=_typed_labels(file, labels, lines),
+        labels=_label_sets(file, labels, lines, delimiter) if multi_label else _typed_labels(file, labels, lines),
         lines=lines,
         names=_names(Path(path)),
         fingerprint=hashlib.sha256(raw).hexdigest(),
     )
 
 
-def from_memory(texts: Sequence[object], labels: Sequence[object], *, what: str = "the data") -> Channel:
+def from_memory(texts: Sequence[object], labels: Sequence[object], *, what: str = "the data",
+                multi_label: bool = False, delimiter: str = "|") -> Channel:
     """A channel of texts and labels held in memory (scikit-learn's fit(X, y)), checked as a file's rows are:
-    row numbers stand in for line numbers in messages."""
+    row numbers stand in for line numbers in messages. Multi-label rows are lists of labels (or delimited
+    strings, as in data.csv)."""
+    if multi_label:
+        labels = [label if isinstance(label, str) else delimiter.join(str(x) for x in label)  # type: ignore[union-attr]
+                  for label in labels]
     if isinstance(texts, str):
         raise DataError(f"{what}: expected a list of texts, not a single string")
     texts, labels = list(texts), list(labels)
@@ -214,12 +253,28 @@ def from_memory(texts: Sequence[object], labels: Sequence[object], *, what: str 
     rows = [str(label).strip() if not isinstance(label, int) else str(label) for label in labels]
     lines = list(range(1, len(texts) + 1))
     digest = hashlib.sha256(json.dumps([rows, texts], ensure_ascii=False).encode("utf-8")).hexdigest()
-    return Channel(path=where, texts=[str(t) for t in texts], labels=_typed_labels(where, rows, lines), lines=lines,
-                   names={}, fingerprint=digest)
+    typed = _label_sets(where, rows, lines, delimiter) if multi_label else _typed_labels(where, rows, lines)
+    return Channel(path=where, texts=[str(t) for t in texts], labels=typed, lines=lines, names={}, fingerprint=digest)
+
+
+def is_multi_label(channel: Channel) -> bool:
+    return bool(channel.labels) and isinstance(channel.labels[0], tuple)
+
+
+def _label_key(value: object) -> tuple[bool, int, str]:
+    """Integers in numeric order, then names in text order (multi-label labels are strings: "10" after "9")."""
+    text = str(value)
+    digits = text.lstrip("-").isdigit()
+    return (not digits, int(text) if digits else 0, text)
 
 
 def class_set(train: Channel) -> ClassSet:
     """Classes in sorted label order; labels 1..n (JumpStart's UI) map to indices 0..n-1."""
+    if is_multi_label(train):
+        found = sorted({label for row in train.labels for label in row}, key=_label_key)
+        if not found:
+            raise DataError(f"{train.path}: no row has a label; multi-label data needs at least one label in use")
+        return ClassSet(values=list(found), names=_class_names(train, list(found)))
     values = sorted(set(train.labels), key=lambda v: (isinstance(v, str), v))
     if len(values) < 2:
         raise DataError(
@@ -239,9 +294,19 @@ def _class_names(train: Channel, values: list[int | str]) -> list[str]:
     return [train.names.get(str(v), str(v)) for v in values]
 
 
-def encode_labels(channel: Channel, classes: ClassSet, *, origin: str) -> list[int]:
-    """Class indices of a channel's rows; a label outside `classes` is an error naming its line."""
+def encode_labels(channel: Channel, classes: ClassSet, *, origin: str) -> list[Any]:
+    """Class indices of a channel's rows (for multi-label data, a list of indices per row); a label outside
+    `classes` is an error naming its line."""
     index = classes.index()
+    if is_multi_label(channel):
+        unknown_rows = [(line, label) for line, row in zip(channel.lines, channel.labels) for label in row
+                        if label not in index]
+        if unknown_rows:
+            line, label = unknown_rows[0]
+            raise DataError(f"{channel.path}, line {line}: label {label!r} is not among the labels of {origin} "
+                            f"({', '.join(map(str, classes.values))}); remove it or add rows with it to the "
+                            "training data")
+        return [sorted(index[label] for label in row) for row in channel.labels]
     unknown = [(line, label) for line, label in zip(channel.lines, channel.labels) if label not in index]
     if unknown:
         seen = ", ".join(repr(v) for v in sorted({str(lbl) for _, lbl in unknown}))
@@ -286,3 +351,22 @@ def _quotas(counts: Counter[int], n_val: int) -> dict[int, int]:
         if quota[c] < counts[c] - 1:
             quota[c] += 1
     return quota
+
+
+def multi_label_split(rows: list[list[int]], n_labels: int, ratio: float, seed: int, *, path: Path
+                      ) -> tuple[list[int], list[int]]:
+    """(train, validation) row indices of multi-label rows, stratified by each row's rarest label (rows with no
+    label form a stratum of their own), so that rare labels reach both sides as far as the data allows.
+
+    Raises:
+        DataError: a label would have no training row left; the message names it.
+    """
+    counts = Counter(label for row in rows for label in row)
+    keys = [min(row, key=lambda label: (counts[label], label)) if row else -1 for row in rows]
+    train, val = stratified_split(keys, ratio, seed, path=path)
+    in_train = {label for i in train for label in rows[i]}
+    missing = [label for label in range(n_labels) if label not in in_train]
+    if missing:
+        raise DataError(f"{path}: label index {missing[0]} has no training row once validation_split_ratio={ratio} "
+                        "is held out; add rows with it, lower validation_split_ratio or pass a validation channel")
+    return train, val

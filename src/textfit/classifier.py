@@ -24,9 +24,18 @@ import torch
 from torch import nn
 
 from textfit import architectures, artifact, batching, checkpoint, checkpoints, export, metrics, training
-from textfit.channels import Channel, ClassSet, class_set, encode_labels, from_memory, read_channel, stratified_split
+from textfit.channels import (
+    Channel,
+    ClassSet,
+    class_set,
+    encode_labels,
+    from_memory,
+    multi_label_split,
+    read_channel,
+    stratified_split,
+)
 from textfit.errors import ArtifactError, DataError, HyperparameterError, ReportError, TextfitError
-from textfit.hyperparameters import Hyperparameters, canonical_name, resolve
+from textfit.hyperparameters import Hyperparameters, canonical_name, parse_hyperparameters, resolve
 from textfit.inference import verbose_record
 from textfit.zoo import defaults_for, resolve_model
 
@@ -36,13 +45,15 @@ ChannelLike = str | Path | Channel
 
 
 def _load_model(path: str, allow_network: bool, classes: ClassSet | None = None, dropout: float | None = None,
-                **kwargs: Any) -> nn.Module:
+                multi_label: bool = False, **kwargs: Any) -> nn.Module:
     """The checkpoint with a sequence-classification head: its own, or (given `classes`) a new one."""
     config = checkpoint.load_config(path, allow_network)
     if classes is not None:
         config.num_labels = len(classes.names)
         config.id2label = dict(enumerate(classes.names))
         config.label2id = {name: i for i, name in enumerate(classes.names)}
+        # a plain transformers pipeline then applies a sigmoid per label (with top_k=None)
+        config.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
     if dropout is not None:
         architectures.set_dropout(config, dropout)  # the Dropout before the Dense layer, by this family's name
     return checkpoint.load_classifier_model(path, config, allow_network, **kwargs)
@@ -58,11 +69,15 @@ def _versions() -> dict[str, str]:
             "tokenizers": tokenizers.__version__, "python": platform.python_version()}
 
 
-def _data_summary(channel: Channel, labels: list[int], classes: ClassSet, truncated: int) -> dict[str, Any]:
-    counts = Counter(labels)
+def _data_summary(channel: Channel, labels: list[Any], classes: ClassSet, truncated: int) -> dict[str, Any]:
+    counts = Counter(label for row in labels for label in (row if isinstance(row, list) else [row]))
     return {"file": str(channel.path), "sha256": channel.fingerprint, "rows": len(labels),
             "class_counts": {classes.names[i]: counts.get(i, 0) for i in range(len(classes.names))},
             "truncated_texts": truncated}
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -82,16 +97,36 @@ def _cross_fitted_temperature(logits: np.ndarray, labels: np.ndarray, seed: int)
     return metrics.fit_temperature(logits, labels), held_out
 
 
-def _as_channel(data: ChannelLike | Sequence[str], labels: Sequence[object] | None, what: str) -> Channel:
+@dataclass(frozen=True)
+class _Mode:
+    """How labels are read: one per text, or (multi_label) several, separated by `delimiter` in data.csv."""
+
+    multi_label: bool = False
+    delimiter: str = "|"
+
+
+def _as_channel(data: ChannelLike | Sequence[str], labels: Sequence[object] | None, what: str, mode: _Mode
+                ) -> Channel:
     """A channel from a path, a Channel, or texts and labels in memory."""
     if isinstance(data, (str, Path, Channel)):
         if labels is not None:
             raise DataError(f"{what}: labels come with texts in memory, fit(texts, labels); a channel holds its own "
                             "labels (pass a validation channel as validation=...)")
-        return data if isinstance(data, Channel) else read_channel(data)
+        if isinstance(data, Channel):
+            return data
+        return read_channel(data, multi_label=mode.multi_label, delimiter=mode.delimiter)
     if labels is None:
         raise DataError(f"{what}: texts in memory need their labels: fit(texts, labels)")
-    return from_memory(data, labels, what=what)
+    return from_memory(data, labels, what=what, multi_label=mode.multi_label, delimiter=mode.delimiter)
+
+
+def _mode(given: Mapping[str, object], source: Path | None) -> _Mode:
+    """multi_label and label_delimiter as given, else as the model being trained further had them."""
+    values = parse_hyperparameters(given)
+    if source is not None and (source / artifact.MANIFEST).is_file():
+        earlier = parse_hyperparameters(artifact.read_json(source / artifact.MANIFEST).get("hyperparameters", {}))
+        values = {**{k: earlier[k] for k in ("multi_label", "label_delimiter") if k in earlier}, **values}
+    return _Mode(bool(values.get("multi_label", False)), str(values.get("label_delimiter", "|")))
 
 
 def _position_checked(hp: Hyperparameters, config: Any, given: Mapping[str, object], where: str) -> Hyperparameters:
@@ -176,6 +211,11 @@ class TextClassifier:
         if fine_tuned and not reinit:
             info = artifact.read_labels(source / artifact.LABELS)  # type: ignore[operator]
             classes = ClassSet(values=list(info["label_values"]), names=list(info["labels"]))
+            earlier = bool(parse_hyperparameters(manifest.get("hyperparameters", {})).get("multi_label", False))
+            if earlier != hp.multi_label:
+                raise HyperparameterError(f"{self.init_model} is a {'multi' if earlier else 'single'}-label model; "
+                                          f"train it further with multi_label={earlier}, or build a new head with "
+                                          "reinitialize_top_layer=True")
         else:
             classes = class_set(train)
         allow_network = self.allow_network and not fine_tuned
@@ -188,6 +228,9 @@ class TextClassifier:
         """(train texts, train labels, validation texts, validation labels) as class indices."""
         origin = "the model being trained further" if self.init_model else f"the training data ({train.path})"
         y = encode_labels(train, classes, origin=origin)
+        if hp.multi_label and hp.calibrate:
+            raise HyperparameterError("calibrate=True is for single-label models (a softmax temperature); "
+                                      "multi-label models get a decision threshold per label instead")
         if validation is not None:
             return train.texts, y, validation.texts, encode_labels(validation, classes, origin=origin)
         if hp.validation_split_ratio == 0:
@@ -196,7 +239,10 @@ class TextClassifier:
                     raise HyperparameterError(f"{name}=True needs validation data; pass a validation channel or "
                                               "set validation_split_ratio above 0")
             return train.texts, y, [], []
-        tr, va = stratified_split(y, hp.validation_split_ratio, hp.seed, path=train.path)
+        if hp.multi_label:
+            tr, va = multi_label_split(y, len(classes.values), hp.validation_split_ratio, hp.seed, path=train.path)
+        else:
+            tr, va = stratified_split(y, hp.validation_split_ratio, hp.seed, path=train.path)
         return [train.texts[i] for i in tr], [y[i] for i in tr], [train.texts[i] for i in va], [y[i] for i in va]
 
     def _model(self, start: _Start) -> tuple[nn.Module, Any]:
@@ -205,7 +251,7 @@ class TextClassifier:
             model = _load_model(start.path, False)  # incremental training keeps the trained head and its dropout
         else:
             model = _load_model(start.path, start.allow_network, start.classes, start.hp.dropout_rate,
-                                ignore_mismatched_sizes=start.fine_tuned)
+                                start.hp.multi_label, ignore_mismatched_sizes=start.fine_tuned)
             if start.fine_tuned:
                 architectures.reinitialize_head(model)
         return model, checkpoint.load_tokenizer(start.path, start.allow_network)
@@ -229,13 +275,14 @@ class TextClassifier:
         Raises:
             DataError, HyperparameterError, ModelNotFoundError, ArtifactError: with what to fix.
         """
-        train_ch = _as_channel(X, y, "the training data")
-        val_ch = None
-        if validation is not None:
-            val_ch = (from_memory(*validation, what="the validation data") if isinstance(validation, tuple)
-                      else _as_channel(validation, None, "the validation data"))
         with contextlib.ExitStack() as stack:
             source = stack.enter_context(artifact.opened(self.init_model)) if self.init_model else None
+            mode = _mode(self.hyperparameters, source)
+            train_ch = _as_channel(X, y, "the training data", mode)
+            val_ch = None
+            if validation is not None:
+                val_ch = (_as_channel(validation[0], validation[1], "the validation data", mode)
+                          if isinstance(validation, tuple) else _as_channel(validation, None, "the validation data", mode))
             start = self._start(source, train_ch)
             hp = start.hp
             x_train, y_train, x_val, y_val = self._split(train_ch, val_ch, start.classes, hp)
@@ -243,8 +290,11 @@ class TextClassifier:
             model, tokenizer = self._model(start)
         names = architectures.input_names(model, tokenizer)
         types = "token_type_ids" in names
-        train_data = batching.encode(tokenizer, x_train, hp.max_seq_length, y_train, token_types=types)
-        val_data = batching.encode(tokenizer, x_val, hp.max_seq_length, y_val, token_types=types) if x_val else None
+        n_labels = len(start.classes.names) if hp.multi_label else 0
+        train_data = batching.encode(tokenizer, x_train, hp.max_seq_length, y_train, token_types=types,
+                                     n_labels=n_labels)
+        val_data = batching.encode(tokenizer, x_val, hp.max_seq_length, y_val, token_types=types,
+                                   n_labels=n_labels) if x_val else None
         _log_truncated(train_data, hp.max_seq_length, "training")
         log.info("Classes (%d): %s", len(start.classes.names), ", ".join(start.classes.names))
         checkpointer = None
@@ -278,8 +328,20 @@ class TextClassifier:
         self.validation_report_ = self._validate(x_val, y_val) if x_val else None
         return self
 
-    def _validate(self, texts: list[str], labels: list[int]) -> dict[str, Any]:
-        """The final validation report of the kept model; with calibrate=True, a temperature fitted first."""
+    def _validate(self, texts: list[str], labels: list[Any]) -> dict[str, Any]:
+        """The final validation report of the kept model; with calibrate=True, a temperature fitted first; for a
+        multi-label model, the decision threshold of each label is chosen on these rows first."""
+        if self.multi_label_:
+            truth = metrics.label_matrix(labels, len(self.classes_))
+            proba = self.predict_proba(texts)
+            self.thresholds_ = metrics.best_thresholds(truth, proba)
+            self.manifest_["thresholds"] = dict(zip(self.classes_, self.thresholds_))
+            at_half = metrics.multi_label_report(truth, proba, self.classes_, [0.5] * len(self.classes_))
+            report = metrics.multi_label_report(truth, proba, self.classes_, self.thresholds_)
+            log.info("Decision thresholds per label (chosen on the validation rows for F1): %s; micro-F1 %.4f at "
+                     "0.5, %.4f at these", ", ".join(f"{c} {t:.3f}" for c, t in zip(self.classes_, self.thresholds_)),
+                     at_half.micro_f1, report.micro_f1)
+            return {**report.as_dict(), "micro_f1_at_0.5": at_half.micro_f1, "class_weights": self.hyperparameters_.class_weights}
         logits = self.predict_logits(texts)
         before = metrics.report(labels, _softmax(logits), self.classes_)
         calibration = None
@@ -314,6 +376,10 @@ class TextClassifier:
         self.runner_ = runner or export.TorchRunner(model)  # type: ignore[arg-type]
         self.backend_ = backend
         self.validation_report_: dict[str, Any] | None = None
+        self.multi_label_ = self.hyperparameters_.multi_label
+        self.label_delimiter_ = self.hyperparameters_.label_delimiter
+        stored = manifest.get("thresholds") or {}
+        self.thresholds_ = [float(stored.get(c, 0.5)) for c in self.classes_] if self.multi_label_ else None
 
     # ------------------------------------------------------------------------------------------ predicting
 
@@ -356,8 +422,12 @@ class TextClassifier:
             logits, data = self._logits(texts, batch_size)
             if counts is not None:
                 counts["truncated"] = counts.get("truncated", 0) + data.truncated
-            return _softmax(logits)
+            return _sigmoid(logits) if self.multi_label_ else _softmax(logits)
         logits, data = self._logits(texts, batch_size, overlap=self.hyperparameters_.max_seq_length // 4)
+        if self.multi_label_:  # a label is in a text when it is in any part of it: the most confident window
+            out = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
+            np.maximum.at(out, data.owners, _sigmoid(logits))
+            return out
         weights = np.array([len(ids) for ids in data.input_ids], dtype=np.float32)
         out = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
         np.add.at(out, data.owners, _softmax(logits) * weights[:, None])
@@ -369,7 +439,8 @@ class TextClassifier:
         >>> textfit.load("model/").classify(["a lovely film"])  # doctest: +SKIP
         [{'probabilities': [0.02, 0.98], 'labels': ['negative', 'positive'], 'predicted_label': 'positive'}]
         """
-        return [verbose_record(row, self.classes_) for row in self.predict_proba(texts, long_texts=long_texts)]
+        return [verbose_record(row, self.classes_, self.thresholds_)
+                for row in self.predict_proba(texts, long_texts=long_texts)]
 
     def class_index(self, label: object) -> int | None:
         """The column of a label given as in the training data (its value) or as a class name; None if unknown."""
@@ -379,9 +450,13 @@ class TextClassifier:
                 return i
         return self.classes_.index(text) if text in self.classes_ else None
 
-    def predict(self, texts: Sequence[str]) -> list[str]:
-        """The most probable class of each text (its name where the data gave names)."""
+    def predict(self, texts: Sequence[str]) -> list[Any]:
+        """The most probable class of each text (its name where the data gave names); for a multi-label model,
+        the list of labels each text has (each label's probability above its threshold)."""
         proba = self.predict_proba(texts)
+        if self.multi_label_:
+            chosen = proba > np.asarray(self.thresholds_)[None, :]
+            return [[c for c, on in zip(self.classes_, row) if on] for row in chosen]
         return [self.classes_[i] for i in proba.argmax(axis=1)]
 
     # ------------------------------------------------------------------------------------------ persistence

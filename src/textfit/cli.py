@@ -252,6 +252,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     clf = load(args.model, backend=args.backend, quantized=args.quantized)
     counts: dict[str, int] = {"truncated": 0}
+    if clf.multi_label_:
+        from textfit.evaluation import evaluate_multi_label
+        from textfit.metrics import format_multi_label_report
+
+        multi = evaluate_multi_label(clf, args.data, args.output, long_texts=args.long_texts, counts=counts)
+        print(format_multi_label_report(multi))
+        _log_truncated(counts["truncated"], multi.rows, clf)
+        return 0
     report = evaluate(clf, args.data, args.output, long_texts=args.long_texts, counts=counts)
     print(format_report(report))
     _log_truncated(counts["truncated"], report.rows, clf)

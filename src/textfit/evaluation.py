@@ -27,6 +27,36 @@ def true_classes(channel: Channel, clf: TextClassifier) -> list[int]:
     return indices  # type: ignore[return-value]
 
 
+def _true_label_matrix(channel: Channel, clf: TextClassifier) -> np.ndarray:
+    """The 0/1 label matrix of a multi-label channel, by label value or name; an unknown label is an error."""
+    rows = []
+    for line, labels in zip(channel.lines, channel.labels):
+        indices = [clf.class_index(label) for label in labels]
+        if None in indices:
+            label = labels[indices.index(None)]
+            raise DataError(f"{channel.path}, line {line}: label {label!r} is not a label of this model "
+                            f"({', '.join(clf.classes_)})")
+        rows.append(indices)
+    return metrics.label_matrix(rows, len(clf.classes_))  # type: ignore[arg-type]
+
+
+def evaluate_multi_label(clf: TextClassifier, data: str | Path, output: str | Path | None = None, *,
+                         long_texts: str = "truncate", counts: dict[str, int] | None = None
+                         ) -> metrics.MultiLabelReport:
+    """Every quality number of a multi-label model on a labelled channel, at the model's thresholds."""
+    channel = read_channel(data, multi_label=True, delimiter=clf.label_delimiter_)
+    truth = _true_label_matrix(channel, clf)
+    proba = clf.predict_proba(channel.texts, long_texts=long_texts, counts=counts)
+    result = metrics.multi_label_report(truth, proba, clf.classes_, clf.thresholds_ or [0.5] * len(clf.classes_))
+    if output is not None:
+        folder = Path(output)
+        folder.mkdir(parents=True, exist_ok=True)
+        artifact.write_json(folder / "metrics.json", {**result.as_dict(), "data": str(channel.path),
+                                                      "data_sha256": channel.fingerprint})
+        log.info("Wrote %s", plots.per_label_outcomes(result, folder / "per_label.png"))
+    return result
+
+
 def evaluate(clf: TextClassifier, data: str | Path, output: str | Path | None = None, *,
              long_texts: str = "truncate", counts: dict[str, int] | None = None) -> metrics.Report:
     """Every quality number of `clf` on a labelled channel; with `output`, metrics.json and PNG plots there.

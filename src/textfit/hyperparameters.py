@@ -86,6 +86,11 @@ class Hyperparameters:
     positive number per class in class order, comma-separated ("1,4")."""
     calibrate: bool = field(default=False, metadata={"extra": True})
     """textfit extra: fit a temperature on the validation set after training, so probabilities match accuracy."""
+    multi_label: bool = field(default=False, metadata={"extra": True})
+    """textfit extra: each text has zero or more labels, separated by label_delimiter in data.csv's label column;
+    one sigmoid output per label, with a decision threshold per label chosen on the validation rows."""
+    label_delimiter: str = field(default="|", metadata={"extra": True})
+    """textfit extra: what separates the labels of a row when multi_label=True."""
 
     def __post_init__(self) -> None:
         problems = [p for f in fields(self) if (p := _check_range(f.name, getattr(self, f.name), f.metadata))]
@@ -151,6 +156,10 @@ def _check_range(name: str, value: object, meta: Mapping[str, Any]) -> str | Non
 
 def _parse_value(name: str, raw: object) -> Any:
     kind = FIELDS[name].type
+    if name == "label_delimiter":  # taken as given: a space or a tab is a delimiter too
+        if not str(raw) or "\n" in str(raw) or '"' in str(raw):
+            raise ValueError(f"label_delimiter={raw!r} is not usable; use a character such as | or ;")
+        return str(raw)
     text = str(raw).strip()
     if kind == "bool":
         if isinstance(raw, bool):

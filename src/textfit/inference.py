@@ -193,24 +193,39 @@ def negotiate(accept: str | None, default: str = JSON) -> Accept:
                             "application/jsonlines or text/csv (each may add ;verbose)")
 
 
-def verbose_record(probabilities: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """SageMaker's `application/json;verbose` response for one text."""
+def verbose_record(probabilities: np.ndarray, classes: list[str], thresholds: list[float] | None = None
+                   ) -> dict[str, Any]:
+    """SageMaker's `application/json;verbose` response for one text. A multi-label model (`thresholds` given)
+    adds `predicted_labels`, every label whose independent probability is above its threshold;
+    `predicted_label` stays the most probable one, so single-label clients keep working."""
     probs = [float(p) for p in probabilities]
-    return {"probabilities": probs, "labels": list(classes), "predicted_label": classes[int(np.argmax(probs))]}
+    out: dict[str, Any] = {"probabilities": probs, "labels": list(classes),
+                           "predicted_label": classes[int(np.argmax(probs))]}
+    if thresholds is not None:
+        out["predicted_labels"] = [c for c, p, t in zip(classes, probs, thresholds) if p > t]
+    return out
 
 
-def record(probabilities: np.ndarray, classes: list[str], verbose: bool) -> dict[str, Any]:
-    return verbose_record(probabilities, classes) if verbose else {"probabilities": [float(p) for p in probabilities]}
+def record(probabilities: np.ndarray, classes: list[str], verbose: bool, thresholds: list[float] | None = None
+           ) -> dict[str, Any]:
+    if verbose:
+        return verbose_record(probabilities, classes, thresholds)
+    return {"probabilities": [float(p) for p in probabilities]}
 
 
-def encode_response(probabilities: np.ndarray, classes: list[str], accept: Accept, single: bool) -> tuple[bytes, str]:
-    """(body, content type) for the predictions of a request, rows in input order."""
-    records = [record(row, classes, accept.verbose) for row in probabilities]
+def encode_response(probabilities: np.ndarray, classes: list[str], accept: Accept, single: bool,
+                    thresholds: list[float] | None = None, delimiter: str = "|") -> tuple[bytes, str]:
+    """(body, content type) for the predictions of a request, rows in input order. For a multi-label model
+    the verbose CSV line starts with its predicted labels joined by `delimiter`."""
+    records = [record(row, classes, accept.verbose, thresholds) for row in probabilities]
     if accept.media_type == CSV:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         for row, rec in zip(probabilities, records):
-            writer.writerow(([rec["predicted_label"]] if accept.verbose else []) + [f"{float(p):.8g}" for p in row])
+            first = []
+            if accept.verbose:
+                first = [delimiter.join(rec["predicted_labels"]) if thresholds is not None else rec["predicted_label"]]
+            writer.writerow(first + [f"{float(p):.8g}" for p in row])
         return out.getvalue().encode(), accept.header
     if accept.media_type == JSONLINES:
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

@@ -185,3 +185,118 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
 
     optimizer.step(closure)
     return float(log_t.detach().exp())
+
+
+# ---------------------------------------------------------------------------------------------- multi-label
+
+
+def label_matrix(rows: list[list[int]], n_labels: int) -> np.ndarray:
+    """Rows of label indices as a 0/1 matrix (rows x labels)."""
+    out = np.zeros((len(rows), n_labels), dtype=np.int8)
+    for i, row in enumerate(rows):
+        out[i, row] = 1
+    return out
+
+
+def best_thresholds(y: np.ndarray, proba: np.ndarray) -> list[float]:
+    """Per label, the decision threshold that maximises that label's F1 on these rows: a candidate between
+    each pair of neighbouring scores (the midpoint), 0.5 for a label without positive rows."""
+    thresholds = []
+    for k in range(y.shape[1]):
+        truth, score = y[:, k].astype(bool), proba[:, k]
+        if not truth.any():
+            thresholds.append(0.5)
+            continue
+        unique = np.unique(score)
+        candidates = np.concatenate([[unique[0] / 2], (unique[:-1] + unique[1:]) / 2, [(unique[-1] + 1) / 2]])
+        predicted = score[None, :] > candidates[:, None]
+        tp = (predicted & truth).sum(1)
+        f1 = 2 * tp / np.maximum(predicted.sum(1) + truth.sum(), 1)
+        thresholds.append(float(candidates[int(np.argmax(f1))]))  # the lowest of equally good thresholds
+    return thresholds
+
+
+@dataclass
+class LabelReport:
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    threshold: float
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+    true_negatives: int
+
+
+@dataclass
+class MultiLabelReport:
+    subset_accuracy: float
+    """Rows whose every label is right (what val_accuracy means for multi-label data)."""
+    hamming_loss: float
+    micro_precision: float
+    micro_recall: float
+    micro_f1: float
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    weighted_precision: float
+    weighted_recall: float
+    weighted_f1: float
+    samples_f1: float
+    per_label: list[LabelReport]
+    labels: list[str]
+    rows: int
+    multi_label: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def multi_label_report(y: np.ndarray, proba: np.ndarray, labels: list[str], thresholds: list[float]
+                       ) -> MultiLabelReport:
+    """Every quality number of multi-label predictions: `proba` (rows x labels) against the 0/1 matrix `y`,
+    each label decided at its threshold."""
+    truth = y.astype(bool)
+    predicted = proba > np.asarray(thresholds)[None, :]
+    tp = (predicted & truth).sum(0).astype(np.float64)
+    fp = (predicted & ~truth).sum(0).astype(np.float64)
+    fn = (~predicted & truth).sum(0).astype(np.float64)
+    tn = (~predicted & ~truth).sum(0)
+    support = truth.sum(0)
+    precision, recall = _safe_div(tp, tp + fp), _safe_div(tp, tp + fn)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    weights = support / max(support.sum(), 1)
+    row_tp = (predicted & truth).sum(1)
+    row_f1 = _safe_div(2 * row_tp.astype(np.float64), (predicted.sum(1) + truth.sum(1)).astype(np.float64))
+    row_f1[(predicted.sum(1) + truth.sum(1)) == 0] = 1.0  # nothing to find and nothing found: right
+    micro_p, micro_r = float(tp.sum() / max(tp.sum() + fp.sum(), 1)), float(tp.sum() / max(tp.sum() + fn.sum(), 1))
+    return MultiLabelReport(
+        subset_accuracy=float((predicted == truth).all(1).mean()) if len(y) else 0.0,
+        hamming_loss=float((predicted != truth).mean()) if len(y) else 0.0,
+        micro_precision=micro_p, micro_recall=micro_r,
+        micro_f1=float(2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)),
+        macro_precision=float(precision.mean()), macro_recall=float(recall.mean()), macro_f1=float(f1.mean()),
+        weighted_precision=float(precision @ weights), weighted_recall=float(recall @ weights),
+        weighted_f1=float(f1 @ weights), samples_f1=float(row_f1.mean()) if len(y) else 0.0,
+        per_label=[LabelReport(label, float(p), float(r), float(f), int(s), float(t), int(a), int(b), int(c), int(d))
+                   for label, p, r, f, s, t, a, b, c, d in zip(labels, precision, recall, f1, support, thresholds,
+                                                               tp, fp, fn, tn)],
+        labels=list(labels), rows=int(len(y)),
+    )
+
+
+def format_multi_label_report(r: MultiLabelReport) -> str:
+    """The multi-label report as the tables `textfit evaluate` prints."""
+    width = max(12, *(len(c.label) for c in r.per_label))
+    lines = [f"{'label':<{width}} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8} {'threshold':>9}"]
+    lines += [f"{c.label:<{width}} {c.precision:>9.4f} {c.recall:>7.4f} {c.f1:>7.4f} {c.support:>8} {c.threshold:>9.3f}"
+              for c in r.per_label]
+    for name in ("micro", "macro", "weighted"):
+        lines.append(f"{name + ' avg':<{width}} {getattr(r, name + '_precision'):>9.4f} "
+                     f"{getattr(r, name + '_recall'):>7.4f} {getattr(r, name + '_f1'):>7.4f} {r.rows:>8}")
+    lines.append(f"{'samples avg':<{width}} {'':>9} {'':>7} {r.samples_f1:>7.4f} {r.rows:>8}")
+    lines.append("")
+    lines.append(f"subset accuracy {r.subset_accuracy:.4f}   Hamming loss {r.hamming_loss:.4f}")
+    return "\n".join(lines)

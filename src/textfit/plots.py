@@ -107,3 +107,27 @@ def report_figures(report: metrics.Report, y_true: np.ndarray, proba: np.ndarray
     if report.roc_auc is not None:
         paths += binary_curves(y_true, proba, report.labels, folder)
     return paths
+
+
+def per_label_outcomes(report: metrics.MultiLabelReport, path: Path) -> Path:
+    """A multi-label model's confusion per label: true positives, false negatives and false positives as
+    stacked bars, one bar per label, with its F1 and threshold."""
+    plt = _pyplot()
+    rows = report.per_label[:MAX_PLOTTED_CLASSES]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(rows) + 2), 4.5))
+    x = np.arange(len(rows))
+    tp = np.array([r.true_positives for r in rows])
+    fn = np.array([r.false_negatives for r in rows])
+    fp = np.array([r.false_positives for r in rows])
+    ax.bar(x, tp, color="tab:green", label="true positives")
+    ax.bar(x, fn, bottom=tp, color="tab:orange", label="false negatives (missed)")
+    ax.bar(x, fp, bottom=tp + fn, color="tab:red", label="false positives")
+    ax.set_xticks(x, [f"{r.label}\nF1 {r.f1:.2f} @ {r.threshold:.2f}" for r in rows], rotation=45, ha="right",
+                  fontsize=8)
+    ax.set(ylabel="rows", title=f"per-label outcomes (micro-F1 {report.micro_f1:.3f}, subset accuracy "
+                                f"{report.subset_accuracy:.3f})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -148,20 +148,28 @@ def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out
     """Write one JSON line per record, in input order; with labels in the input, count the correct ones."""
     summary, counts = PredictionSummary(), {"truncated": 0}
     for n, chunk in enumerate(_chunks(records, CHUNK)):
-        if n == 0 and _is_header(classifier, chunk):
+        if n == 0 and not classifier.multi_label_ and _is_header(classifier, chunk):
             log.info("line %d looks like a header row (%r is not a class of this model, as the labels of the other "
                      "rows are); it is skipped", chunk[0].line, chunk[0].label)
             chunk = chunk[1:]
         probs = classifier.predict_proba([r.text for r in chunk], long_texts=long_texts, counts=counts)
         summary.truncated = counts["truncated"]
         for rec, row in zip(chunk, probs):
-            result = verbose_record(row, classifier.classes_)
+            result = verbose_record(row, classifier.classes_, classifier.thresholds_)
             if rec.label is not None:
-                index = classifier.class_index(rec.label)
-                truth = None if index is None else classifier.classes_[index]
-                result["label"] = truth if truth is not None else rec.label
                 summary.labelled += 1
-                summary.correct += int(truth == result["predicted_label"])
+                if classifier.multi_label_:  # right when the predicted set is the true set
+                    names = [part.strip() for part in rec.label.split(classifier.label_delimiter_) if part.strip()]
+                    indices = [classifier.class_index(name) for name in names]
+                    truth = sorted(classifier.classes_[i] if i is not None else name
+                                   for i, name in zip(indices, names))
+                    result["labels_true"] = truth
+                    summary.correct += int(truth == sorted(result["predicted_labels"]))
+                else:
+                    index = classifier.class_index(rec.label)
+                    single = None if index is None else classifier.classes_[index]
+                    result["label"] = single if single is not None else rec.label
+                    summary.correct += int(single == result["predicted_label"])
             out.write(json.dumps(result, ensure_ascii=False) + "\n")
         summary.records += len(chunk)
         if progress is not None:

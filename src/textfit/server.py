@@ -266,7 +266,9 @@ def create_app(model: TextClassifier | Callable[[], TextClassifier], settings: S
         body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         decoded = decode_request(body, request.headers.get("content-type"))
         probs = await state.batcher.submit(decoded.texts)
-        content, media_type = encode_response(probs, state.classifier.classes_, accept, decoded.single)
+        clf = state.classifier
+        content, media_type = encode_response(probs, clf.classes_, accept, decoded.single, clf.thresholds_,
+                                              clf.label_delimiter_)
         return Response(content, media_type=media_type)
 
     async def execution_parameters(request: Request) -> Response:

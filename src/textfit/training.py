@@ -121,6 +121,9 @@ class EpochMetrics:
     val_accuracy: float | None = None
     seconds: float = 0.0
     steps: int = 0
+    val_f1_micro: float | None = None
+    """Multi-label only: micro-averaged F1 at 0.5 over the validation rows, which picks the kept epoch."""
+    val_f1_macro: float | None = None
 
     def as_dict(self, full: bool = False) -> dict[str, float | None]:
         out: dict[str, float | None] = {
@@ -130,6 +133,8 @@ class EpochMetrics:
             "val_accuracy": self.val_accuracy,
             "seconds": round(self.seconds, 3),
         }
+        if self.val_f1_micro is not None:
+            out.update(val_f1_micro=self.val_f1_micro, val_f1_macro=self.val_f1_macro)
         if full:  # for a checkpoint: everything needed to rebuild the metrics
             out["steps"] = self.steps
         return out
@@ -140,6 +145,8 @@ def metric_line(m: EpochMetrics) -> str:
     line = f"{m.steps}/{m.steps} - {m.seconds:.0f}s - loss: {m.loss:.4f} - accuracy: {m.accuracy:.4f}"
     if m.val_accuracy is not None:
         line += f" - val_loss: {m.val_loss:.4f} - val_accuracy: {m.val_accuracy:.4f}"
+    if m.val_f1_micro is not None:
+        line += f" - val_f1_micro: {m.val_f1_micro:.4f} - val_f1_macro: {m.val_f1_macro:.4f}"
     return line
 
 
@@ -147,21 +154,44 @@ def log_epoch(epoch: int, epochs: int, m: EpochMetrics) -> None:
     log.info("Epoch %d/%d", epoch, epochs)
     log.info(metric_line(m))
     if m.val_accuracy is not None:  # the form of the documented tuning regex `val_accuracy=([0-9\.]+)`
-        log.info("epoch=%d val_loss=%.4f val_accuracy=%.4f", epoch, m.val_loss, m.val_accuracy)
+        extra = "" if m.val_f1_micro is None else f" val_f1_micro={m.val_f1_micro:.4f} val_f1_macro={m.val_f1_macro:.4f}"
+        log.info("epoch=%d val_loss=%.4f val_accuracy=%.4f%s", epoch, m.val_loss, m.val_accuracy, extra)
 
 
 def batch_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, int]:
-    """Summed (class-weighted) cross-entropy and the number of correct predictions: the one place both are
-    computed, for training and evaluation alike."""
+    """Summed loss and the number of correct predictions: the one place both are computed, for training and
+    evaluation alike. One label per row: (class-weighted) cross-entropy. Several (a 0/1 matrix): binary
+    cross-entropy per label, averaged over the labels of a row (`weights` weigh each label's positives), and a
+    row is correct when every label is right at 0.5."""
+    if labels.dtype.is_floating_point:
+        per_label = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=weights,
+                                                                   reduction="none")
+        return per_label.mean(dim=1).sum(), int(((logits > 0) == (labels > 0.5)).all(dim=1).sum())
     loss = nn.functional.cross_entropy(logits.float(), labels, weight=weights, reduction="sum")
     return loss, int((logits.argmax(-1) == labels).sum())
 
 
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    f1_micro: float | None = None
+    f1_macro: float | None = None
+
+
+def _f1(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> tuple[float, float]:
+    """Micro and macro F1 from per-label counts (a label with no positives and no predictions scores 0)."""
+    micro = float(2 * tp.sum() / max(float(2 * tp.sum() + fp.sum() + fn.sum()), 1.0))
+    per_label = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
+    return micro, float(per_label.mean())
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Encoded, batch_size: int, device: torch.device, dtype: torch.dtype | None,
-             l2: float = 0.0) -> tuple[float, float]:
-    """(loss, accuracy) over a whole labelled set; the loss includes the head's L2 term, as Keras reports it.
+             l2: float = 0.0) -> Evaluation:
+    """Loss and accuracy over a whole labelled set (and for multi-label data, F1 at 0.5); the loss includes the
+    head's L2 term, as Keras reports it.
 
     With several workers each scores every W-th row and the sums are added up: the whole set, once.
     """
@@ -170,6 +200,7 @@ def evaluate(model: nn.Module, data: Encoded, batch_size: int, device: torch.dev
     rows = list(range(world.rank, len(data), world.size))
     lengths = [len(data.input_ids[r]) for r in rows]
     total, correct = 0.0, 0
+    counts = torch.zeros((3, data.n_labels), dtype=torch.float64)  # true positives, false positives, false negatives
     for group in batching.plan_batches(lengths, batch_size * 2, shuffle=False):
         batch = batching.collate(data, [rows[i] for i in group]).to(device)
         with autocast(device, dtype):
@@ -177,8 +208,17 @@ def evaluate(model: nn.Module, data: Encoded, batch_size: int, device: torch.dev
         loss, right = batch_loss(logits, batch.labels)  # type: ignore[arg-type]
         total += float(loss)
         correct += right
-    total, correct, n = distributed.all_sum([total, correct, len(rows)], device)
-    return total / n + float(l2_penalty(model, l2)), correct / n  # inference mode: no gradient to detach
+        if data.n_labels:
+            predicted, truth = (logits > 0).cpu(), (batch.labels > 0.5).cpu()  # type: ignore[union-attr]
+            counts += torch.stack([(predicted & truth).sum(0), (predicted & ~truth).sum(0),
+                                   (~predicted & truth).sum(0)]).double()
+    sums = distributed.all_sum([total, correct, len(rows), *counts.flatten().tolist()], device)
+    total, correct, n = sums[:3]
+    result = Evaluation(total / n + float(l2_penalty(model, l2)), correct / n)  # inference mode: no gradient
+    if data.n_labels:
+        tp, fp, fn = torch.tensor(sums[3:], dtype=torch.float64).reshape(3, data.n_labels)
+        result.f1_micro, result.f1_macro = _f1(tp, fp, fn)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- progress
@@ -203,11 +243,14 @@ class TrainResult:
 
 
 def _is_better(m: EpochMetrics, best: EpochMetrics | None) -> bool:
-    """Higher val_accuracy wins; an equal one with a lower val_loss too (small sets tie often)."""
+    """Higher val_accuracy wins (multi-label: val_f1_micro, as exact matches are rare); an equal one with a
+    lower val_loss too (small sets tie often)."""
     if best is None or m.val_accuracy is None or best.val_accuracy is None:
         return True
-    if m.val_accuracy != best.val_accuracy:
-        return m.val_accuracy > best.val_accuracy
+    score, best_score = ((m.val_f1_micro, best.val_f1_micro) if m.val_f1_micro is not None
+                         else (m.val_accuracy, best.val_accuracy))
+    if score != best_score:
+        return score > best_score  # type: ignore[operator]
     return m.val_loss < best.val_loss  # type: ignore[operator]
 
 
@@ -252,11 +295,17 @@ def _plan(lengths: list[int], batch_size: int, seed: int, world: distributed.Wor
     return batching.plan_batches(lengths, batch_size, shuffle=True, seed=seed, min_size=world.size)
 
 
-def class_weights(spec: str, labels: list[int], n_classes: int) -> torch.Tensor | None:
-    """The loss weight of each class for class_weights=none|balanced|w1,w2,... (None: unweighted)."""
+def class_weights(spec: str, labels: list[Any], n_classes: int, multi_label: bool = False) -> torch.Tensor | None:
+    """The loss weight of each class for class_weights=none|balanced|w1,w2,... (None: unweighted). For
+    multi-label data they weigh each label's positives (BCE's pos_weight); balanced: negatives / positives."""
     parsed = parse_class_weights(spec)
     if parsed == "none":
         return None
+    if parsed == "balanced" and multi_label:
+        positives = torch.zeros(n_classes, dtype=torch.float64)
+        for row in labels:
+            positives[row] += 1
+        return ((len(labels) - positives) / positives.clamp(min=1)).clamp(min=1e-3).float()
     if parsed == "balanced":  # scikit-learn's rule: n_rows / (n_classes * rows of the class)
         counts = torch.bincount(torch.tensor(labels), minlength=n_classes).double()
         return (len(labels) / (n_classes * counts.clamp(min=1))).float()
@@ -307,10 +356,13 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
         log.info("Distributed over %d workers; %s", world.size, distributed.split_message(hp.batch_size, world))
     if cache:
         train_feats = _embed(model, train_data, hp.batch_size, device, dtype)
-        train_labels = torch.tensor(train_data.labels, device=device)
+        train_labels = train_data.label_tensor(range(len(train_data))).to(device)
     net = distributed.wrap(_Head(model) if cache else model, world, device)
-    weights = class_weights(hp.class_weights, train_data.labels, model.config.num_labels)  # type: ignore[arg-type]
-    row_weight = (torch.ones(len(train_data)) if weights is None else weights[torch.tensor(train_data.labels)]).double()
+    multi = bool(train_data.n_labels)
+    weights = class_weights(hp.class_weights, train_data.labels, model.config.num_labels, multi)  # type: ignore[arg-type]
+    # what each row adds to the mean the loss is divided by (class weights in single-label cross-entropy)
+    row_weight = (torch.ones(len(train_data)) if weights is None or multi
+                  else weights[torch.tensor(train_data.labels)]).double()
     if weights is not None:
         log.info("Class weights: %s", ", ".join(f"{w:.3f}" for w in weights.tolist()))
         weights = weights.to(device)
@@ -371,8 +423,9 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
             l2 = float(l2_penalty(model, hp.regularizers_l2))
         metrics = EpochMetrics(total / weight_seen + l2, correct / seen, steps=steps_per_epoch)
         if val_data is not None:
-            metrics.val_loss, metrics.val_accuracy = evaluate(model, val_data, hp.batch_size, device, dtype,
-                                                              hp.regularizers_l2)
+            scored = evaluate(model, val_data, hp.batch_size, device, dtype, hp.regularizers_l2)
+            metrics.val_loss, metrics.val_accuracy = scored.loss, scored.accuracy
+            metrics.val_f1_micro, metrics.val_f1_macro = scored.f1_micro, scored.f1_macro
         metrics.seconds = time.perf_counter() - start
         result.history.append(metrics)
         log_epoch(epoch, hp.epochs, metrics)
@@ -428,8 +481,13 @@ def _log_best(result: TrainResult) -> None:
     best = result.history[result.best_epoch - 1]
     if best.val_accuracy is None:
         return
-    log.info("Setting weights to model with maximum val_accuracy at epoch %d/%d:", result.best_epoch,
+    chosen_by = "val_f1_micro" if best.val_f1_micro is not None else "val_accuracy"
+    log.info("Setting weights to model with maximum %s at epoch %d/%d:", chosen_by, result.best_epoch,
              len(result.history))
-    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+    names = ("loss", "accuracy", "val_loss", "val_accuracy") + (
+        ("val_f1_micro", "val_f1_macro") if best.val_f1_micro is not None else ())
+    for name in names:
         log.info("- %s: %.4f", name, getattr(best, name))
     log.info("val_accuracy=%.4f", best.val_accuracy)
+    if best.val_f1_micro is not None:
+        log.info("val_f1_micro=%.4f", best.val_f1_micro)
