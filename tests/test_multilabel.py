@@ -212,3 +212,44 @@ def test_fit_from_memory_with_label_lists(tiny_bert: Path) -> None:
 
 
 from textfit.server import create_app  # noqa: E402 - after the fixtures that do not need it
+
+
+def test_tuning_maximises_micro_f1(tiny_bert: Path, tmp_path: Path) -> None:
+    from textfit.tuning import tune
+
+    data = write(tmp_path / "d" / "data.csv", make_multi_rows(80))
+    ranges = {"CategoricalParameterRanges": [{"Name": "learning_rate", "Values": ["0.002", "0.005"]}]}
+    fixed = {k: v for k, v in HP.items() if k != "learning_rate"}
+    result = tune(data, model_id=str(tiny_bert), output=tmp_path / "t", max_jobs=2, ranges=ranges, strategy="grid",
+                  hyperparameters={**fixed, "epochs": "3"}, objective="val_f1_micro")
+    best = json.loads((tmp_path / "t" / "best" / "textfit.json").read_text())
+    kept = best["epochs"][best["best_epoch"] - 1]
+    assert result.best_val_accuracy == pytest.approx(kept["val_f1_micro"])
+    assert max(float(r["val_f1_micro"]) for r in result.trials) == pytest.approx(result.best_val_accuracy)
+    with pytest.raises(HyperparameterError, match="is a multi-label metric"):
+        tune(data, model_id=str(tiny_bert), output=tmp_path / "u", ranges=ranges, objective="val_f1_micro",
+             hyperparameters={"epochs": "1"})
+
+
+def test_two_workers_match_one_process(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import build_tiny_bert
+
+    model = build_tiny_bert(tmp_path / "bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    data = write(tmp_path / "d" / "data.csv", make_multi_rows(52))
+    cmd = [sys.executable, "-m", "textfit", "train", "--train", str(data), "--model-id", str(model),
+           *[a for k, v in {**HP, "epochs": "3", "batch_size": "10", "dropout_rate": "0"}.items()
+             for a in ("--hp", f"{k}={v}")]]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([*cmd, "--output", str(tmp_path / "one")], capture_output=True, text=True, env=env)
+    two = subprocess.run([*cmd, "--output", str(tmp_path / "two"), "--nproc-per-node", "2"], capture_output=True,
+                         text=True, env=env)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    a = json.loads((tmp_path / "one" / "textfit.json").read_text())
+    b = json.loads((tmp_path / "two" / "textfit.json").read_text())
+    for x, y in zip(a["epochs"], b["epochs"], strict=True):
+        assert y["val_f1_micro"] == pytest.approx(x["val_f1_micro"], abs=1e-9)
+        assert y["loss"] == pytest.approx(x["loss"], abs=1e-4)
+    assert a["thresholds"] == pytest.approx(b["thresholds"], abs=1e-3)

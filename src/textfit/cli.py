@@ -285,8 +285,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   storage=args.storage, study_name=args.study, strategy=args.strategy,
                   early_stopping=args.early_stopping, seed=args.seed, keep_trials=args.keep_trials,
                   initial=initial, start_from_defaults=args.start_from_defaults,
-                  prune_from_epoch=args.prune_from_epoch, heartbeat_grace=args.heartbeat_grace)
-    print(json.dumps({"best_trial": result.best_trial, "val_accuracy": result.best_val_accuracy,
+                  prune_from_epoch=args.prune_from_epoch, heartbeat_grace=args.heartbeat_grace,
+                  objective=args.objective)
+    print(json.dumps({"best_trial": result.best_trial, args.objective: result.best_val_accuracy,
                       "hyperparameters": result.best_hyperparameters, "model": str(result.output / "best")}))
     return 0
 
@@ -452,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--start-from-defaults", action="store_true",
                       help="run the model's default hyperparameters as the first trial")
     tune.add_argument("--keep-trials", action="store_true", help="keep every trial's model, not only the best")
+    tune.add_argument("--objective", choices=["val_accuracy", "val_f1_micro", "val_f1_macro"], default="val_accuracy",
+                      help="the metric to maximise (the F1 metrics are for multi_label=True)")
     tune.add_argument("--heartbeat-grace", type=int, metavar="SECONDS",
                       help="a running trial silent this long belongs to a dead worker and runs again "
                            "(default: 6 for a local study, 60 for a shared one)")

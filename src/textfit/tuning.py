@@ -28,6 +28,7 @@ from textfit.hyperparameters import FIELDS, canonical_name, parse_hyperparameter
 log = logging.getLogger("textfit")
 
 STRATEGIES = ("bayesian", "random", "grid")
+OBJECTIVES = ("val_accuracy", "val_f1_micro", "val_f1_macro")
 SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
 
 # README, Tune: the recommended ranges of SageMaker's tuning page for this algorithm.
@@ -185,6 +186,8 @@ class TuningJob:
     """The first epoch at which a trial may be stopped: epoch 1 is noisy (warm-up, schedules of other lengths)."""
     heartbeat_grace: int | None = None
     """Seconds without a heartbeat after which a running trial counts as dead (default: GRACE by storage)."""
+    objective: str = "val_accuracy"
+    """The metric maximised: val_accuracy, or for multi-label models val_f1_micro or val_f1_macro."""
 
 
 def _sampler(job: TuningJob, salt: int = 0) -> Any:
@@ -297,18 +300,19 @@ def _objective(job: TuningJob) -> Any:
         trial.set_user_attr("hyperparameters", params)
 
         def report(epoch: int, metrics: Any) -> None:
-            trial.report(metrics.val_accuracy, epoch)
+            value = getattr(metrics, job.objective)
+            trial.report(value, epoch)
             if trial.should_prune():
-                log.info("Trial %d stopped early at epoch %d (val_accuracy %.4f below the median)", trial.number,
-                         epoch, metrics.val_accuracy)
+                log.info("Trial %d stopped early at epoch %d (%s %.4f below the median)", trial.number, epoch,
+                         job.objective, value)
                 raise optuna.TrialPruned()
 
         clf = TextClassifier(job.model_id, params).fit(job.train, validation=job.validation, on_epoch=report)
         saved = clf.save(Path(job.output) / "trials" / f"trial-{trial.number}", overwrite=True, onnx="none")
         trial.set_user_attr("model", f"{socket.gethostname()}:{saved.resolve()}")
-        best = clf.history_[clf.best_epoch_ - 1]["val_accuracy"]
+        best = clf.history_[clf.best_epoch_ - 1][job.objective]
         trial.set_user_attr("epochs_run", len(clf.history_))
-        log.info("Trial %d: val_accuracy=%.4f", trial.number, best)
+        log.info("Trial %d: %s=%.4f", trial.number, job.objective, best)
         return float(best)
 
     return objective
@@ -433,21 +437,21 @@ class TuningResult:
     output: Path
 
 
-def _rows(study: Any) -> list[dict[str, Any]]:
+def _rows(study: Any, metric: str = "val_accuracy") -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
         value = t.value if t.value is not None else (max(t.intermediate_values.values())
                                                      if t.intermediate_values else None)
-        rows.append({"trial": t.number, "state": t.state.name.lower(), "val_accuracy": value,
+        rows.append({"trial": t.number, "state": t.state.name.lower(), metric: value,
                      "duration_s": None if duration is None else round(duration, 1),
                      "epochs_run": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
                      **t.user_attrs.get("hyperparameters", {})})
     return rows
 
 
-def _write_table(rows: list[dict[str, Any]], path: Path) -> None:
-    columns = ["trial", "state", "val_accuracy", "duration_s", "epochs_run"]
+def _write_table(rows: list[dict[str, Any]], path: Path, metric: str = "val_accuracy") -> None:
+    columns = ["trial", "state", metric, "duration_s", "epochs_run"]
     columns += sorted({k for r in rows for k in r} - set(columns))
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -455,46 +459,46 @@ def _write_table(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def _plots(rows: list[dict[str, Any]], output: Path) -> None:
+def _plots(rows: list[dict[str, Any]], output: Path, metric: str = "val_accuracy") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [r for r in rows if r["val_accuracy"] is not None]
+    done = [r for r in rows if r[metric] is not None]
     colors = {"complete": "tab:blue", "pruned": "tab:orange", "fail": "tab:red", "running": "tab:gray"}
     fig, ax = plt.subplots(figsize=(7, 4))
     for state, color in colors.items():
         pts = [r for r in done if r["state"] == state]
         if pts:
-            ax.scatter([r["trial"] for r in pts], [r["val_accuracy"] for r in pts], c=color, label=state)
-    ax.set(xlabel="trial", ylabel="val_accuracy", title="val_accuracy by trial (pruned: best before stopping)")
+            ax.scatter([r["trial"] for r in pts], [r[metric] for r in pts], c=color, label=state)
+    ax.set(xlabel="trial", ylabel=metric, title=f"{metric} by trial (pruned: best before stopping)")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(output / "val_accuracy_by_trial.png", dpi=100)
+    fig.savefig(output / f"{metric}_by_trial.png", dpi=100)
     plt.close(fig)
 
     complete = sorted((r for r in done if r["state"] == "complete"), key=lambda r: r["trial"])
     fig, ax = plt.subplots(figsize=(7, 4))
     best, xs, ys = -math.inf, [], []
     for r in complete:
-        best = max(best, r["val_accuracy"])
+        best = max(best, r[metric])
         xs.append(r["trial"])
         ys.append(best)
-    ax.scatter([r["trial"] for r in complete], [r["val_accuracy"] for r in complete], label="objective")
+    ax.scatter([r["trial"] for r in complete], [r[metric] for r in complete], label="objective")
     ax.step(xs, ys, where="post", color="tab:red", label="best so far")
-    ax.set(xlabel="trial", ylabel="val_accuracy", title="optimization history")
+    ax.set(xlabel="trial", ylabel=metric, title="optimization history")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(output / "optimization_history.png", dpi=100)
     plt.close(fig)
 
 
-def _summary(rows: list[dict[str, Any]], best: int) -> None:
-    log.info("%-6s %-9s %-12s %-10s %s", "trial", "state", "val_accuracy", "seconds", "hyperparameters")
+def _summary(rows: list[dict[str, Any]], best: int, metric: str = "val_accuracy") -> None:
+    log.info("%-6s %-9s %-12s %-10s %s", "trial", "state", metric, "seconds", "hyperparameters")
     for r in rows:
-        acc = "" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
-        hp = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("trial", "state", "val_accuracy", "duration_s",
+        acc = "" if r[metric] is None else f"{r[metric]:.4f}"
+        hp = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("trial", "state", metric, "duration_s",
                                                                       "epochs_run"))
         mark = " *" if r["trial"] == best else ""
         log.info("%-6s %-9s %-12s %-10s %s%s", r["trial"], r["state"], acc, r["duration_s"] or "", hp, mark)
@@ -506,7 +510,8 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
          storage: str | None = None, study_name: str = "textfit", strategy: str = "bayesian",
          early_stopping: str = "auto", seed: int = 0, keep_trials: bool = False,
          initial: list[Mapping[str, object]] | None = None, start_from_defaults: bool = False,
-         prune_from_epoch: int = 2, heartbeat_grace: int | None = None) -> TuningResult:
+         prune_from_epoch: int = 2, heartbeat_grace: int | None = None, objective: str = "val_accuracy"
+         ) -> TuningResult:
     """Search hyperparameters to maximise val_accuracy; the best trial's model is copied to OUTPUT/best.
 
     Running the same command again resumes the study where it stopped. `initial` configurations (values for
@@ -527,21 +532,27 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
     if max_jobs < 1 or not 1 <= max_parallel_jobs <= max_jobs:
         raise HyperparameterError("need max_jobs >= 1 and 1 <= max_parallel_jobs <= max_jobs")
     fixed = {k: str(v) for k, v in (hyperparameters or {}).items()}
-    parse_hyperparameters(fixed)  # bad fixed values fail now, not in every trial
+    multi = bool(parse_hyperparameters(fixed).get("multi_label", False))  # bad fixed values fail now
+    if objective not in OBJECTIVES:
+        raise HyperparameterError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if objective != "val_accuracy" and not multi:
+        raise HyperparameterError(f"--objective {objective} is a multi-label metric; fix multi_label=True "
+                                  "(--hp multi_label=True) or tune val_accuracy")
     parsed = parse_ranges(ranges, fixed)
     if start_from_defaults:
         initial = [_defaults_in_ranges(model_id, parsed), *(initial or [])]
     typed_initial = _typed_initial(list(initial or []), parsed)
-    read_channel(train)  # bad data fails now, not in every trial
+    delimiter = str(parse_hyperparameters(fixed).get("label_delimiter", "|"))
+    read_channel(train, multi_label=multi, delimiter=delimiter)  # bad data fails now, not in every trial
     if validation is not None:
-        read_channel(validation)
+        read_channel(validation, multi_label=multi, delimiter=delimiter)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     default_opt = parse_hyperparameters(defaults_for(model_id)).get("optimizer", "adam")
     job = TuningJob(str(train), None if validation is None else str(validation), model_id, str(out), parsed, fixed,
                     storage or f"sqlite:///{(out / 'study.db').resolve()}", study_name, strategy, early_stopping,
                     max_jobs, seed, max(1, thread_budget() // max_parallel_jobs), str(default_opt),
-                    typed_initial, prune_from_epoch, heartbeat_grace)
+                    typed_initial, prune_from_epoch, heartbeat_grace, objective)
     if storage is None:
         _reclaim_interrupted(job)
     start = time.perf_counter()
@@ -569,9 +580,9 @@ def _finish(job: TuningJob, out: Path, keep_trials: bool, seconds: float) -> Tun
     if not complete:
         raise HyperparameterError("no trial completed; see the log above for why each one stopped")
     best = study.best_trial
-    rows = _rows(study)
-    _write_table(rows, out / "trials.csv")
-    _plots(rows, out)
+    rows = _rows(study, job.objective)
+    _write_table(rows, out / "trials.csv", job.objective)
+    _plots(rows, out, job.objective)
     source = out / "trials" / f"trial-{best.number}"
     if source.is_dir():
         with artifact.staged(out / "best", folder=True) as tmp:
@@ -583,7 +594,7 @@ def _finish(job: TuningJob, out: Path, keep_trials: bool, seconds: float) -> Tun
         for folder in (out / "trials").iterdir():
             if folder.name != source.name:
                 shutil.rmtree(folder, ignore_errors=True)
-    _summary(rows, best.number)
+    _summary(rows, best.number, job.objective)
     log.info("Best: trial %d, val_accuracy=%.4f, in %.0f s; its model is in %s", best.number, best.value, seconds,
              where)
     return TuningResult(best.number, float(best.value), dict(best.user_attrs.get("hyperparameters", {})), rows, out)
