@@ -253,3 +253,16 @@ def test_two_workers_match_one_process(tmp_path: Path) -> None:
         assert y["val_f1_micro"] == pytest.approx(x["val_f1_micro"], abs=1e-9)
         assert y["loss"] == pytest.approx(x["loss"], abs=1e-4)
     assert a["thresholds"] == pytest.approx(b["thresholds"], abs=1e-3)
+
+
+def test_the_folder_loads_in_a_plain_transformers_pipeline(trained: tuple[TextClassifier, Path]) -> None:
+    from transformers import pipeline
+
+    clf, folder = trained
+    texts = ["the good film and the plot", "a bad film"]
+    scores = pipeline("text-classification", model=str(folder), top_k=None)(texts)
+    for text_scores, ours in zip(scores, clf.predict_proba(texts)):
+        by_label = {s["label"]: s["score"] for s in text_scores}
+        np.testing.assert_allclose([by_label[c] for c in clf.classes_], ours, atol=1e-5)  # sigmoid per label
+    card = (folder / "README.md").read_text()
+    assert "| label | threshold |" in card and f"{clf.thresholds_[0]:.3f}" in card
