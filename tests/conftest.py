@@ -93,6 +93,20 @@ def build_tiny_family(family: str, folder: Path, **config: object) -> Path:
     return folder
 
 
+def wait_for_ping(url: str, timeout: float = 60) -> None:
+    """Until a server at `url` answers /ping with 200 (or the timeout)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+
+
 def run_until(cmd: list[str], marker: str, timeout: float = 120) -> subprocess.Popen[str]:
     """Start a command and return once its stderr shows a line starting with `marker` (or the timeout)."""
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})

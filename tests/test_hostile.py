@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from tests.conftest import wait_for_ping
 from textfit import TextClassifier, artifact, batching
 from textfit.server import ServeSettings, create_app
 
@@ -342,13 +343,7 @@ def server(tiny_artifact: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, 
                              "--max-header-kb", "16", "--max-headers", "50"],
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    wait_for_ping(url)
     yield proc, url, port
     proc.kill()
     proc.wait(timeout=10)
@@ -447,13 +442,7 @@ def test_sigterm_exits_zero(tiny_artifact: Path) -> None:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "textfit", "serve", "--model", str(tiny_artifact), "--port",
                              str(port), "--backend", "torch"], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    wait_for_ping(f"http://127.0.0.1:{port}")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
 

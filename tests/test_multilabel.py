@@ -266,3 +266,20 @@ def test_the_folder_loads_in_a_plain_transformers_pipeline(trained: tuple[TextCl
         np.testing.assert_allclose([by_label[c] for c in clf.classes_], ours, atol=1e-5)  # sigmoid per label
     card = (folder / "README.md").read_text()
     assert "| label | threshold |" in card and f"{clf.thresholds_[0]:.3f}" in card
+
+
+def test_balanced_class_weights_become_positive_weights_per_label() -> None:
+    import torch
+
+    from textfit.training import batch_loss, class_weights
+
+    rows = [[0], [0, 1], [], [0], [2]]  # label 0 on 3 of 5 rows, label 1 on 1, label 2 on 1
+    weights = class_weights("balanced", rows, 3, multi_label=True)
+    assert weights is not None
+    torch.testing.assert_close(weights, torch.tensor([2 / 3, 4.0, 4.0]))  # negatives / positives
+    logits, labels = torch.zeros(2, 3), torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    plain, _ = batch_loss(logits, labels)
+    weighted, _ = batch_loss(logits, labels, weights)
+    ln2 = float(torch.log(torch.tensor(2.0)))
+    assert float(plain) == pytest.approx(2 * ln2)  # every BCE term is ln 2 at logit 0: 3 labels, mean, 2 rows
+    assert float(weighted) == pytest.approx(ln2 * ((2 / 3 + 1 + 4) / 3 + 1))  # positives scaled by their weight

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from tests.conftest import wait_for_ping
 from textfit import TextClassifier
 from textfit.server import ServeSettings, create_app
 
@@ -185,13 +186,7 @@ def server(tiny_artifact: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]
                              str(port), "--backend", "torch", "--max-queue", "50000"], stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    wait_for_ping(url)
     yield proc, url
     if proc.poll() is None:
         proc.kill()

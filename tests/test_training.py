@@ -150,3 +150,27 @@ def test_length_bucketed_batches_cover_every_row_once() -> None:
     assert batching.plan_batches(lengths, 8, shuffle=True, seed=1) == plan
     spread = [max(lengths[r] for r in g) - min(lengths[r] for r in g) for g in plan]
     assert max(spread) <= 3  # rows of similar length share a batch
+
+
+def test_validation_is_scored_as_the_served_model_computes(tiny_bert: Path, tmp_path: Path) -> None:
+    """Training in bf16, validation in fp32: the val_accuracy that picks the epoch is the served model's."""
+    from tests.conftest import make_rows, write_csv
+    from textfit import TextClassifier
+
+    channel = write_csv(tmp_path / "d" / "data.csv", make_rows(80)).parent
+    clf = TextClassifier(str(tiny_bert), {"epochs": "3", "batch_size": "8", "learning_rate": "0.01",
+                                          "optimizer": "adam", "precision": "bf16"}).fit(channel)
+    kept = clf.history_[clf.best_epoch_ - 1]
+    assert clf.validation_report_ is not None
+    assert kept["val_accuracy"] == clf.validation_report_["accuracy"]  # same rows, same fp32 computation
+
+
+def test_precision_auto_counts_only_native_bf16(caplog: pytest.LogCaptureFixture) -> None:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        flags = next(line for line in f if line.startswith("flags")).split()
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert training.cpu_has_bf16() == native
+    assert (training.autocast_dtype(torch.device("cpu"), "auto") == torch.bfloat16) == native
+    reason = training._precision_reason(torch.device("cpu"), "auto")
+    assert reason == (f"auto: the CPU computes bf16 natively ({training.cpu_bf16_flag()})" if native
+                      else "auto: this CPU has no native bf16")

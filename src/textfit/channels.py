@@ -78,7 +78,7 @@ def _decode(path: Path, raw: bytes) -> str:
         ) from None
 
 
-def _is_int(text: str) -> bool:
+def is_int(text: str) -> bool:
     try:
         int(text)
     except ValueError:
@@ -133,17 +133,17 @@ def _problems(path: Path, problems: list[str]) -> str:
 
 
 def _typed_labels(path: Path, labels: list[str], lines: list[int]) -> list[int | str]:
-    is_int = [_is_int(label) for label in labels]
-    if all(is_int):
+    ints = [is_int(label) for label in labels]
+    if all(ints):
         return [int(label) for label in labels]
-    if not is_int[0] and len(labels) > 1 and all(is_int[1:]):
+    if not ints[0] and len(labels) > 1 and all(ints[1:]):
         raise DataError(
             f"{path}, line {lines[0]}: this looks like a header row ({labels[0]!r} is not a label); "
             "data.csv must have no header: delete the first line"
         )
-    if not any(is_int):
+    if not any(ints):
         return list(labels)  # names as labels: textfit's extension
-    bad = [i for i, ok in enumerate(is_int) if not ok]
+    bad = [i for i, ok in enumerate(ints) if not ok]
     return _raise_mixed(path, labels, lines, bad)
 
 

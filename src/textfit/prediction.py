@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from textfit.channels import allow_any_field_size
+from textfit.channels import allow_any_field_size, is_int
 from textfit.classifier import TextClassifier
 from textfit.errors import DataError
 from textfit.inference import verbose_record
@@ -122,14 +122,6 @@ class PredictionSummary:
 HEADER_NAMES = {"label", "labels", "class", "category", "target", "y", "tag", "topic", "sentiment"}
 
 
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _is_header(classifier: TextClassifier, chunk: list[InputRecord]) -> bool:
     """The first row of a labelled file is a header when its label is no class of the model, the next rows'
     labels are, and it cannot be a label: a word where the labels are integers (the rule `train` applies to
@@ -140,7 +132,7 @@ def _is_header(classifier: TextClassifier, chunk: list[InputRecord]) -> bool:
     if not all(classifier.class_index(r.label) is not None for r in rest):
         return False
     numeric = all(isinstance(v, int) for v in classifier.label_values_)
-    return (numeric and not _is_int(first.label)) or first.label.strip().lower() in HEADER_NAMES
+    return (numeric and not is_int(first.label)) or first.label.strip().lower() in HEADER_NAMES
 
 
 def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out: IO[str], *,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -152,7 +153,7 @@ class Metrics:
     """Prometheus counters for /metrics: requests by status, latency, batch sizes."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
         self.registry = CollectorRegistry()
         self.requests = Counter("textfit_requests", "Invocations by HTTP status", ["status"], registry=self.registry)
@@ -162,6 +163,7 @@ class Metrics:
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.waiting = Gauge("textfit_requests_waiting", "Requests admitted and not yet answered",
                              registry=self.registry)
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes: what the server holds
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -196,6 +198,15 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
         raise RequestError(408, f"the body did not arrive within {timeout:g} s; send it at once") from None
 
 
+def _rss_mb() -> float:
+    """The server's resident memory now (Linux), 0 where /proc is not there."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _error(status: int, message: str) -> JSONResponse:
     headers = {"Retry-After": "1"} if status == 503 else None
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
@@ -225,7 +236,8 @@ def create_app(model: TextClassifier | Callable[[], TextClassifier], settings: S
             state.error = str(exc)
             log.error("error: %s", exc)
             return
-        log.info("Model loaded: %d classes (%s)", len(state.classifier.classes_), ", ".join(state.classifier.classes_))
+        log.info("Model loaded: %d classes (%s); resident memory %.0f MB", len(state.classifier.classes_),
+                 ", ".join(state.classifier.classes_), _rss_mb())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

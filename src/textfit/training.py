@@ -33,12 +33,27 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bf16 matmuls natively (avx512_bf16 or AMX): then bf16 is about 2x fp32."""
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flag() -> str | None:
+    """The CPU feature that computes bf16 natively (avx512_bf16, AMX), None without one. oneDNN also runs bf16
+    on plain AVX-512 CPUs (Skylake, Cascade Lake) by emulation, slower and less precise than fp32: that is not
+    native, so it is not counted."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return next((flag for flag in NATIVE_BF16_FLAGS if flag in flags), None)
+    except OSError:
+        pass
+    return None
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 matmuls natively: then bf16 is about twice fp32's rate."""
+    return cpu_bf16_flag() is not None
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -52,6 +67,15 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_bf16() else None
+
+
+def _precision_reason(device: torch.device, precision: str) -> str:
+    if precision != "auto":
+        return f"precision={precision}"
+    if device.type == "cuda":
+        return "auto: mixed precision on the GPU"
+    flag = cpu_bf16_flag()
+    return f"auto: the CPU computes bf16 natively ({flag})" if flag else "auto: this CPU has no native bf16"
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -349,9 +373,9 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
         factor = warmup_then_linear_decay(steps_per_epoch * hp.epochs, hp.warmup_steps_fraction)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    log.info("Training on %s with %s precision: %d rows, %d steps per epoch%s", device.type,
-             "fp32" if dtype is None else str(dtype).removeprefix("torch."), len(train_data), steps_per_epoch,
-             ", encoder frozen (features computed once)" if cache else "")
+    log.info("Training on %s with %s precision (%s): %d rows, %d steps per epoch%s", device.type,
+             "fp32" if dtype is None else str(dtype).removeprefix("torch."), _precision_reason(device, hp.precision),
+             len(train_data), steps_per_epoch, ", encoder frozen (features computed once)" if cache else "")
     if world.active:
         log.info("Distributed over %d workers; %s", world.size, distributed.split_message(hp.batch_size, world))
     if cache:
@@ -423,7 +447,10 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
             l2 = float(l2_penalty(model, hp.regularizers_l2))
         metrics = EpochMetrics(total / weight_seen + l2, correct / seen, steps=steps_per_epoch)
         if val_data is not None:
-            scored = evaluate(model, val_data, hp.batch_size, device, dtype, hp.regularizers_l2)
+            # in fp32 on the CPU, as the served model computes: the metric that picks the epoch (and that tuning
+            # maximises) is the served model's; on a GPU the training precision, as there it serves too
+            scored = evaluate(model, val_data, hp.batch_size, device, dtype if device.type == "cuda" else None,
+                              hp.regularizers_l2)
             metrics.val_loss, metrics.val_accuracy = scored.loss, scored.accuracy
             metrics.val_f1_micro, metrics.val_f1_macro = scored.f1_micro, scored.f1_macro
         metrics.seconds = time.perf_counter() - start
