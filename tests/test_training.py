@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import make_rows
-from textfit import batching, training
+from textfit import batching, optimizers, training
 from textfit.hyperparameters import OPTIMIZERS, Hyperparameters
 
 
@@ -66,19 +66,19 @@ def test_every_optimizer_trains(tiny_bert: Path, optimizer: str) -> None:
 def test_optimizer_mapping_carries_the_knobs() -> None:
     params = [("w", torch.nn.Parameter(torch.zeros(2, 2))), ("b", torch.nn.Parameter(torch.zeros(2)))]
     h = Hyperparameters(beta_1=0.8, beta_2=0.95, epsilon=1e-6, momentum=0.5, rho=0.7, initial_accumulator_value=0.2)
-    adam = training.OPTIMIZERS["adam"](params, h).defaults
+    adam = optimizers.OPTIMIZERS["adam"](params, h).defaults
     assert (adam["betas"], adam["eps"]) == ((0.8, 0.95), 1e-6)
-    adamw = training.OPTIMIZERS["adamw"](params, h)
+    adamw = optimizers.OPTIMIZERS["adamw"](params, h)
     assert [g["weight_decay"] for g in adamw.param_groups] == [0.01, 0.0]  # no decay on the bias
-    assert training.OPTIMIZERS["nesterov"](params, h).defaults["nesterov"] is True
-    assert training.OPTIMIZERS["sgd"](params, h).defaults["momentum"] == 0.5
-    assert training.OPTIMIZERS["rmsprop"](params, h).defaults["alpha"] == 0.7
-    assert training.OPTIMIZERS["adadelta"](params, h).defaults["rho"] == 0.7
-    assert training.OPTIMIZERS["adagrad"](params, h).defaults["initial_accumulator_value"] == 0.2
+    assert optimizers.OPTIMIZERS["nesterov"](params, h).defaults["nesterov"] is True
+    assert optimizers.OPTIMIZERS["sgd"](params, h).defaults["momentum"] == 0.5
+    assert optimizers.OPTIMIZERS["rmsprop"](params, h).defaults["alpha"] == 0.7
+    assert optimizers.OPTIMIZERS["adadelta"](params, h).defaults["rho"] == 0.7
+    assert optimizers.OPTIMIZERS["adagrad"](params, h).defaults["initial_accumulator_value"] == 0.2
 
 
 def test_warmup_then_linear_decay() -> None:
-    f = training.warmup_then_linear_decay(total_steps=100, warmup_fraction=0.1)
+    f = optimizers.warmup_then_linear_decay(total_steps=100, warmup_fraction=0.1)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5) and f(100) == 0.0
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from textfit import architectures, batching, distributed
+from textfit import architectures, batching, distributed, optimizers
 from textfit.batching import Batch, Encoded
 from textfit.checkpoints import Checkpointer, LoopState
 from textfit.errors import DataError, HyperparameterError, TrainingInterrupted
@@ -80,48 +80,6 @@ def _precision_reason(device: torch.device, precision: str) -> str:
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-# ---------------------------------------------------------------------------------------------- optimizers
-
-
-def _decay_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW as in the BERT recipe: no weight decay on biases and LayerNorm weights (Devlin et al., 2019)."""
-    no_decay = [p for n, p in params if p.ndim < 2 or "LayerNorm" in n or "layer_norm" in n]
-    decay = [p for n, p in params if not (p.ndim < 2 or "LayerNorm" in n or "layer_norm" in n)]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-# Keras's optimizers mapped to torch.optim with the same knobs (README: Hyperparameters). Keras RMSprop's `rho` is torch's alpha.
-OPTIMIZERS: dict[str, Callable[[list[tuple[str, nn.Parameter]], Hyperparameters], torch.optim.Optimizer]] = {
-    "adam": lambda p, h: torch.optim.Adam(
-        [x for _, x in p], lr=h.learning_rate, betas=(h.beta_1, h.beta_2), eps=h.epsilon
-    ),
-    "adamw": lambda p, h: torch.optim.AdamW(
-        _decay_groups(p, 0.01), lr=h.learning_rate, betas=(h.beta_1, h.beta_2), eps=h.epsilon
-    ),
-    "sgd": lambda p, h: torch.optim.SGD([x for _, x in p], lr=h.learning_rate, momentum=h.momentum),
-    "nesterov": lambda p, h: torch.optim.SGD(
-        [x for _, x in p], lr=h.learning_rate, momentum=h.momentum, nesterov=h.momentum > 0
-    ),
-    "rmsprop": lambda p, h: torch.optim.RMSprop([x for _, x in p], lr=h.learning_rate, alpha=h.rho, eps=h.epsilon),
-    "adagrad": lambda p, h: torch.optim.Adagrad(
-        [x for _, x in p], lr=h.learning_rate, initial_accumulator_value=h.initial_accumulator_value, eps=h.epsilon
-    ),
-    "adadelta": lambda p, h: torch.optim.Adadelta([x for _, x in p], lr=h.learning_rate, rho=h.rho, eps=h.epsilon),
-}
-
-
-def warmup_then_linear_decay(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
-    """LR multiplier: 0 -> 1 over the warm-up steps, then linearly down to 0 (the BERT recipe)."""
-    warmup = int(warmup_fraction * total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return factor
 
 
 # ---------------------------------------------------------------------------------------------- the head
@@ -365,12 +323,12 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
     if frozen:
         model.base_model.requires_grad_(False)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = OPTIMIZERS[hp.optimizer](params, hp)
+    optimizer = optimizers.OPTIMIZERS[hp.optimizer](params, hp)
     lengths = [len(ids) for ids in train_data.input_ids]
     steps_per_epoch = len(_plan(lengths, hp.batch_size, hp.seed, world))
     schedule = None
     if hp.optimizer == "adamw":  # warm-up applies to adamw only (README: Hyperparameters)
-        factor = warmup_then_linear_decay(steps_per_epoch * hp.epochs, hp.warmup_steps_fraction)
+        factor = optimizers.warmup_then_linear_decay(steps_per_epoch * hp.epochs, hp.warmup_steps_fraction)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     log.info("Training on %s with %s precision (%s): %d rows, %d steps per epoch%s", device.type,

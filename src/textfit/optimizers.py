@@ -1,0 +1,53 @@
+"""The optimizers of SageMaker's contract mapped to torch.optim, and the warm-up schedule of adamw.
+
+Keras's optimizers with the same knobs (README: Hyperparameters); Keras RMSprop's `rho` is torch's alpha.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from textfit.hyperparameters import Hyperparameters
+
+
+def _decay_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW as in the BERT recipe: no weight decay on biases and LayerNorm weights (Devlin et al., 2019)."""
+    no_decay = [p for n, p in params if p.ndim < 2 or "LayerNorm" in n or "layer_norm" in n]
+    decay = [p for n, p in params if not (p.ndim < 2 or "LayerNorm" in n or "layer_norm" in n)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# Keras's optimizers mapped to torch.optim with the same knobs (README: Hyperparameters). Keras RMSprop's `rho` is torch's alpha.
+OPTIMIZERS: dict[str, Callable[[list[tuple[str, nn.Parameter]], Hyperparameters], torch.optim.Optimizer]] = {
+    "adam": lambda p, h: torch.optim.Adam(
+        [x for _, x in p], lr=h.learning_rate, betas=(h.beta_1, h.beta_2), eps=h.epsilon
+    ),
+    "adamw": lambda p, h: torch.optim.AdamW(
+        _decay_groups(p, 0.01), lr=h.learning_rate, betas=(h.beta_1, h.beta_2), eps=h.epsilon
+    ),
+    "sgd": lambda p, h: torch.optim.SGD([x for _, x in p], lr=h.learning_rate, momentum=h.momentum),
+    "nesterov": lambda p, h: torch.optim.SGD(
+        [x for _, x in p], lr=h.learning_rate, momentum=h.momentum, nesterov=h.momentum > 0
+    ),
+    "rmsprop": lambda p, h: torch.optim.RMSprop([x for _, x in p], lr=h.learning_rate, alpha=h.rho, eps=h.epsilon),
+    "adagrad": lambda p, h: torch.optim.Adagrad(
+        [x for _, x in p], lr=h.learning_rate, initial_accumulator_value=h.initial_accumulator_value, eps=h.epsilon
+    ),
+    "adadelta": lambda p, h: torch.optim.Adadelta([x for _, x in p], lr=h.learning_rate, rho=h.rho, eps=h.epsilon),
+}
+
+
+def warmup_then_linear_decay(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    """LR multiplier: 0 -> 1 over the warm-up steps, then linearly down to 0 (the BERT recipe)."""
+    warmup = int(warmup_fraction * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
