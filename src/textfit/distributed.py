@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from textfit.errors import TextfitError, TrainingInterrupted
-from textfit.sagemaker import torchrun_environment
+from textfit.sagemaker import thread_budget, torchrun_environment
 
 log = logging.getLogger("textfit")
 
@@ -134,7 +134,7 @@ def launch(entrypoint: Callable[..., Any], args: tuple[Any, ...], *, nproc_per_n
         rdzv_backend="static", rdzv_endpoint=f"{master_addr}:{master_port}", rdzv_configs={"rank": node_rank},
         max_restarts=0, monitor_interval=0.5, start_method="spawn",
     )
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, thread_budget() // nproc_per_node))  # the workers' shares
     try:
         elastic_launch(config, entrypoint)(*args)
     except SignalException as exc:  # the launcher was told to stop: it passed the signal on to the workers

@@ -18,6 +18,7 @@ from textfit.channels import allow_any_field_size, is_int
 from textfit.classifier import TextClassifier
 from textfit.errors import DataError
 from textfit.inference import verbose_record
+from textfit.sagemaker import thread_budget
 
 log = logging.getLogger("textfit")
 
@@ -196,12 +197,11 @@ def predict_file_parallel(model: str, path: Path, fmt: str, out: IO[str], worker
     """Shard a large input over worker processes (contiguous ranges of records) and write one output in order."""
     import concurrent.futures
     import multiprocessing
-    import os
     import tempfile
 
     total = sum(1 for _ in read_records(path, fmt))  # a cheap pass that also checks every record first
     bounds = [round(i * total / workers) for i in range(workers + 1)]
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, thread_budget() // workers)  # OMP_NUM_THREADS, where set, is the budget
     summary = PredictionSummary()
     with tempfile.TemporaryDirectory(prefix="textfit-predict-") as tmp:
         parts = [str(Path(tmp) / f"part-{i}.jsonl") for i in range(workers)]
