@@ -3,7 +3,6 @@ top-layer training, dropout, calibration, ONNX and incremental training all work
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from textfit.classifier import _load_model
 from textfit.errors import HyperparameterError
 
 CLASSES = ClassSet(values=[0, 1], names=["0", "1"])
+FAMILY_NAMES = {"bert": "BERT", "albert": "ALBERT", "electra": "ELECTRA", "distilbert": "DistilBERT",
+                "roberta": "RoBERTa", "xlm-roberta": "RoBERTa", "deberta-v2": "DeBERTa-v2", "modernbert": "ModernBERT"}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -52,7 +53,7 @@ def test_every_zoo_family_has_an_adapter() -> None:
     assert families == set(FAMILIES)
     for model_type in families:
         assert architectures.adapter_for(AutoConfig.for_model(model_type)) is not architectures.GENERIC
-    assert {spec.hf_id.split("/")[0] for spec in ZOO if spec.hf_id}  # the zoo names real repositories
+    assert len(ZOO) >= 38
 
 
 def test_head_on_features_equals_the_full_forward(family: tuple[str, Path]) -> None:
@@ -106,7 +107,7 @@ def test_full_training_export_and_incremental_training(family: tuple[str, Path],
                                                        tmp_path: Path) -> None:
     name, folder = family
     clf = TextClassifier(str(folder), {**FAST, "epochs": "1", "calibrate": "True"}).fit(rows)
-    assert json.loads(json.dumps(clf.manifest_))["architecture"] == architectures.describe(clf.model_)
+    assert clf.manifest_["architecture"] == FAMILY_NAMES[name]
     saved = clf.save(tmp_path / "model")
     texts = [text for _, text in make_rows(12, seed=3)]
     torch_probs = TextClassifier.load(saved).predict_proba(texts)

@@ -86,18 +86,21 @@ def check_texts(texts: Sequence[object]) -> list[str]:
 
 
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequence[Any] | None = None,
-           window_overlap: int | None = None, token_types: bool | None = None, n_labels: int = 0) -> Encoded:
+           window_overlap: int | None = None, token_types: bool | None = None, n_labels: int = 0,
+           count_truncated: bool = True) -> Encoded:
     """Tokenize all texts in one call (the fast tokenizer parallelises it), truncated to max_length tokens.
 
     With `window_overlap`, a text longer than max_length becomes several overlapping windows instead,
     each `window_overlap` tokens into the previous one; `owners` maps windows back to texts.
     `token_types`: whether the model takes token_type_ids (default: whether the tokenizer makes them).
+    `count_truncated`: count the texts longer than max_length (one more tokenization of the full rows; a
+    server answering requests has no use for the count, so it skips it).
     """
     texts = check_texts(texts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     has_types = "token_type_ids" in tokenizer.model_input_names if token_types is None else token_types
     if window_overlap is None:
-        ids, truncated = _tokenize_window(tokenizer, texts, max_length)
+        ids, truncated = _tokenize_window(tokenizer, texts, max_length, count_truncated)
         return Encoded(ids, None if labels is None else list(labels), pad_id, has_types, truncated=truncated,
                        n_labels=n_labels)
     enc = tokenizer(texts, truncation=True, max_length=max_length, stride=window_overlap, padding=False,
@@ -109,7 +112,8 @@ def _tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[list[in
     return list(tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"])
 
 
-def _tokenize_window(tokenizer: Any, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
+def _tokenize_window(tokenizer: Any, texts: list[str], max_length: int, count: bool = True
+                     ) -> tuple[list[list[int]], int]:
     """The first max_length tokens of each text, tokenizing a bounded prefix; and how many texts were longer."""
     budget = max_length * CHARS_PER_TOKEN
     ids = _tokenize(tokenizer, [t[:budget] for t in texts], max_length)
@@ -120,6 +124,8 @@ def _tokenize_window(tokenizer: Any, texts: list[str], max_length: int) -> tuple
         budget *= CLIP_GROWTH
         for i, row in zip(short, _tokenize(tokenizer, [texts[i][:budget] for i in short], max_length)):
             ids[i] = row
+    if not count:
+        return ids, 0
     # A full window may be a text of exactly max_length tokens: one token more tells them apart.
     full = [i for i, row in enumerate(ids) if len(row) >= max_length]
     longer = _tokenize(tokenizer, [texts[i][: budget] for i in full], max_length + 1) if full else []

@@ -391,12 +391,13 @@ class TextClassifier:
         """Raw scores before the softmax, one row per text (truncated at max_seq_length tokens)."""
         return self._logits(texts, batch_size)[0]
 
-    def _logits(self, texts: Sequence[str], batch_size: int, overlap: int | None = None
+    def _logits(self, texts: Sequence[str], batch_size: int, overlap: int | None = None, count: bool = False
                 ) -> tuple[np.ndarray, batching.Encoded]:
-        """Logits of each row (a text, or with `overlap` a window of one) and the encoded rows."""
+        """Logits of each row (a text, or with `overlap` a window of one) and the encoded rows (with `count`,
+        knowing how many texts were truncated)."""
         self._check_fitted()
         data = batching.encode(self.tokenizer_, texts, self.hyperparameters_.max_seq_length, window_overlap=overlap,
-                               token_types="token_type_ids" in self.input_names_)
+                               token_types="token_type_ids" in self.input_names_, count_truncated=count)
         rows = np.zeros((len(data), len(self.classes_)), dtype=np.float32)
         for batch in batching.iterate(data, batch_size, shuffle=False):
             rows[batch.rows] = self.runner_(batch.inputs)
@@ -419,7 +420,7 @@ class TextClassifier:
         if not isinstance(texts, str) and len(texts) == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
         if long_texts == "truncate":
-            logits, data = self._logits(texts, batch_size)
+            logits, data = self._logits(texts, batch_size, count=counts is not None)
             if counts is not None:
                 counts["truncated"] = counts.get("truncated", 0) + data.truncated
             return _sigmoid(logits) if self.multi_label_ else _softmax(logits)
