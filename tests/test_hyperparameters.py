@@ -25,7 +25,7 @@ def test_the_19_sagemaker_hyperparameters_and_defaults() -> None:
         assert getattr(hp, name) == default, name
     extras = {f.name for f in fields(Hyperparameters)} - set(SAGEMAKER_DEFAULTS)
     assert extras == {"max_seq_length", "seed", "precision", "class_weights", "calibrate", "multi_label",
-                      "label_delimiter"}
+                      "label_delimiter", "training_recipe"}
     assert hp.max_seq_length == 128
 
 

@@ -159,7 +159,8 @@ def test_validation_is_scored_as_the_served_model_computes(tiny_bert: Path, tmp_
 
     channel = write_csv(tmp_path / "d" / "data.csv", make_rows(80)).parent
     clf = TextClassifier(str(tiny_bert), {"epochs": "3", "batch_size": "8", "learning_rate": "0.01",
-                                          "optimizer": "adam", "precision": "bf16"}).fit(channel)
+                                          "optimizer": "adam", "precision": "bf16",
+                                          "training_recipe": "finetune"}).fit(channel)
     kept = clf.history_[clf.best_epoch_ - 1]
     assert clf.validation_report_ is not None
     assert kept["val_accuracy"] == clf.validation_report_["accuracy"]  # same rows, same fp32 computation

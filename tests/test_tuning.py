@@ -16,7 +16,7 @@ from textfit import TextClassifier
 from textfit.errors import HyperparameterError
 from textfit.tuning import CONDITIONS, DEFAULT_RANGES, parse_ranges, tune
 
-FIXED = {"epochs": "3", "batch_size": "8", "precision": "fp32"}
+FIXED = {"epochs": "3", "batch_size": "8", "precision": "fp32", "training_recipe": "finetune"}
 
 
 def lr_ranges(*values: str) -> dict[str, object]:

@@ -10,6 +10,10 @@ cache, calibration and the ONNX export ask the adapter; nothing else names an ar
 
 A checkpoint of any other family trains with full fine-tuning through transformers' own classes; with the
 encoder frozen it runs the whole forward each step (no feature cache): slower, still correct.
+
+The small-data recipe (recipes.py) gives any family a second kind of head, `MeanPooled`: the mean of the
+encoder's token vectors, L2-normalised (what sentence encoders are trained to produce), into the family's own last
+layer. config.json records it (`textfit_pooling: mean`), so a load wraps the model again.
 """
 
 from __future__ import annotations
@@ -43,6 +47,63 @@ def _modernbert_pooled(model: nn.Module, inputs: Inputs) -> torch.Tensor:
         return hidden[:, 0]
     mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+
+
+POOLING_KEY = "textfit_pooling"
+
+
+def mean_of_tokens(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the real (unmasked) token vectors of each row, L2-normalised, in fp32."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * weights).sum(dim=1).float() / weights.sum(dim=1).float().clamp(min=1.0)
+    return nn.functional.normalize(pooled, dim=-1)
+
+
+class MeanPooled(nn.Module):
+    """A transformers sequence classifier whose head reads the mean of the token vectors instead of its own
+    pooling: `last_layer(normalize(mean(tokens)))`.
+
+    It shares the wrapped model's modules under their own names, so parameter names, state dicts and
+    `save_pretrained` are the wrapped model's; attributes it lacks (config, base_model, save_pretrained) are the
+    wrapped model's too. Head parameters the mean does not use (a pooler, RoBERTa's dense layer) are frozen:
+    nothing trains them, and DistributedDataParallel requires every trainable parameter to get a gradient.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "hf", model)  # not registered: its children are, under their own names
+        last = adapter_for(model).last_layer(model)
+        if last.in_features != model.config.hidden_size:
+            raise TypeError(f"the last layer of {describe(model)} does not read the encoder's hidden vectors")
+        keep = {id(p) for p in last.parameters()}
+        for _, p in head_parameters(model):
+            p.requires_grad_(id(p) in keep)
+        pooler = getattr(model.base_model, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
+        model.config.update({POOLING_KEY: "mean"})
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "hf"), name)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> Any:
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        return SequenceClassifierOutput(logits=head(self, features(self, inputs)))
+
+
+def is_mean_pooled(config: Any) -> bool:
+    """Whether a config (or a model's) says its head reads the mean of the token vectors."""
+    return getattr(getattr(config, "config", config), POOLING_KEY, None) == "mean"
 
 
 def _dropout_dense(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
@@ -146,11 +207,13 @@ def position_limit(config: Any) -> int | None:
 
 
 def supports_feature_cache(model: nn.Module) -> bool:
-    return adapter_for(model).features is not None
+    return isinstance(model, MeanPooled) or adapter_for(model).features is not None
 
 
 def features(model: nn.Module, inputs: Inputs) -> torch.Tensor:
     """What the head reads, computed by the encoder (train_only_on_top_layer computes it once per row)."""
+    if isinstance(model, MeanPooled):
+        return mean_of_tokens(model.base_model(**inputs).last_hidden_state, inputs["attention_mask"])
     compute = adapter_for(model).features
     if compute is None:
         raise TypeError(f"no feature cache for model_type {model.config.model_type!r}")
@@ -159,6 +222,9 @@ def features(model: nn.Module, inputs: Inputs) -> torch.Tensor:
 
 def head(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
     """The head alone on features: model(**x).logits == head(model, features(model, x)) in eval mode."""
+    if isinstance(model, MeanPooled):
+        last = adapter_for(model).last_layer(model)
+        return last(feats.to(last.weight.dtype))
     run = adapter_for(model).head
     if run is None:
         raise TypeError(f"no feature cache for model_type {model.config.model_type!r}")
@@ -193,12 +259,13 @@ def scale_logits(model: nn.Module, factor: float) -> None:
 def input_names(model: nn.Module, tokenizer: Any) -> list[str]:
     """The inputs textfit feeds this model (and its ONNX graph): token types only where both sides have them."""
     adapter = adapter_for(model)
-    takes = adapter.token_types if adapter is not GENERIC else (
-        "token_type_ids" in inspect.signature(model.forward).parameters)
+    forward = getattr(model, "hf", model).forward  # a MeanPooled model takes what the model it wraps takes
+    takes = adapter.token_types if adapter is not GENERIC else "token_type_ids" in inspect.signature(forward).parameters
     types = takes and "token_type_ids" in tokenizer.model_input_names
     return ["input_ids", "attention_mask"] + (["token_type_ids"] if types else [])
 
 
 def describe(model: nn.Module) -> str:
     adapter = adapter_for(model)
-    return adapter.family if adapter is not GENERIC else f"{model.config.model_type} (no textfit adapter)"
+    name = adapter.family if adapter is not GENERIC else f"{model.config.model_type} (no textfit adapter)"
+    return f"{name}, mean-pooled head" if isinstance(model, MeanPooled) else name

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from textfit import architectures, artifact, batching, checkpoint, checkpoints, export, metrics, training
+from textfit import architectures, artifact, batching, checkpoint, checkpoints, export, metrics, recipes, training
 from textfit.channels import (
     Channel,
     ClassSet,
@@ -45,10 +45,15 @@ ChannelLike = str | Path | Channel
 
 
 def _load_model(path: str, allow_network: bool, classes: ClassSet | None = None, dropout: float | None = None,
-                multi_label: bool = False, **kwargs: Any) -> nn.Module:
-    """The checkpoint with a sequence-classification head: its own, or (given `classes`) a new one."""
+                multi_label: bool = False, mean_pooled: bool = False, **kwargs: Any) -> nn.Module:
+    """The checkpoint with a sequence-classification head: its own, or (given `classes`) a new one, reading the
+    mean of the token vectors when `mean_pooled`. A saved mean-pooled model comes back mean-pooled."""
     config = checkpoint.load_config(path, allow_network)
     if classes is not None:
+        if mean_pooled:
+            config.update({architectures.POOLING_KEY: "mean"})
+        elif hasattr(config, architectures.POOLING_KEY):  # a new head of the model's own kind
+            delattr(config, architectures.POOLING_KEY)
         config.num_labels = len(classes.names)
         config.id2label = dict(enumerate(classes.names))
         config.label2id = {name: i for i, name in enumerate(classes.names)}
@@ -56,7 +61,8 @@ def _load_model(path: str, allow_network: bool, classes: ClassSet | None = None,
         config.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
     if dropout is not None:
         architectures.set_dropout(config, dropout)  # the Dropout before the Dense layer, by this family's name
-    return checkpoint.load_classifier_model(path, config, allow_network, **kwargs)
+    model = checkpoint.load_classifier_model(path, config, allow_network, **kwargs)
+    return architectures.MeanPooled(model) if architectures.is_mean_pooled(config) else model
 
 
 def _versions() -> dict[str, str]:
@@ -223,9 +229,10 @@ class TextClassifier:
         return _Start(path, model_id, manifest.get("base_model") or path, fine_tuned, reinit, hp, classes,
                       allow_network)
 
-    def _split(self, train: Channel, validation: Channel | None, classes: ClassSet, hp: Hyperparameters
-               ) -> tuple[list[str], list[int], list[str], list[int]]:
-        """(train texts, train labels, validation texts, validation labels) as class indices."""
+    def _split(self, train: Channel, validation: Channel | None, classes: ClassSet, hp: Hyperparameters,
+               hold_out: bool = True) -> tuple[list[str], list[int], list[str], list[int]]:
+        """(train texts, train labels, validation texts, validation labels) as class indices; without
+        `hold_out` (the small-data recipe) every row trains."""
         origin = "the model being trained further" if self.init_model else f"the training data ({train.path})"
         y = encode_labels(train, classes, origin=origin)
         if hp.multi_label and hp.calibrate:
@@ -233,6 +240,8 @@ class TextClassifier:
                                       "multi-label models get a decision threshold per label instead")
         if validation is not None:
             return train.texts, y, validation.texts, encode_labels(validation, classes, origin=origin)
+        if not hold_out:
+            return train.texts, y, [], []
         if hp.validation_split_ratio == 0:
             for name in ("early_stopping", "calibrate"):
                 if getattr(hp, name):
@@ -245,13 +254,13 @@ class TextClassifier:
             tr, va = stratified_split(y, hp.validation_split_ratio, hp.seed, path=train.path)
         return [train.texts[i] for i in tr], [y[i] for i in tr], [train.texts[i] for i in va], [y[i] for i in va]
 
-    def _model(self, start: _Start) -> tuple[nn.Module, Any]:
+    def _model(self, start: _Start, mean_pooled: bool = False) -> tuple[nn.Module, Any]:
         torch.manual_seed(start.hp.seed)  # the new head's initial weights
         if not start.reinit:
             model = _load_model(start.path, False)  # incremental training keeps the trained head and its dropout
         else:
             model = _load_model(start.path, start.allow_network, start.classes, start.hp.dropout_rate,
-                                start.hp.multi_label, ignore_mismatched_sizes=start.fine_tuned)
+                                start.hp.multi_label, mean_pooled, ignore_mismatched_sizes=start.fine_tuned)
             if start.fine_tuned:
                 architectures.reinitialize_head(model)
         return model, checkpoint.load_tokenizer(start.path, start.allow_network)
@@ -284,10 +293,14 @@ class TextClassifier:
                 val_ch = (_as_channel(validation[0], validation[1], "the validation data", mode)
                           if isinstance(validation, tuple) else _as_channel(validation, None, "the validation data", mode))
             start = self._start(source, train_ch)
-            hp = start.hp
-            x_train, y_train, x_val, y_val = self._split(train_ch, val_ch, start.classes, hp)
+            given = {canonical_name(k) for k in self.hyperparameters} - {None}
+            recipe = recipes.choose(start.hp, given, len(train_ch.texts), len(start.classes.names),  # type: ignore[arg-type]
+                                    validation=val_ch is not None, new_head=start.reinit)
+            hp = recipe.hp
+            x_train, y_train, x_val, y_val = self._split(train_ch, val_ch, start.classes, hp, recipe.hold_out)
             log_hyperparameters(hp, self.hyperparameters)
-            model, tokenizer = self._model(start)
+            recipes.log_recipe(recipe, given)  # type: ignore[arg-type]
+            model, tokenizer = self._model(start, mean_pooled=recipe.name == recipes.FEWSHOT)
         names = architectures.input_names(model, tokenizer)
         types = "token_type_ids" in names
         n_labels = len(start.classes.names) if hp.multi_label else 0
@@ -297,6 +310,9 @@ class TextClassifier:
                                    n_labels=n_labels) if x_val else None
         _log_truncated(train_data, hp.max_seq_length, "training")
         log.info("Classes (%d): %s", len(start.classes.names), ", ".join(start.classes.names))
+        if recipe.name == recipes.FEWSHOT and recipe.new_head:
+            recipes.fit_probe(model, train_data, hp, training.class_weights(
+                hp.class_weights, y_train, len(start.classes.names), hp.multi_label))
         checkpointer = None
         if checkpoint_dir is not None:
             checkpointer = checkpoints.Checkpointer(Path(checkpoint_dir), checkpoints.fingerprint(
@@ -313,6 +329,9 @@ class TextClassifier:
             "initialized_from": str(self.init_model) if self.init_model else None,
             "fine_tuned": True,
             "hyperparameters": hp.to_strings(),
+            "training_recipe": {"name": recipe.name, "reason": recipe.reason,
+                                "head": "mean of the token vectors" if architectures.is_mean_pooled(model)
+                                else "the architecture's own"},
             "classes": {"labels": list(start.classes.names), "label_values": list(start.classes.values)},
             "epochs": history,
             "best_epoch": result.best_epoch,

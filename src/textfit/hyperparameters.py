@@ -19,6 +19,7 @@ log = logging.getLogger("textfit")
 OPTIMIZERS = ("adamw", "adam", "sgd", "nesterov", "rmsprop", "adagrad", "adadelta")
 REINITIALIZE = ("Auto", "True", "False")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RECIPES = ("auto", "finetune", "fewshot")
 
 # Other spellings seen in SageMaker's material (README: Hyperparameters, aliases): the JumpStart scripts'
 # `train_only_top_layer`, the tuning page's `eps`, and the v1.x dashed names. Dashes are normalised first.
@@ -91,6 +92,10 @@ class Hyperparameters:
     one sigmoid output per label, with a decision threshold per label chosen on the validation rows."""
     label_delimiter: str = field(default="|", metadata={"extra": True})
     """textfit extra: what separates the labels of a row when multi_label=True."""
+    training_recipe: str = field(default="auto", metadata={"choices": RECIPES, "extra": True})
+    """textfit extra: finetune (fine-tune the encoder with its own head), fewshot (for small data: a head on the
+    mean of the token vectors, fitted as a linear probe, then a fixed budget of fine-tuning steps on every row),
+    or auto (fewshot when the training data has few rows per class; README: Small data)."""
 
     def __post_init__(self) -> None:
         problems = [p for f in fields(self) if (p := _check_range(f.name, getattr(self, f.name), f.metadata))]
@@ -185,7 +190,7 @@ def _parse_value(name: str, raw: object) -> Any:
         return text.lower() if text.lower() in ("none", "balanced") else text
     if name == "reinitialize_top_layer":  # SageMaker spells these "Auto"/"True"/"False"; accept any case
         return {c.lower(): c for c in REINITIALIZE}.get(text.lower(), text)
-    return text.lower() if name in ("optimizer", "precision") else text
+    return text.lower() if name in ("optimizer", "precision", "training_recipe") else text
 
 
 def canonical_name(name: str) -> str | None:

@@ -89,7 +89,8 @@ def l2_penalty(model: nn.Module, factor: float) -> torch.Tensor | float:
     """Keras's l2 kernel regularizer on the head: factor * sum of squared weights, added to the loss."""
     if factor == 0:
         return 0.0
-    return factor * sum(p.float().pow(2).sum() for n, p in architectures.head_parameters(model) if p.ndim >= 2)
+    return factor * sum(p.float().pow(2).sum() for n, p in architectures.head_parameters(model)
+                        if p.ndim >= 2 and p.requires_grad)  # a mean-pooled head leaves some layers unused
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -249,7 +250,7 @@ class _Head(nn.Module):
 
 
 @torch.inference_mode()
-def _embed(model: nn.Module, data: Encoded, batch_size: int, device: torch.device,
+def embed(model: nn.Module, data: Encoded, batch_size: int, device: torch.device,
            dtype: torch.dtype | None) -> torch.Tensor:
     """The frozen encoder's features of every row, computed once (train_only_on_top_layer): what the
     architecture's head reads, so that the head trained on them is the head the saved model runs.
@@ -337,7 +338,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
     if world.active:
         log.info("Distributed over %d workers; %s", world.size, distributed.split_message(hp.batch_size, world))
     if cache:
-        train_feats = _embed(model, train_data, hp.batch_size, device, dtype)
+        train_feats = embed(model, train_data, hp.batch_size, device, dtype)
         train_labels = train_data.label_tensor(range(len(train_data))).to(device)
     net = distributed.wrap(_Head(model) if cache else model, world, device)
     multi = bool(train_data.n_labels)

@@ -307,6 +307,9 @@ def _objective(job: TuningJob) -> Any:
                          job.objective, value)
                 raise optuna.TrialPruned()
 
+        if job.validation is None and "validation_split_ratio" not in params:
+            # a trial is scored on held-out rows; the small-data recipe holds rows out only when asked to
+            params = {**params, "validation_split_ratio": str(FIELDS["validation_split_ratio"].default)}
         clf = TextClassifier(job.model_id, params).fit(job.train, validation=job.validation, on_epoch=report)
         saved = clf.save(Path(job.output) / "trials" / f"trial-{trial.number}", overwrite=True, onnx="none")
         trial.set_user_attr("model", f"{socket.gethostname()}:{saved.resolve()}")

@@ -1,0 +1,234 @@
+"""Small data: textfit's defaults against SetFit, a frozen encoder with logistic regression, and TF-IDF with
+logistic regression, at 8, 16, 32 and 64 labelled rows a class, over several sampling seeds.
+
+    pip install setfit==1.2.0   # the baseline; not a textfit dependency
+    python bench/fewshot_bench.py [--sets bbc,debian] [--sizes 8,16,32,64] [--seeds 5]
+                                  [--methods textfit,setfit,frozen,tfidf] [--results fewshot.jsonl]
+
+Sets:
+- bbc: BBC News (bench/bbc.py, 5 topics, long articles); the 444 test rows of its fixed split are never sampled.
+- debian: Debian package descriptions (`apt-cache dumpavail` on this machine) labelled by their archive section
+  (games, sound, graphics, science, mail, database): short-to-long technical texts. Descriptions shared by
+  several packages are kept once; 100 rows a class are the test set, never sampled.
+
+For each set, size and seed, N rows a class are drawn (random.Random(seed)) from the pool, and every method
+trains on exactly those rows and is scored on the whole test set. All use the embedded all-MiniLM-L6-v2 body and
+truncate at 128 tokens:
+- textfit: TextClassifier() with no hyperparameters (its defaults choose the recipe);
+- setfit: SetFit 1.2, its recommended recipe (contrastive pairs, 20 iterations, 1 epoch, batch 16, body lr
+  2e-5, then a logistic-regression head), body truncating at 128 tokens as textfit does;
+- frozen: mean-pooled normalised embeddings + LogisticRegressionCV (the regularisation chosen by
+  cross-validation: the frozen baseline at its best);
+- tfidf: TF-IDF of 1-2 grams (sublinear) + LogisticRegressionCV.
+Training seconds are wall-clock for fitting, from the raw texts (the frozen baseline's embedding of the training
+rows included). Each result is appended to --results as it comes, and a run skips what that file already holds,
+so a long grid can be run in parts; the table is printed from the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+MAX_LENGTH = 128
+DEBIAN_SECTIONS = ("games", "sound", "graphics", "science", "mail", "database")
+DEBIAN_TEST_PER_CLASS = 100
+
+
+def bbc_set() -> tuple[list[tuple[int, str]], list[tuple[int, str]], list[str]]:
+    import bbc
+
+    train, test = bbc.split(bbc.articles())
+    return train, test, bbc.class_names()
+
+
+def debian_set() -> tuple[list[tuple[int, str]], list[tuple[int, str]], list[str]]:
+    dump = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, text=True, check=True).stdout
+    seen: set[str] = set()
+    rows = []
+    for stanza in dump.split("\n\n"):
+        fields: dict[str, str] = {}
+        key = None
+        for line in stanza.splitlines():
+            if line.startswith((" ", "\t")) and key:
+                fields[key] += " " + line.strip().removeprefix(".").strip()
+            elif ":" in line:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        section = fields.get("Section", "").split("/")[-1]
+        text = " ".join(fields.get("Description", "").split())
+        if section in DEBIAN_SECTIONS and text and text not in seen:
+            seen.add(text)
+            rows.append((DEBIAN_SECTIONS.index(section), text))
+    rng = random.Random(42)
+    rng.shuffle(rows)
+    test = [r for c in range(len(DEBIAN_SECTIONS)) for r in [r for r in rows if r[0] == c][:DEBIAN_TEST_PER_CLASS]]
+    chosen = {id(r) for r in test}
+    return [r for r in rows if id(r) not in chosen], test, list(DEBIAN_SECTIONS)
+
+
+SETS = {"bbc": bbc_set, "debian": debian_set}
+
+
+def sample(pool: list[tuple[int, str]], per_class: int, seed: int) -> list[tuple[int, str]]:
+    rng = random.Random(seed)
+    picked = []
+    for label in sorted({y for y, _ in pool}):
+        picked += rng.sample([r for r in pool if r[0] == label], per_class)
+    rng.shuffle(picked)
+    return picked
+
+
+def run_textfit(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int
+                ) -> dict[str, object]:
+    from textfit import TextClassifier
+
+    start = time.perf_counter()
+    clf = TextClassifier().fit([t for _, t in train], [names[y] for y, _ in train])
+    seconds = time.perf_counter() - start
+    predicted = clf.predict([t for _, t in test])
+    return {"accuracy": float(np.mean([p == names[y] for p, (y, _) in zip(predicted, test)])), "seconds": seconds,
+            "recipe": clf.manifest_["training_recipe"]["name"]}
+
+
+def run_setfit(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int
+               ) -> dict[str, object]:
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    from textfit.zoo import embedded_path
+
+    start = time.perf_counter()
+    model = SetFitModel.from_pretrained(str(embedded_path()))
+    model.model_body.max_seq_length = MAX_LENGTH
+    args = TrainingArguments(num_iterations=20, seed=seed, report_to="none", show_progress_bar=False,
+                             save_strategy="no")
+    data = Dataset.from_dict({"text": [t for _, t in train], "label": [y for y, _ in train]})
+    Trainer(model=model, args=args, train_dataset=data).train()
+    seconds = time.perf_counter() - start
+    predicted = np.asarray(model.predict([t for _, t in test]))
+    return {"accuracy": float(np.mean(predicted == np.array([y for y, _ in test]))), "seconds": seconds}
+
+
+_EMBEDDINGS: dict[str, np.ndarray] = {}
+
+
+def _embed(texts: list[str]) -> np.ndarray:
+    """Mean-pooled, normalised embeddings of the embedded MiniLM (cached per text: the test set once a set)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from textfit.zoo import embedded_path
+
+    missing = [t for t in dict.fromkeys(texts) if t not in _EMBEDDINGS]
+    if missing:
+        path = str(embedded_path())
+        tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+        for i in range(0, len(missing), 64):
+            batch = tokenizer(missing[i:i + 64], truncation=True, max_length=MAX_LENGTH, padding=True,
+                              return_tensors="pt")
+            with torch.inference_mode():
+                hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+            _EMBEDDINGS.update(zip(missing[i:i + 64], pooled.numpy()))
+    return np.stack([_EMBEDDINGS[t] for t in texts])
+
+
+def _logistic_cv(n_rows_per_class: int) -> object:
+    from sklearn.linear_model import LogisticRegressionCV
+
+    return LogisticRegressionCV(Cs=10, cv=min(5, n_rows_per_class), max_iter=3000)
+
+
+def run_frozen(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int
+               ) -> dict[str, object]:
+    _embed([t for _, t in test])  # the test set's embeddings are not training time
+    start = time.perf_counter()
+    for _, t in train:  # embed the training rows afresh (an earlier seed may have drawn them): their cost counts
+        _EMBEDDINGS.pop(t, None)
+    features = _embed([t for _, t in train])
+    per_class = len(train) // len(names)
+    clf = _logistic_cv(per_class).fit(features, [y for y, _ in train])  # type: ignore[attr-defined]
+    seconds = time.perf_counter() - start
+    predicted = clf.predict(_embed([t for _, t in test]))
+    return {"accuracy": float(np.mean(predicted == np.array([y for y, _ in test]))), "seconds": seconds}
+
+
+def run_tfidf(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int
+              ) -> dict[str, object]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    start = time.perf_counter()
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    features = vectorizer.fit_transform([t for _, t in train])
+    clf = _logistic_cv(len(train) // len(names)).fit(features, [y for y, _ in train])  # type: ignore[attr-defined]
+    seconds = time.perf_counter() - start
+    predicted = clf.predict(vectorizer.transform([t for _, t in test]))
+    return {"accuracy": float(np.mean(predicted == np.array([y for y, _ in test]))), "seconds": seconds}
+
+
+METHODS = {"textfit": run_textfit, "setfit": run_setfit, "frozen": run_frozen, "tfidf": run_tfidf}
+
+
+def _key(row: dict[str, object]) -> tuple[object, ...]:
+    return row["set"], row["method"], row["per_class"], row["seed"]
+
+
+def table(results: Path) -> str:
+    groups: dict[tuple[object, ...], list[dict[str, object]]] = defaultdict(list)
+    for line in results.read_text().splitlines():
+        row = json.loads(line)
+        groups[(row["set"], row["per_class"], row["method"])].append(row)
+    lines = ["| set | rows a class | method | seeds | accuracy (mean ± sd) | training s (mean) |",
+             "|---|---|---|---|---|---|"]
+    for (name, per_class, method), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                                 list(METHODS).index(kv[0][2]))):
+        acc = np.array([r["accuracy"] for r in rows], dtype=float)
+        secs = np.mean([r["seconds"] for r in rows])
+        lines.append(f"| {name} | {per_class} | {method} | {len(rows)} | {acc.mean():.4f} ± {acc.std():.4f} | "
+                     f"{secs:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sets", default="bbc,debian")
+    parser.add_argument("--sizes", default="8,16,32,64")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--results", type=Path, default=Path("fewshot.jsonl"))
+    args = parser.parse_args()
+    done = set()
+    if args.results.is_file():
+        done = {_key(json.loads(line)) for line in args.results.read_text().splitlines()}
+    for name in args.sets.split(","):
+        pool, test, names = SETS[name]()
+        print(f"{name}: {len(pool)} rows to sample from, {len(test)} test rows, classes {', '.join(names)}",
+              flush=True)
+        for per_class in (int(s) for s in args.sizes.split(",")):
+            for seed in range(args.seeds):
+                train = sample(pool, per_class, seed)
+                for method in args.methods.split(","):
+                    row = {"set": name, "method": method, "per_class": per_class, "seed": seed}
+                    if _key(row) in done:
+                        continue
+                    row.update(METHODS[method](train, test, names, seed))
+                    print(json.dumps(row), flush=True)
+                    with args.results.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(row) + "\n")
+    print(table(args.results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Training recipes: fine-tuning for data of ordinary size, and a recipe built for small data.
+
+Fine-tuning (`finetune`) trains the encoder with its own head, new and random, on 80% of the rows and keeps the
+epoch the other 20% like best. With 8 rows a class that fails: 3 validation rows choose nothing, 13 rows give one
+optimizer step an epoch, and a random head on the encoder's pooler output is a poor start (README: Small data has
+the measurements).
+
+The small-data recipe (`fewshot`) is LP-FT (Kumar et al., 2022) on the features sentence encoders are made for
+(as SetFit's head reads them, Tunstall et al., 2022):
+
+1. the head reads the mean of the token vectors, L2-normalised (architectures.MeanPooled);
+2. it starts as the logistic regression fitted on the frozen encoder's features of every training row (the
+   linear probe), with the L2 penalty regularizers_l2 puts on the head, so the probe is the optimum of the same
+   loss that fine-tuning then lowers;
+3. encoder and head are then fine-tuned together on every row (no held-out split unless one is asked for) for a
+   fixed budget of steps at a small learning rate, and the last weights are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from textfit import architectures, batching, training
+from textfit.hyperparameters import Hyperparameters
+
+log = logging.getLogger("textfit")
+
+FEWSHOT = "fewshot"
+FINETUNE = "finetune"
+
+# auto picks the small-data recipe below this many training rows per class (on average): measured on BBC News
+# with MiniLM, the small-data recipe is ahead at every size up to 64 rows a class and level by 128 (README:
+# Small data; docs/benchmarks.md).
+FEWSHOT_BELOW_ROWS_PER_CLASS = 100
+# The fine-tuning budget in optimizer steps, whatever the number of rows: enough passes over 40 rows, a few
+# over 400 (the epochs are derived from it unless given).
+FEWSHOT_STEPS = 80
+FEWSHOT_DEFAULTS = {"optimizer": "adamw", "learning_rate": 3e-5, "batch_size": 16, "warmup_steps_fraction": 0.1}
+# What the recipe does not use unless asked to hold rows out (a validation channel, or any of these given).
+HOLD_OUT_NAMES = ("validation_split_ratio", "early_stopping", "calibrate")
+UNUSED = {"dropout_rate": "the mean-pooled head has no dropout"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    reason: str
+    hp: Hyperparameters
+    hold_out: bool
+    """Whether validation rows are used: a channel, or a split of the training rows by validation_split_ratio
+    (finetune: always, as SageMaker does; a ratio of 0 then means none)."""
+    new_head: bool
+    """Whether the recipe builds its head (a mean-pooled one for fewshot) rather than keeping a trained one."""
+
+
+def _rows_per_class(n_rows: int, n_classes: int) -> float:
+    return n_rows / max(n_classes, 1)
+
+
+def choose(hp: Hyperparameters, given: Collection[str], n_rows: int, n_classes: int, *, validation: bool,
+           new_head: bool) -> Recipe:
+    """The recipe of a run and the hyperparameters it trains with.
+
+    `given`: the canonical names the user set (their values are never overridden); `validation`: whether a
+    validation channel was given; `new_head`: whether a new head is built (a fresh model, or
+    reinitialize_top_layer on an artifact).
+    """
+    per_class = _rows_per_class(n_rows, n_classes)
+    if hp.training_recipe == FINETUNE:
+        return Recipe(FINETUNE, "training_recipe=finetune", hp, True, new_head)
+    if hp.training_recipe == FEWSHOT:
+        reason = "training_recipe=fewshot"
+    elif per_class < FEWSHOT_BELOW_ROWS_PER_CLASS:
+        reason = (f"auto: {n_rows} training rows for {n_classes} classes ({per_class:.0f} a class, fewer than "
+                  f"{FEWSHOT_BELOW_ROWS_PER_CLASS})")
+    else:
+        return Recipe(FINETUNE, f"auto: {per_class:.0f} training rows a class", hp, True, new_head)
+    hold_out = validation or any(name in given for name in HOLD_OUT_NAMES) or hp.early_stopping or hp.calibrate
+    values: dict[str, object] = {k: v for k, v in FEWSHOT_DEFAULTS.items() if k not in given}
+    kept = n_rows - math.floor(n_rows * hp.validation_split_ratio) if hold_out and not validation else n_rows
+    batch = int(values.get("batch_size", hp.batch_size))  # type: ignore[call-overload]
+    if "epochs" not in given:
+        values["epochs"] = max(1, math.ceil(FEWSHOT_STEPS / max(1, math.ceil(kept / batch))))
+    return Recipe(FEWSHOT, reason, hp.with_values(**values), hold_out, new_head)
+
+
+def log_recipe(recipe: Recipe, given: Collection[str]) -> None:
+    """The recipe, why, and which of SageMaker's hyperparameters it leaves unused."""
+    log.info("Training recipe: %s (%s)", recipe.name, recipe.reason)
+    if recipe.name != FEWSHOT:
+        return
+    steps = "the epochs given" if "epochs" in given else f"about {FEWSHOT_STEPS} optimizer steps"
+    log.info("Small-data recipe: %s; then encoder and head fine-tuned together for %s, keeping the last "
+             "weights%s", "a head on the mean of the token vectors, fitted first as a logistic regression on the "
+             "frozen encoder's features" if recipe.new_head else "the model's trained head kept",
+             steps, "" if not recipe.hold_out else " (or the best epoch on the validation rows)")
+    unused = [f"{name} ({why})" for name, why in UNUSED.items()]
+    if not recipe.hold_out:
+        unused.append("validation_split_ratio, early_stopping, early_stopping_patience, early_stopping_min_delta (no "
+                      "rows are held out: pass a validation channel or set validation_split_ratio to hold some out)")
+    log.info("Not used by the small-data recipe: %s", "; ".join(unused))
+
+
+def _probe_weights(feats: np.ndarray, labels: list[object], n_classes: int, multi_label: bool, l2: float,
+                   sample_weight: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weights and biases of the logistic regression on frozen features (one per class, or per label).
+
+    scikit-learn minimises C * sum(loss) + ||W||^2 / 2; the training loop minimises mean(loss) + l2 * ||W||^2,
+    the same optimum at C = 1 / (2 * l2 * rows).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    c = 1.0 / (2.0 * max(l2, 1e-6) * len(feats))
+    weight = np.zeros((n_classes, feats.shape[1]), dtype=np.float32)
+    bias = np.zeros(n_classes, dtype=np.float32)
+    if not multi_label:
+        y = np.asarray(labels)
+        present = np.unique(y)
+        if len(present) == 1:  # one class in the data: it wins everywhere until training says otherwise
+            bias[present[0]] = 1.0
+            return weight, bias
+        fit = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(feats, y, sample_weight=sample_weight)
+        coef, intercept = fit.coef_, fit.intercept_
+        if len(present) == 2:  # scikit-learn keeps one row for two classes: split it between them
+            coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+        weight[present], bias[present] = coef, intercept
+        return weight, bias
+    matrix = np.zeros((len(labels), n_classes), dtype=np.int64)
+    for i, row in enumerate(labels):
+        matrix[i, row] = 1  # type: ignore[index]
+    for j in range(n_classes):
+        positives = int(matrix[:, j].sum())
+        if positives in (0, len(labels)):  # a label always off (or always on): its prior, no weights
+            rate = (positives + 0.5) / (len(labels) + 1.0)
+            bias[j] = math.log(rate / (1 - rate))
+            continue
+        fit = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(feats, matrix[:, j])
+        weight[j], bias[j] = fit.coef_[0], fit.intercept_[0]
+    return weight, bias
+
+
+def fit_probe(model: nn.Module, data: batching.Encoded, hp: Hyperparameters,
+              class_weights: torch.Tensor | None = None) -> float:
+    """Set the mean-pooled head to the linear probe of the frozen encoder; returns its training accuracy."""
+    device = training.pick_device()
+    model.to(device)
+    feats = training.embed(model, data, hp.batch_size, device, training.autocast_dtype(device, hp.precision))
+    last = architectures.adapter_for(model).last_layer(model)
+    multi = bool(data.n_labels)
+    assert data.labels is not None
+    sample_weight = None
+    if class_weights is not None and not multi:
+        sample_weight = class_weights[torch.tensor(data.labels)].numpy()
+    weight, bias = _probe_weights(feats.cpu().numpy(), data.labels, last.out_features, multi, hp.regularizers_l2,
+                                  sample_weight, hp.seed)
+    with torch.no_grad():
+        last.weight.copy_(torch.from_numpy(weight))
+        if last.bias is not None:
+            last.bias.copy_(torch.from_numpy(bias))
+        logits = architectures.head(model, feats).float().cpu()
+    truth = data.label_tensor(range(len(data)))
+    right = ((logits > 0) == (truth > 0.5)).all(dim=1) if multi else logits.argmax(-1) == truth
+    accuracy = float(right.float().mean())
+    log.info("Linear probe on the frozen encoder's features: training accuracy %.4f", accuracy)
+    return accuracy
