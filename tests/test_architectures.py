@@ -179,3 +179,10 @@ def test_a_family_without_an_adapter_trains_frozen_without_a_cache(rows: Path, t
     assert clf.input_names_ == ["input_ids", "attention_mask"]  # MPNet takes no token types
     assert clf.manifest_["architecture"] == "mpnet (no textfit adapter)"
     TextClassifier(str(folder), {**FAST, "epochs": "1"}).fit(rows)  # full fine-tuning too
+    # and the small-data recipe: its mean-pooled head on the last layer transformers' class has (out_proj)
+    small = TextClassifier(str(folder), {"epochs": "1", "precision": "fp32", "training_recipe": "fewshot"}).fit(rows)
+    assert small.manifest_["architecture"] == "mpnet (no textfit adapter), mean-pooled head"
+    saved = small.save(tmp_path / "mpnet-model")
+    texts = [t for _, t in make_rows(10, seed=4)]
+    np.testing.assert_allclose(TextClassifier.load(saved, backend="onnx").predict_proba(texts),
+                               small.predict_proba(texts), atol=1e-4)

@@ -74,10 +74,9 @@ class MeanPooled(nn.Module):
         for name, child in model.named_children():
             self.add_module(name, child)
         object.__setattr__(self, "hf", model)  # not registered: its children are, under their own names
-        last = adapter_for(model).last_layer(model)
-        if last.in_features != model.config.hidden_size:
+        if not can_mean_pool(model):
             raise TypeError(f"the last layer of {describe(model)} does not read the encoder's hidden vectors")
-        keep = {id(p) for p in last.parameters()}
+        keep = {id(p) for p in adapter_for(model).last_layer(model).parameters()}
         for _, p in head_parameters(model):
             p.requires_grad_(id(p) in keep)
         pooler = getattr(model.base_model, "pooler", None)
@@ -99,6 +98,15 @@ class MeanPooled(nn.Module):
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         return SequenceClassifierOutput(logits=head(self, features(self, inputs)))
+
+
+def can_mean_pool(model: nn.Module) -> bool:
+    """Whether the model's last layer reads the encoder's hidden vectors, so that it can read their mean."""
+    try:
+        last = adapter_for(model).last_layer(model)
+    except (AttributeError, IndexError):
+        return False
+    return last.in_features == getattr(model.config, "hidden_size", None)
 
 
 def is_mean_pooled(config: Any) -> bool:

@@ -62,7 +62,14 @@ def _load_model(path: str, allow_network: bool, classes: ClassSet | None = None,
     if dropout is not None:
         architectures.set_dropout(config, dropout)  # the Dropout before the Dense layer, by this family's name
     model = checkpoint.load_classifier_model(path, config, allow_network, **kwargs)
-    return architectures.MeanPooled(model) if architectures.is_mean_pooled(config) else model
+    if not architectures.is_mean_pooled(config):
+        return model
+    if not architectures.can_mean_pool(model):  # only a new head can be asked for: an artifact's was checked
+        log.info("%s has no head layer that reads the encoder's hidden vectors: the small-data recipe keeps the "
+                 "architecture's own head", architectures.describe(model))
+        delattr(model.config, architectures.POOLING_KEY)
+        return model
+    return architectures.MeanPooled(model)
 
 
 def _versions() -> dict[str, str]:
@@ -310,7 +317,7 @@ class TextClassifier:
                                    n_labels=n_labels) if x_val else None
         _log_truncated(train_data, hp.max_seq_length, "training")
         log.info("Classes (%d): %s", len(start.classes.names), ", ".join(start.classes.names))
-        if recipe.name == recipes.FEWSHOT and recipe.new_head:
+        if recipe.name == recipes.FEWSHOT and recipe.new_head and isinstance(model, architectures.MeanPooled):
             recipes.fit_probe(model, train_data, hp, training.class_weights(
                 hp.class_weights, y_train, len(start.classes.names), hp.multi_label))
         checkpointer = None

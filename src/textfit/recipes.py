@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from textfit import architectures, batching, training
+from textfit import architectures, batching, distributed, training
 from textfit.hyperparameters import Hyperparameters
 
 log = logging.getLogger("textfit")
@@ -149,7 +149,8 @@ def _probe_weights(feats: np.ndarray, labels: list[object], n_classes: int, mult
 def fit_probe(model: nn.Module, data: batching.Encoded, hp: Hyperparameters,
               class_weights: torch.Tensor | None = None) -> float:
     """Set the mean-pooled head to the linear probe of the frozen encoder; returns its training accuracy."""
-    device = training.pick_device()
+    world = distributed.current()
+    device = distributed.device_for(world) if world.active else training.pick_device()
     model.to(device)
     feats = training.embed(model, data, hp.batch_size, device, training.autocast_dtype(device, hp.precision))
     last = architectures.adapter_for(model).last_layer(model)
