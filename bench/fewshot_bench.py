@@ -202,6 +202,9 @@ def table(results: Path) -> str:
 
 
 def main() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # scikit-learn's notices of coming defaults
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", default="bbc,debian")
     parser.add_argument("--sizes", default="8,16,32,64")

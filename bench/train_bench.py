@@ -3,8 +3,10 @@
 The Trainer runs in fp32, with bf16=True where the CPU computes bf16 natively, and with length-grouped
 batches (train_sampling_strategy="group_by_length"); textfit's ratio is against the fastest of those rows.
 
-    python bench/train_bench.py [--epochs 3] [--max-seq-length 128] [--limit N]
+    python bench/train_bench.py [--epochs 3] [--max-seq-length 128] [--set bbc|debian] [--limit N]
 
+--set debian trains on Debian package descriptions labelled by section (bench/fewshot_bench.py: 6 classes,
+texts of every length, most far shorter than 128 tokens), the first --limit rows of its pool; the default set:
 Fine-tunes the embedded all-MiniLM-L6-v2 on BBC News (bench/bbc.py) with AdamW 5e-5, linear schedule with 10%
 warm-up, batch 32, 128 tokens. Each contender runs in its own process (for a clean peak-memory reading) and
 trains on all 1,781 training rows with no evaluation pass during training (the Trainer's default), then
@@ -26,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 HP = {"optimizer": "adamw", "learning_rate": "5e-5", "batch_size": "32", "warmup_steps_fraction": "0.1",
-      "validation_split_ratio": "0", "seed": "42"}
+      "validation_split_ratio": "0", "seed": "42", "training_recipe": "finetune"}
 
 
 def matmul_flops(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
@@ -151,10 +153,22 @@ def spawn(name: str, args: argparse.Namespace, train: Path, test: Path) -> dict[
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
+def debian_channels(root: Path, limit: int) -> tuple[Path, Path]:
+    """(train, test) channels of the Debian sections set: the first `limit` rows of its pool, its test rows."""
+    from bbc import write_channel
+    from fewshot_bench import debian_set
+
+    pool, test, _ = debian_set()
+    return (write_channel(root / "train", pool[:limit]),
+            write_channel(root / "test", test))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--set", choices=("bbc", "debian"), default="bbc")
+    parser.add_argument("--limit", type=int, default=2000, help="training rows of the debian set")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--train", help=argparse.SUPPRESS)
     parser.add_argument("--test", help=argparse.SUPPRESS)
@@ -173,7 +187,7 @@ def main() -> None:
     print(f"matmul floor: fp32 {floor['fp32'] / 1e9:.0f} GFLOP/s, bf16 {floor['bf16'] / 1e9:.0f} GFLOP/s; "
           f"training cost {per_token / 1e6:.1f} MFLOP/token; threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
-        train, test = channels(Path(tmp))
+        train, test = channels(Path(tmp)) if args.set == "bbc" else debian_channels(Path(tmp), args.limit)
         from textfit.training import cpu_has_bf16
 
         trainers = ["trainer-fp32"] + (["trainer-bf16", "trainer-bf16-grouped"] if cpu_has_bf16() else

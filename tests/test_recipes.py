@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,17 @@ def test_auto_chooses_fewshot_on_a_small_channel_and_says_why(tiny_bert: Path, t
     assert clf.manifest_["data"]["train"]["rows"] == 40 and clf.manifest_["data"]["validation"] is None
     assert [m["val_accuracy"] for m in clf.history_] == [None, None]
     assert isinstance(clf.model_, architectures.MeanPooled)
+
+
+def test_sagemakers_tuner_gets_its_validation_metric_from_the_small_data_recipe(tiny_bert: Path, tmp_path: Path,
+                                                                                 caplog: pytest.LogCaptureFixture
+                                                                                 ) -> None:
+    hp = {**AUTO, "epochs": "1", "_tuning_objective_metric": "validation:accuracy"}
+    with caplog.at_level(logging.INFO, logger="textfit"):
+        clf = TextClassifier(str(tiny_bert), hp).fit(_channel(tmp_path / "small", 40))
+    assert clf.manifest_["training_recipe"]["name"] == "fewshot"
+    assert clf.manifest_["data"]["validation"]["rows"] == 8
+    assert re.search(r"val_accuracy=[0-9.]+", caplog.text)
 
 
 def test_auto_chooses_finetune_on_a_large_channel(tiny_bert: Path, tmp_path: Path,
@@ -165,6 +177,11 @@ def test_fewshot_artifact_reloads_exports_and_serves_the_same_predictions(
     # the head starts from a probe of these sentiment words: it must tell the held-out rows apart
     truth = [y for y, _ in make_rows(24, seed=5)]
     assert np.mean(expected[:24].argmax(1) == np.array(truth)) >= 0.75, name
+
+    from textfit.evaluation import evaluate
+
+    report = evaluate(reloaded, write_csv(folder.parent / "heldout" / "data.csv", make_rows(24, seed=5)).parent)
+    assert report.accuracy == pytest.approx(np.mean(expected[:24].argmax(1) == np.array(truth)))
 
     from textfit.server import create_app
 

@@ -301,6 +301,8 @@ class TextClassifier:
                           if isinstance(validation, tuple) else _as_channel(validation, None, "the validation data", mode))
             start = self._start(source, train_ch)
             given = {canonical_name(k) for k in self.hyperparameters} - {None}
+            if "_tuning_objective_metric" in self.hyperparameters:  # SageMaker's tuner reads val_accuracy
+                given.add("validation_split_ratio")
             recipe = recipes.choose(start.hp, given, len(train_ch.texts), len(start.classes.names),  # type: ignore[arg-type]
                                     validation=val_ch is not None, new_head=start.reinit)
             hp = recipe.hp
