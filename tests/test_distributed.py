@@ -17,7 +17,7 @@ from textfit.distributed import World, my_rows, split_message
 
 # 52 rows, batch 10: the split leaves 42 training rows, so the last global batch (2 rows) gives each worker one
 HP = ["--hp", "epochs=3", "--hp", "batch_size=10", "--hp", "learning_rate=0.01", "--hp", "optimizer=adam",
-      "--hp", "precision=fp32", "--hp", "dropout_rate=0"]
+      "--hp", "precision=fp32", "--hp", "dropout_rate=0", "--hp", "training_recipe=finetune"]
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +67,14 @@ def test_forty_one_rows_in_batches_of_ten_on_two_workers(no_dropout_bert: Path, 
     assert json.loads((tmp_path / "out" / "textfit.json").read_text())["workers"] == 2
 
 
-def test_two_workers_match_one(no_dropout_bert: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("recipe", ["finetune", "fewshot"])
+def test_two_workers_match_one(no_dropout_bert: Path, tmp_path: Path, recipe: str) -> None:
+    """The small-data recipe too: each worker embeds its share for the probe, and all fit the same one."""
     data = write_csv(tmp_path / "train" / "data.csv", make_rows(52)).parent
-    one = train(no_dropout_bert, data, tmp_path / "one")
+    extra = ("--hp", f"training_recipe={recipe}", "--hp", "validation_split_ratio=0.2")
+    one = train(no_dropout_bert, data, tmp_path / "one", *extra)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = train(no_dropout_bert, data, tmp_path / "two", "--nproc-per-node", "2")
+    two = train(no_dropout_bert, data, tmp_path / "two", "--nproc-per-node", "2", *extra)
     assert two.returncode == 0, two.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "train", "two"]  # one artifact
     assert two.stderr.count("Epoch 1/3") == 1  # only rank 0 logs the metric lines
