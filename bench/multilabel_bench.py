@@ -31,10 +31,10 @@ import numpy as np
 EPOCHS, LR, BATCH = 5, 1e-4, 32
 
 
-def debtags_rows() -> list[tuple[list[str], str]]:
-    """(tags, description) of every package that has debtags."""
+def packages() -> list[dict[str, str]]:
+    """The fields of every package in Debian's index on this machine (continuation lines joined by newlines)."""
     dump = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, text=True, check=True).stdout
-    rows = []
+    out = []
     for stanza in dump.split("\n\n"):
         fields: dict[str, str] = {}
         key = None
@@ -44,6 +44,14 @@ def debtags_rows() -> list[tuple[list[str], str]]:
             elif ":" in line:
                 key, _, value = line.partition(":")
                 fields[key] = value.strip()
+        out.append(fields)
+    return out
+
+
+def debtags_rows() -> list[tuple[list[str], str]]:
+    """(tags, description) of every package that has debtags."""
+    rows = []
+    for fields in packages():
         tags = [t.strip() for t in fields.get("Tag", "").replace("\n", " ").split(",") if t.strip()]
         text = fields.get("Description", "").replace("\n.", "\n").strip()
         if tags and text:
