@@ -75,6 +75,12 @@ def test_optimizer_mapping_carries_the_knobs() -> None:
     assert optimizers.OPTIMIZERS["rmsprop"](params, h).defaults["alpha"] == 0.7
     assert optimizers.OPTIMIZERS["adadelta"](params, h).defaults["rho"] == 0.7
     assert optimizers.OPTIMIZERS["adagrad"](params, h).defaults["initial_accumulator_value"] == 0.2
+    # torch's fused kernel where it has one, the multi-tensor one elsewhere: one optimizer step was a third of a
+    # short-text training step one tensor at a time
+    for name in ("adam", "adamw", "sgd", "nesterov", "adagrad"):
+        assert optimizers.OPTIMIZERS[name](params, h).defaults["fused"] is True, name
+    for name in ("rmsprop", "adadelta"):
+        assert optimizers.OPTIMIZERS[name](params, h).defaults["foreach"] is True, name
 
 
 def test_warmup_then_linear_decay() -> None:
@@ -101,6 +107,38 @@ def test_the_best_epoch_not_the_last_is_kept(tiny_bert: Path) -> None:
     assert all(best.val_accuracy >= m.val_accuracy for m in result.history)  # type: ignore[operator]
     accuracy = training.evaluate(model, val, 8, torch.device("cpu"), None).accuracy
     assert accuracy == best.val_accuracy
+
+
+def test_the_kept_weights_are_those_of_the_best_epoch(tiny_bert: Path) -> None:
+    """The best epoch's weights come back when a later epoch is worse, and the copy kept holds only the
+    trained weights (a frozen encoder never changes, so it is not copied)."""
+    model, tok = tiny_model(tiny_bert)
+    seen: list[dict[str, torch.Tensor]] = []
+    result = training.train(model, data(tok, 48, 0), data(tok, 16, 1), hp(epochs=6, learning_rate=0.1),
+                             on_epoch=lambda epoch, m: seen.append({k: v.clone() for k, v in model.state_dict().items()}))
+    assert result.best_epoch < len(result.history), "this setting must have a later, worse epoch"
+    kept = seen[result.best_epoch - 1]
+    assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items())
+    assert not all(torch.equal(seen[-1][k], v) for k, v in model.state_dict().items())
+    model.base_model.requires_grad_(False)
+    assert set(training._trained_weights(model)) == {"classifier.weight", "classifier.bias"}
+
+
+def test_bf16_steps_on_a_cpu_run_eager_attention_and_validation_the_models_own(
+        tiny_bert: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model, tok = tiny_model(tiny_bert)
+    own = model.config._attn_implementation
+    assert own == "sdpa"
+    used: dict[bool, set[str]] = {True: set(), False: set()}  # training mode -> attention seen
+    model.register_forward_pre_hook(lambda m, args: used[m.training].add(m.config._attn_implementation))
+    with caplog.at_level("INFO", logger="textfit"):
+        training.train(model, data(tok, 32, 0), data(tok, 16, 1), hp(epochs=2, precision="bf16"))
+    assert used == {True: {"eager"}, False: {own}}
+    assert "eager attention" in caplog.text and model.config._attn_implementation == own
+    used[True].clear()
+    training.train(model, data(tok, 32, 0), None, hp(epochs=1, precision="fp32"))
+    assert used[True] == {own}  # in fp32 the two are level: the model's own
+    assert training.training_attention(torch.device("cpu"), torch.bfloat16, 512) is None  # long inputs keep SDPA
 
 
 def test_train_only_on_top_layer_freezes_the_encoder(tiny_bert: Path) -> None:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -271,6 +272,24 @@ def input_names(model: nn.Module, tokenizer: Any) -> list[str]:
     takes = adapter.token_types if adapter is not GENERIC else "token_type_ids" in inspect.signature(forward).parameters
     types = takes and "token_type_ids" in tokenizer.model_input_names
     return ["input_ids", "attention_mask"] + (["token_type_ids"] if types else [])
+
+
+@contextmanager
+def attention(model: nn.Module, implementation: str | None) -> Iterator[None]:
+    """Run the block with another of transformers' attention implementations ("eager", "sdpa") where the model
+    can switch (the families on transformers' AttentionInterface); with None, or a model that cannot switch, as
+    it is. The implementation lives in the config object but is not saved with it."""
+    hf = getattr(model, "hf", model)  # a MeanPooled model's attention is the wrapped model's
+    current = getattr(hf.config, "_attn_implementation", None)
+    can_switch = getattr(hf, "_can_set_attn_implementation", lambda: False)()
+    if implementation is None or implementation == current or not can_switch:
+        yield
+        return
+    hf.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        hf.set_attn_implementation(current)
 
 
 def describe(model: nn.Module) -> str:
