@@ -136,11 +136,12 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A trained artifact folder of the tiny BERT on separable data (accuracy 1.0 on its validation split)."""
+    """A trained artifact folder of the tiny BERT on separable data. With 128 rows it classifies unseen rows of
+    the same kind at 0.99-1.0 for every training seed tried (with 64, at 0.5-1.0 depending on the seed)."""
     from textfit import TextClassifier
 
     root = tmp_path_factory.mktemp("tiny-artifact")
-    write_csv(root / "train" / "data.csv", make_rows(64))
+    write_csv(root / "train" / "data.csv", make_rows(128))
     clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "8"}).fit(root / "train")
     return clf.save(root / "model")
 

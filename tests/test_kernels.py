@@ -1,0 +1,68 @@
+"""The faster CPU training paths compute what the native ones do: dropout's rate, scale and gradient, on every
+element position, reproducibly; and they stay inside the block that asks for them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from textfit import kernels
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.02])
+def test_dropout_drops_at_the_rate_asked_on_every_lane_and_keeps_the_mean(p: float) -> None:
+    torch.manual_seed(0)
+    x = torch.ones(4_000_000, requires_grad=True)
+    y = kernels.dropout(x, p)
+    kept = (y != 0).float()
+    # the mask is 16-bit integers cut from 64-bit draws: each of the four positions in a draw must be uniform
+    for lane in kept.view(-1, 4).T:
+        assert float(lane.mean()) == pytest.approx(1 - p, abs=0.0015)
+    values = torch.unique(y.detach()).tolist()
+    assert values[0] == 0.0 and values[1:] == [pytest.approx(1 / (1 - p), rel=1e-4)]
+    assert float(y.detach().mean()) == pytest.approx(1.0, abs=0.002)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # the gradient is the same mask, the same scale
+
+
+def test_dropout_follows_the_seed_and_keeps_the_shape_and_dtype() -> None:
+    x = torch.randn(3, 5, 7).bfloat16()
+    torch.manual_seed(1)
+    a = kernels.dropout(x, 0.3)
+    torch.manual_seed(1)
+    b = kernels.dropout(x, 0.3)
+    torch.manual_seed(2)
+    c = kernels.dropout(x, 0.3)
+    assert a.shape == x.shape and a.dtype == torch.bfloat16
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_dropout_is_the_identity_where_it_should_be() -> None:
+    x = torch.randn(100)
+    assert torch.equal(kernels.dropout(x, 0.5, training=False), x)
+    assert torch.equal(kernels.dropout(x, 0.0), x)
+    torch.testing.assert_close(kernels.dropout(x, 1e-7), x)  # below the mask's resolution: the native path
+
+
+def test_fast_dropout_reaches_modules_inside_the_block_only() -> None:
+    layer = torch.nn.Dropout(0.25).train()
+    x = torch.ones(10_000)
+    native = torch.nn.functional.dropout
+    with kernels.fast_dropout(torch.device("cpu")):
+        assert torch.nn.functional.dropout is kernels.dropout
+        torch.manual_seed(3)
+        inside = layer(x)
+    torch.manual_seed(3)
+    assert torch.equal(inside, kernels.dropout(x, 0.25))
+    assert torch.nn.functional.dropout is native
+    with pytest.raises(RuntimeError), kernels.fast_dropout(torch.device("cpu")):
+        raise RuntimeError("a step failed")
+    assert torch.nn.functional.dropout is native
+    with kernels.fast_dropout(torch.device("cuda")):  # other devices keep torch's own
+        assert torch.nn.functional.dropout is native
+
+
+def test_freed_memory_is_kept_for_reuse_under_glibc() -> None:
+    import platform
+
+    assert kernels.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
