@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import FAMILIES, FAST, build_tiny_family, make_rows, write_csv
-from textfit import TextClassifier, architectures, batching
+from textfit import TextClassifier, architectures, batching, kernels
 from textfit.channels import ClassSet
 from textfit.classifier import _load_model
 from textfit.errors import HyperparameterError
@@ -67,21 +67,23 @@ def test_head_on_features_equals_the_full_forward(family: tuple[str, Path]) -> N
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
 
 
-def test_the_training_attention_computes_the_same_logits_and_is_put_back(family: tuple[str, Path]) -> None:
-    """bf16 training on a CPU switches to the eager attention for its steps: it must compute what the model's own
-    attention does (padding included), and the model must get its own back, also after an error."""
+@pytest.mark.parametrize("implementation", ["eager", kernels.register_attention()])
+def test_the_training_attention_computes_the_same_logits_and_is_put_back(family: tuple[str, Path],
+                                                                          implementation: str) -> None:
+    """Training on a CPU switches attention for its steps: it must compute what the model's own attention does
+    (padding and local windows included), and the model must get its own back, also after an error."""
     name, folder = family
     model = _load_model(str(folder), False, CLASSES, 0.1).eval()
     own = model.config._attn_implementation
     inputs = _batch(model, folder)
     with torch.inference_mode():
         before = model(**inputs).logits
-        with architectures.attention(model, "eager"):
-            assert model.config._attn_implementation == "eager"
-            eager = model(**inputs).logits
-    torch.testing.assert_close(eager, before, atol=1e-5, rtol=0)
+        with architectures.attention(model, implementation):
+            assert model.config._attn_implementation == (implementation if name != "deberta-v2" else own)
+            switched = model(**inputs).logits
+    torch.testing.assert_close(switched, before, atol=1e-5, rtol=0)
     assert model.config._attn_implementation == own
-    with pytest.raises(RuntimeError), architectures.attention(model, "eager"):
+    with pytest.raises(RuntimeError), architectures.attention(model, implementation):
         raise RuntimeError("a step failed")
     assert model.config._attn_implementation == own
 

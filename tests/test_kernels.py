@@ -66,3 +66,49 @@ def test_freed_memory_is_kept_for_reuse_under_glibc() -> None:
     import platform
 
     assert kernels.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | None,
+               scale: float) -> torch.Tensor:
+    """Eager attention, every intermediate kept by autograd."""
+    probs = torch.softmax(q @ k.transpose(-1, -2) * q.size(-1) ** -0.5 + mask, dim=-1)
+    if keep is not None:
+        probs = probs * keep * scale
+    return (probs @ v).transpose(1, 2)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_attention_recomputing_its_backward_matches_eager_attention(p: float) -> None:
+    """Outputs and the gradients of q, k and v, with padding and with dropout (the same keep decisions, drawn
+    from the same seed)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.zeros(3, 1, 7, 7, dtype=torch.float64)
+    mask[0, :, :, 5:] = torch.finfo(torch.float64).min  # the first row's last two tokens are padding
+    module = torch.nn.Module().train()
+    torch.manual_seed(1)
+    out, weights = kernels.attention(module, q, k, v, mask, dropout=p)
+    torch.manual_seed(1)
+    keep, scale = kernels.keep_mask((3, 2, 7, 7), p) if p else (None, 1.0)
+    expected = _reference(q, k, v, mask, keep, scale)
+    torch.testing.assert_close(out, expected)
+    assert weights is None
+    upstream = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), upstream)
+    want = torch.autograd.grad(expected, (q, k, v), upstream)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    torch.autograd.gradcheck(lambda q, k, v: kernels._Attention.apply(q, k, v, mask, 0.3, 0.0), (q, k, v))
+
+
+def test_attention_in_bf16_autocast_stays_close_to_fp32_and_drops_nothing_in_eval() -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 9, 16) for _ in range(3))
+    mask = torch.zeros(2, 1, 9, 9)
+    module = torch.nn.Module().eval()
+    exact, _ = kernels.attention(module, q, k, v, mask, dropout=0.5)  # eval: no dropout
+    torch.testing.assert_close(exact, _reference(q, k, v, mask, None, 1.0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, _ = kernels.attention(module, q, k, v, mask, dropout=0.5)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), exact, atol=0.05, rtol=0.05)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import make_rows
-from textfit import batching, optimizers, training
+from textfit import batching, kernels, optimizers, training
 from textfit.hyperparameters import OPTIMIZERS, Hyperparameters
 
 
@@ -125,19 +125,20 @@ def test_the_kept_weights_are_those_of_the_best_epoch(tiny_bert: Path) -> None:
     assert set(training._trained_weights(model)) == {"classifier.weight", "classifier.bias"}
 
 
-def test_steps_on_a_cpu_run_eager_attention_and_validation_the_models_own(
-        tiny_bert: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(("precision", "expected"), [("bf16", "eager"), ("fp32", kernels.ATTENTION)])
+def test_steps_on_a_cpu_run_the_faster_attention_and_validation_the_models_own(
+        tiny_bert: Path, caplog: pytest.LogCaptureFixture, precision: str, expected: str) -> None:
     model, tok = tiny_model(tiny_bert)
     own = model.config._attn_implementation
     assert own == "sdpa"
     used: dict[bool, set[str]] = {True: set(), False: set()}  # training mode -> attention seen
     model.register_forward_pre_hook(lambda m, args: used[m.training].add(m.config._attn_implementation))
     with caplog.at_level("INFO", logger="textfit"):
-        training.train(model, data(tok, 32, 0), data(tok, 16, 1), hp(epochs=2, precision="bf16"))
-    assert used == {True: {"eager"}, False: {own}}
-    assert "eager attention" in caplog.text and model.config._attn_implementation == own
-    assert training.training_attention(torch.device("cpu"), 512) is None  # long inputs keep SDPA
-    assert training.training_attention(torch.device("cuda"), 32) is None
+        training.train(model, data(tok, 32, 0), data(tok, 16, 1), hp(epochs=2, precision=precision))
+    assert used == {True: {expected}, False: {own}}
+    assert f"{expected} attention" in caplog.text and model.config._attn_implementation == own
+    assert training.training_attention(torch.device("cpu"), None, 512) is None  # long inputs keep SDPA
+    assert training.training_attention(torch.device("cuda"), torch.bfloat16, 32) is None
 
 
 def test_train_only_on_top_layer_freezes_the_encoder(tiny_bert: Path) -> None:

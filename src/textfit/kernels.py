@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,15 +30,21 @@ import torch
 _LEVELS = 65536
 
 
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tensor, float]:
+    """Dropout's keep decisions (bool, True with probability 1 - p) from the default generator, and the scale
+    the kept values take."""
+    dropped = round(p * _LEVELS)
+    n = math.prod(shape)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    scale = _LEVELS / (_LEVELS - dropped) if dropped < _LEVELS else 0.0  # p = 1: nothing is kept
+    return bits.view(torch.int16)[:n].view(shape) >= dropped - _LEVELS // 2, scale
+
+
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
-        dropped = round(p * _LEVELS)
-        n = x.numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)  # the default generator
-        keep = bits.view(torch.int16)[:n].view(x.shape) >= dropped - _LEVELS // 2
+        keep, ctx.scale = keep_mask(x.shape, p)
         ctx.save_for_backward(keep)
-        ctx.scale = _LEVELS / (_LEVELS - dropped)
         return x * keep * ctx.scale
 
     @staticmethod
@@ -85,3 +92,79 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+
+
+# ---------------------------------------------------------------------------------------------- attention
+
+
+class _Attention(torch.autograd.Function):
+    """softmax(q k^T * scaling + mask), dropout, times v: transformers' eager attention, but what the backward
+    pass needs is recomputed there instead of kept. Eager attention keeps the softmax output (in fp32), the
+    dropped probabilities and the dropout mask of every layer, batch x heads x length x length each: about 56 MB
+    a layer at batch 32 and 128 tokens in fp32. This keeps the keep-mask (one byte an element) and the inputs;
+    recomputing q k^T and the softmax costs about 3% of a layer's FLOPs at 128 tokens."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                scaling: float, p: float) -> torch.Tensor:
+        probs = _probabilities(q, k, mask, scaling)
+        keep, scale = keep_mask(probs.shape, p) if p > 0 else (None, 1.0)
+        weights = probs if keep is None else probs.mul_(keep).mul_(scale)
+        ctx.save_for_backward(q, k, v, mask, keep)
+        ctx.scaling, ctx.scale = scaling, scale
+        return torch.matmul(weights, v)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, mask, keep = ctx.saved_tensors
+        probs = _probabilities(q, k, mask, ctx.scaling)
+        weights = probs if keep is None else probs.mul(keep).mul_(ctx.scale)
+        grad = grad.to(q.dtype)
+        grad_v = torch.matmul(weights.transpose(-1, -2), grad)
+        del weights
+        grad_weights = torch.matmul(grad, v.transpose(-1, -2))
+        if keep is not None:
+            grad_weights.mul_(keep).mul_(ctx.scale)
+        grad_scores = torch.ops.aten._softmax_backward_data(grad_weights, probs, -1, probs.dtype)
+        grad_q = torch.matmul(grad_scores, k).mul_(ctx.scaling)
+        grad_k = torch.matmul(grad_scores.transpose(-1, -2), q).mul_(ctx.scaling)
+        return grad_q, grad_k, grad_v, None, None, None
+
+
+def _probabilities(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scaling)  # in q's dtype, as eager attention under autocast
+    if mask is not None:
+        scores = scores.add_(mask) if mask.is_floating_point() else scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1)
+
+
+def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+              **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """An attention function of transformers' AttentionInterface (the signature of its eager one, whose other
+    keyword arguments it ignores as eager does): q, k, v are batch x heads x length x head size."""
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    p = dropout if module.training else 0.0
+    if p > 0 and round(p * _LEVELS) == 0:
+        p = 0.0
+    if torch.is_autocast_enabled(query.device.type):  # q, k, v come from autocast's linear layers, in its dtype
+        dtype = torch.get_autocast_dtype(query.device.type)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    with torch.autocast(query.device.type, enabled=False):
+        out = _Attention.apply(query, key, value, attention_mask, scaling, p)
+    return out.transpose(1, 2).contiguous(), None
+
+
+ATTENTION = "textfit_recompute"
+
+
+@functools.cache
+def register_attention() -> str:
+    """Make `attention` an implementation transformers models can switch to (set_attn_implementation), with
+    the additive float masks of the eager one; returns its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTENTION, attention)
+    AttentionMaskInterface.register(ATTENTION, eager_mask)
+    return ATTENTION

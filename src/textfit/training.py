@@ -79,18 +79,21 @@ def _precision_reason(device: torch.device, precision: str) -> str:
 
 
 # Training on a CPU, transformers' default SDPA attention is slow: in bf16 it runs oneDNN's flash-attention
-# kernel, whose backward pass is slow at the lengths classifiers read, and in training mode (dropout on the
-# attention probabilities) it falls back to a path with torch's slowest dropout. Measured on all-MiniLM-L6-v2,
-# batch 32, 2 cores, bf16, no dropout: a step took 134 ms with SDPA and 83 ms with the plain (eager) attention
-# at 14 tokens, 742 against 507 ms at 128, 1,546 against 1,323 ms at 256; at 512 eager is slower (4,634 against
-# 3,750 ms) and keeps 1.4 GB more for the backward pass. In fp32 with dropout, 1,804 (SDPA) against 1,606 ms
-# (eager, with kernels.dropout) at 128 tokens. Inference (validation, serving) keeps SDPA, faster there in fp32.
+# kernel, whose backward pass is slow at the lengths classifiers read, and with dropout on the attention
+# probabilities it falls back to a path with torch's slowest dropout. Measured on all-MiniLM-L6-v2, batch 32,
+# 2 cores (ms a step): in bf16 without dropout, SDPA 134 and eager attention 83 at 14 tokens, 742 and 507 at 128,
+# 1,546 and 1,323 at 256; at 512 eager is slower (4,634 against 3,750) and keeps 1.4 GB more for the backward
+# pass. In fp32 with dropout at 128 tokens: SDPA 1,804, eager 1,628 (peak RSS 2,375 MB), kernels.attention
+# (recomputes the probabilities in the backward pass) 1,593 (1,969 MB); in bf16 that one is slower than eager
+# (657 against 562 ms), so bf16 keeps eager. Inference (validation, serving) keeps the model's own.
 EAGER_ATTENTION_UP_TO = 256
 
 
-def training_attention(device: torch.device, longest: int) -> str | None:
-    """The attention implementation the training steps run ("eager"), None to keep the model's own."""
-    return "eager" if device.type == "cpu" and longest <= EAGER_ATTENTION_UP_TO else None
+def training_attention(device: torch.device, dtype: torch.dtype | None, longest: int) -> str | None:
+    """The attention implementation the training steps run, None to keep the model's own."""
+    if device.type != "cpu" or longest > EAGER_ATTENTION_UP_TO:
+        return None
+    return "eager" if dtype is not None else kernels.register_attention()
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -349,7 +352,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
         factor = optimizers.warmup_then_linear_decay(steps_per_epoch * hp.epochs, hp.warmup_steps_fraction)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    attention = None if cache else training_attention(device, max(lengths))
+    attention = None if cache else training_attention(device, dtype, max(lengths))
     log.info("Training on %s with %s precision (%s): %d rows, %d steps per epoch%s%s", device.type,
              "fp32" if dtype is None else str(dtype).removeprefix("torch."), _precision_reason(device, hp.precision),
              len(train_data), steps_per_epoch, ", encoder frozen (features computed once)" if cache else "",
