@@ -86,12 +86,12 @@ def _precision_reason(device: torch.device, precision: str) -> str:
 # pass. In fp32 with dropout at 128 tokens: SDPA 1,804, eager 1,628 (peak RSS 2,375 MB), kernels.attention
 # (recomputes the probabilities in the backward pass) 1,593 (1,969 MB); in bf16 that one is slower than eager
 # (657 against 562 ms), so bf16 keeps eager. Inference (validation, serving) keeps the model's own.
-EAGER_ATTENTION_UP_TO = 256
+CPU_ATTENTION_UP_TO = 256
 
 
 def training_attention(device: torch.device, dtype: torch.dtype | None, longest: int) -> str | None:
     """The attention implementation the training steps run, None to keep the model's own."""
-    if device.type != "cpu" or longest > EAGER_ATTENTION_UP_TO:
+    if device.type != "cpu" or longest > CPU_ATTENTION_UP_TO:
         return None
     return "eager" if dtype is not None else kernels.register_attention()
 
