@@ -207,3 +207,20 @@ def test_a_family_without_an_adapter_trains_frozen_without_a_cache(rows: Path, t
     texts = [t for _, t in make_rows(10, seed=4)]
     np.testing.assert_allclose(TextClassifier.load(saved, backend="onnx").predict_proba(texts),
                                small.predict_proba(texts), atol=1e-4)
+
+
+def test_a_model_refusing_the_training_attention_keeps_its_own(tiny_bert: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attention switch is a speed-up: a model that refuses it trains with its own attention."""
+    model = _load_model(str(tiny_bert), False, CLASSES, 0.1).eval()
+    own = model.config._attn_implementation
+
+    def refuse(implementation: str) -> None:
+        raise ValueError(f"{implementation} is not supported")
+
+    monkeypatch.setattr(model, "set_attn_implementation", refuse)
+    inputs = _batch(model, tiny_bert)
+    with architectures.attention(model, kernels.register_attention()):
+        assert model.config._attn_implementation == own
+        model(**inputs)
+    assert model.config._attn_implementation == own

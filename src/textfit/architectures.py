@@ -285,7 +285,12 @@ def attention(model: nn.Module, implementation: str | None) -> Iterator[None]:
     if implementation is None or implementation == current or not can_switch:
         yield
         return
-    hf.set_attn_implementation(implementation)
+    try:
+        hf.set_attn_implementation(implementation)
+    except (ValueError, ImportError) as exc:  # a family that refuses it: a speed-up, never a reason to fail
+        log.debug("attention %s not available for %s (%s); keeping %s", implementation, describe(model), exc, current)
+        yield
+        return
     try:
         yield
     finally:
