@@ -26,7 +26,6 @@ def _decay_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float) -
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-# Keras's optimizers mapped to torch.optim with the same knobs (README: Hyperparameters). Keras RMSprop's `rho` is torch's alpha.
 def _fused(params: list[tuple[str, nn.Parameter]]) -> dict[str, bool]:
     """fused=True where torch has the kernel for every parameter's device (CPU and CUDA), else foreach."""
     return {"fused": True} if all(p.device.type in ("cpu", "cuda") for _, p in params) else {"foreach": True}
