@@ -84,7 +84,8 @@ def _precision_reason(device: torch.device, precision: str) -> str:
 # 2 cores (ms a step): in bf16 without dropout, SDPA 134 and eager attention 83 at 14 tokens, 742 and 507 at 128,
 # 1,546 and 1,323 at 256; at 512 eager is slower (4,634 against 3,750) and keeps 1.4 GB more for the backward
 # pass. In fp32 with dropout at 128 tokens: SDPA 1,804, eager 1,628 (peak RSS 2,375 MB), kernels.attention
-# (recomputes the probabilities in the backward pass) 1,593 (1,969 MB); in bf16 that one is slower than eager
+# (recomputes the probabilities in the backward pass) 1,593 (1,969 MB); bench/step_bench.py's run: eager 1,806
+# (2,550 MB), recomputing 1,860 (1,908 MB), kept for the memory. In bf16 the recomputing one is slower than eager
 # (657 against 562 ms), so bf16 keeps eager. Inference (validation, serving) keeps the model's own.
 CPU_ATTENTION_UP_TO = 256
 
