@@ -130,8 +130,97 @@ def test_the_probe_is_scikit_learns_logistic_regression_in_the_model(tiny_bert: 
         feats = architectures.features(model, inputs).numpy()
     reference = LogisticRegression(C=1 / (2 * 0.01 * len(rows)), max_iter=2000).fit(feats, [y for y, _ in rows])
     np.testing.assert_allclose((logits[:, 1] - logits[:, 0]).numpy(), reference.decision_function(feats), atol=1e-3)
-    assert accuracy == float(((logits[:, 1] > logits[:, 0]).long() == torch.tensor([y for y, _ in rows])).float().mean())
+    assert accuracy == pytest.approx(float(((logits[:, 1] > logits[:, 0]).long() == torch.tensor([y for y, _ in rows])).float().mean()))
     assert accuracy >= 0.9
+
+
+def _clusters(n_classes: int, per_class: int, dim: int = 16, draw: int = 0) -> tuple[np.ndarray, list[int]]:
+    """L2-normalised features around one random direction a class (the same directions for every `draw`), as
+    a sentence encoder's."""
+    centres = np.random.default_rng(0).normal(size=(n_classes, dim))
+    labels = [c for c in range(n_classes) for _ in range(per_class)]
+    feats = centres[labels] + 0.5 * np.random.default_rng(draw + 1).normal(size=(len(labels), dim))
+    return (feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def test_the_class_mean_head_separates_classes_and_keeps_their_priors() -> None:
+    feats, labels = _clusters(6, 10)
+    weight, bias = recipes._centroid_weights(feats, labels, 7, False)  # class 6 has no rows
+    held_out, truth = _clusters(6, 10, draw=1)
+    assert np.mean((held_out @ weight.T + bias).argmax(1) == np.array(truth)) >= 0.95
+    np.testing.assert_allclose(np.linalg.norm(weight[:6], axis=1), recipes.CENTROID_SCALE, rtol=1e-5)
+    assert not weight[6].any() and bias[6] < bias[0]  # a class without rows: no direction, a lower prior
+    # imbalance moves the priors; balanced class weights put them back level
+    skewed = labels + [0] * 30
+    feats2 = np.vstack([feats, feats[:1].repeat(30, axis=0)])
+    _, b = recipes._centroid_weights(feats2, skewed, 6, False)
+    assert b[0] > b[1] + 1.0
+    counts = np.bincount(skewed)
+    _, level = recipes._centroid_weights(feats2, skewed, 6, False, class_weights=len(skewed) / (6 * counts))
+    np.testing.assert_allclose(level, level[0], atol=1e-6)
+
+
+def test_the_class_mean_head_for_multi_label_data_puts_zero_between_positives_and_negatives() -> None:
+    feats, single = _clusters(4, 12)
+    labels = [[c] if c != 3 else [2, 3] for c in single]
+    weight, bias = recipes._centroid_weights(feats, labels, 5, True)  # label 4: never on
+    logits = feats @ weight.T + bias
+    truth = np.zeros_like(logits, dtype=bool)
+    for i, row in enumerate(labels):
+        truth[i, row] = True
+    assert ((logits[:, :4] > 0) == truth[:, :4]).mean() >= 0.95
+    assert not weight[4].any() and bias[4] < -3  # a label never on: its prior, no weights
+
+
+def test_the_probe_is_not_left_empty_by_a_thousand_classes() -> None:
+    """Sentence embeddings share one direction and differ a little by class; with a thousand classes of four
+    rows, scikit-learn's default tolerance is met at the zero start, and its probe predicts one class for all.
+    textfit's tolerance scales with the classes."""
+    rng = np.random.default_rng(0)
+    n_classes, dim = 1000, 384
+    labels = [c for c in range(n_classes) for _ in range(4)]
+    feats = rng.normal(size=dim) + 0.3 * rng.normal(size=(n_classes, dim))[labels] + 0.15 * rng.normal(
+        size=(len(labels), dim))
+    feats = (feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float32)
+    c = 1 / (2 * 1e-4 * len(labels))
+    assert not LogisticRegression(C=c, max_iter=2000).fit(feats, labels).coef_.any()  # the trap is there
+    weight, bias = recipes._probe_weights(feats, labels, n_classes, False, 1e-4, None, 0)
+    assert np.mean((feats @ weight.T + bias).argmax(1) == np.array(labels)) >= 0.99
+
+
+def test_a_probe_that_fits_worse_than_the_class_means_gives_way_to_them(tiny_bert: Path,
+                                                                       caplog: pytest.LogCaptureFixture,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whichever start gets more training rows right is kept: here a probe of zeros (what scikit-learn returns
+    when it stops at its start) against the class means of the same features."""
+    from transformers import AutoTokenizer
+
+    monkeypatch.setattr(recipes, "_probe_weights", lambda feats, labels, n, *_: (
+        np.zeros((n, feats.shape[1]), dtype=np.float32), np.zeros(n, dtype=np.float32)))
+    caplog.set_level(logging.INFO, logger="textfit")
+    model = _load_model(str(tiny_bert), False, ClassSet(values=[0, 1], names=["0", "1"]), mean_pooled=True)
+    rows = make_rows(40)
+    data = batching.encode(AutoTokenizer.from_pretrained(tiny_bert), [t for _, t in rows], 32, [y for y, _ in rows])
+    accuracy = recipes.fit_probe(model, data, Hyperparameters(precision="fp32"))
+    assert accuracy >= 0.9
+    assert "Head started from the class means" in caplog.text and "got 0.5000 of the training rows right" in caplog.text
+    head = architectures.adapter_for(model).last_layer(model)
+    np.testing.assert_allclose(head.weight.norm(dim=1).detach().numpy(), recipes.CENTROID_SCALE, rtol=1e-4)
+
+
+def test_past_the_probes_budget_the_head_starts_from_the_class_means(tiny_bert: Path, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many classes: the logistic regression would build rows x classes matrices at every iteration; the
+    class means cost one pass. Trained end to end with the real recipe on a channel past the budget."""
+    monkeypatch.setattr(recipes, "PROBE_MAX_CELLS", 100)
+    caplog.set_level(logging.INFO, logger="textfit")
+    clf = TextClassifier(str(tiny_bert), {"epochs": "1", "precision": "fp32"}).fit(_channel(tmp_path / "t", 80))
+    assert "Head started from the class means of the frozen encoder's features (80 rows x 2 classes" in caplog.text
+    assert "Linear probe" not in caplog.text
+    assert clf.manifest_["training_recipe"]["name"] == "fewshot"
+    rows = make_rows(40, seed=4)
+    assert np.mean([str(p) == str(y) for p, (y, _) in zip(clf.predict([t for _, t in rows]), rows)]) >= 0.75
 
 
 def test_mean_pooled_model_has_the_wrapped_models_parameters_and_freezes_what_it_does_not_use(

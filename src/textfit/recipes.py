@@ -11,7 +11,9 @@ The small-data recipe (`fewshot`) is LP-FT (Kumar et al., 2022) on the features 
 1. the head reads the mean of the token vectors, L2-normalised (architectures.MeanPooled);
 2. it starts as the logistic regression fitted on the frozen encoder's features of every training row (the
    linear probe), with the L2 penalty regularizers_l2 puts on the head, so the probe is the optimum of the same
-   loss that fine-tuning then lowers;
+   loss that fine-tuning then lowers; it starts from the classes' mean features instead where that regression
+   would take gigabytes, or where it fits the training rows worse than they do (with thousands of classes the
+   penalty holds its weights near zero: fit_probe);
 3. encoder and head are then fine-tuned together on every row (no held-out split unless one is asked for) for a
    fixed budget of steps at a small learning rate, and the last weights are kept.
 """
@@ -44,6 +46,13 @@ FEWSHOT_BELOW_ROWS_PER_CLASS = 100
 # over 400 (the epochs are derived from it unless given).
 FEWSHOT_STEPS = 80
 FEWSHOT_DEFAULTS = {"optimizer": "adamw", "learning_rate": 3e-5, "batch_size": 16, "warmup_steps_fraction": 0.1}
+# The logistic regression holds rows x classes matrices of float64 (probabilities, gradients) while it runs:
+# past this many cells the head starts from the class means. Measured with 384 features (bench/probe_bench.py,
+# docs/benchmarks.md): 4M cells took 4 s and 160 MB, 32M 5 s and 420 MB, 256M 15 s and 2.2 GB.
+PROBE_MAX_CELLS = 32_000_000
+# Cosine similarity to a class mean, times this, is the class-mean head's logit: a 0.1 difference in similarity
+# is 2 in logits, as a contrastive loss's temperature of 0.05 makes it.
+CENTROID_SCALE = 20.0
 # What the recipe does not use unless asked to hold rows out (a validation channel, or any of these given).
 HOLD_OUT_NAMES = ("validation_split_ratio", "early_stopping", "calibrate")
 UNUSED = {"dropout_rate": "the mean-pooled head has no dropout"}
@@ -98,10 +107,11 @@ def log_recipe(recipe: Recipe, given: Collection[str]) -> None:
     if recipe.name != FEWSHOT:
         return
     steps = "the epochs given" if "epochs" in given else f"about {FEWSHOT_STEPS} optimizer steps"
+    head = ("a head on the mean of the token vectors, fitted first as a logistic regression on the frozen "
+            "encoder's features (started from the class means with very many classes)" if recipe.new_head
+            else "the model's trained head kept")
     log.info("Small-data recipe: %s; then encoder and head fine-tuned together for %s, keeping the last "
-             "weights%s", "a head on the mean of the token vectors, fitted first as a logistic regression on the "
-             "frozen encoder's features" if recipe.new_head else "the model's trained head kept",
-             steps, "" if not recipe.hold_out else " (or the best epoch on the validation rows)")
+             "weights%s", head, steps, "" if not recipe.hold_out else " (or the best epoch on the validation rows)")
     unused = [f"{name} ({why})" for name, why in UNUSED.items()]
     if not recipe.hold_out:
         unused.append("validation_split_ratio, early_stopping, early_stopping_patience, early_stopping_min_delta (no "
@@ -119,6 +129,10 @@ def _probe_weights(feats: np.ndarray, labels: list[object], n_classes: int, mult
     from sklearn.linear_model import LogisticRegression
 
     c = 1.0 / (2.0 * max(l2, 1e-6) * len(feats))
+    # scikit-learn stops when every entry of the gradient of the mean loss is below tol; at a zero start a
+    # class's entries are about (its share of the rows) x (a feature's size), so with thousands of classes the
+    # default 1e-4 is met before the first step and the probe comes back all zeros (bench/probe_bench.py).
+    tol = min(1e-4, 1e-3 / max(n_classes, 1))
     weight = np.zeros((n_classes, feats.shape[1]), dtype=np.float32)
     bias = np.zeros(n_classes, dtype=np.float32)
     if not multi_label:
@@ -127,7 +141,8 @@ def _probe_weights(feats: np.ndarray, labels: list[object], n_classes: int, mult
         if len(present) == 1:  # one class in the data: it wins everywhere until training says otherwise
             bias[present[0]] = 1.0
             return weight, bias
-        fit = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(feats, y, sample_weight=sample_weight)
+        fit = LogisticRegression(C=c, max_iter=2000, tol=tol, random_state=seed).fit(feats, y,
+                                                                                sample_weight=sample_weight)
         coef, intercept = fit.coef_, fit.intercept_
         if len(present) == 2:  # scikit-learn keeps one row for two classes: split it between them
             coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
@@ -142,33 +157,103 @@ def _probe_weights(feats: np.ndarray, labels: list[object], n_classes: int, mult
             rate = (positives + 0.5) / (len(labels) + 1.0)
             bias[j] = math.log(rate / (1 - rate))
             continue
-        fit = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(feats, matrix[:, j])
+        fit = LogisticRegression(C=c, max_iter=2000, tol=tol, random_state=seed).fit(feats, matrix[:, j])
         weight[j], bias[j] = fit.coef_[0], fit.intercept_[0]
     return weight, bias
 
 
+def _centroid_weights(feats: np.ndarray, labels: list[object], n_classes: int, multi_label: bool,
+                      class_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A head scoring each class by cosine similarity to the mean of its rows' (L2-normalised) features.
+
+    Single-label: the bias is the class's smoothed log prior (its rows counted at their class weight). Multi-label: a label's logit is zero halfway
+    between the mean similarity of its positive rows and of its negative ones; a label always off (or always
+    on) gets its prior and no weights. Costs one pass over the rows, whatever the number of classes.
+    """
+    n, dim = feats.shape
+    sums = np.zeros((n_classes, dim), dtype=np.float64)
+    counts = np.zeros(n_classes, dtype=np.int64)
+    for i, row in enumerate(labels):
+        members = list(row) if multi_label else [row]  # type: ignore[call-overload]
+        sums[members] += feats[i]
+        counts[members] += 1
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    centroids = np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)
+    weight = (CENTROID_SCALE * centroids).astype(np.float32)
+    if not multi_label:
+        mass = counts * (class_weights if class_weights is not None else 1.0)
+        bias = np.log((mass + 0.5) / (mass.sum() + 0.5 * n_classes))
+        return weight, bias.astype(np.float32)
+    positive_sim = np.zeros(n_classes, dtype=np.float64)
+    for i, row in enumerate(labels):
+        members = list(row)  # type: ignore[call-overload]
+        positive_sim[members] += centroids[members] @ feats[i]
+    all_sim = centroids @ feats.sum(axis=0)
+    bias = np.zeros(n_classes, dtype=np.float64)
+    for j in range(n_classes):
+        if counts[j] in (0, n):
+            rate = (counts[j] + 0.5) / (n + 1.0)
+            weight[j], bias[j] = 0.0, math.log(rate / (1 - rate))
+            continue
+        midpoint = (positive_sim[j] / counts[j] + (all_sim[j] - positive_sim[j]) / (n - counts[j])) / 2
+        bias[j] = -CENTROID_SCALE * midpoint
+    return weight, bias.astype(np.float32)
+
+
+def _training_accuracy(weight: np.ndarray, bias: np.ndarray, feats: np.ndarray, data: batching.Encoded,
+                       chunk: int = 4096) -> float:
+    """A head's accuracy on the training features (exact match for multi-label data), a chunk of rows at a
+    time: rows x classes can be large."""
+    right = 0
+    for lo in range(0, len(data), chunk):
+        rows = range(lo, min(lo + chunk, len(data)))
+        logits = torch.from_numpy(feats[lo:rows.stop] @ weight.T + bias)
+        truth = data.label_tensor(rows)
+        hit = ((logits > 0) == (truth > 0.5)).all(dim=1) if data.n_labels else logits.argmax(-1) == truth
+        right += int(hit.sum())
+    return right / max(len(data), 1)
+
+
 def fit_probe(model: nn.Module, data: batching.Encoded, hp: Hyperparameters,
               class_weights: torch.Tensor | None = None) -> float:
-    """Set the mean-pooled head to the linear probe of the frozen encoder; returns its training accuracy."""
+    """Start the mean-pooled head as the linear probe of the frozen encoder, or as the class-mean head where the
+    probe is out of budget (PROBE_MAX_CELLS) or fits the training rows worse; returns its training accuracy.
+
+    The probe's L2 penalty (regularizers_l2) sums over every class's weights while the loss it buys down is at
+    most log(classes): with thousands of classes its optimum is a head of near-zero weights that gets almost no
+    training row right (bench/probe_bench.py), and fine-tuning would start from nothing. The class-mean head
+    has no such penalty; whichever start gets more training rows right is kept.
+    """
     world = distributed.current()
     device = distributed.device_for(world) if world.active else training.pick_device()
     model.to(device)
-    feats = training.embed(model, data, hp.batch_size, device, training.autocast_dtype(device, hp.precision))
+    feats = training.embed(model, data, hp.batch_size, device,
+                           training.autocast_dtype(device, hp.precision)).cpu().float().numpy()
     last = architectures.adapter_for(model).last_layer(model)
-    multi = bool(data.n_labels)
+    n_classes, multi = last.out_features, bool(data.n_labels)
     assert data.labels is not None
-    sample_weight = None
-    if class_weights is not None and not multi:
-        sample_weight = class_weights[torch.tensor(data.labels)].numpy()
-    weight, bias = _probe_weights(feats.cpu().numpy(), data.labels, last.out_features, multi, hp.regularizers_l2,
-                                  sample_weight, hp.seed)
+    weights = None if class_weights is None or multi else class_weights.numpy()
+    means = _centroid_weights(feats, data.labels, n_classes, multi, weights)
+    means_accuracy = _training_accuracy(*means, feats, data)
+    cells = len(data) * n_classes
+    if cells > PROBE_MAX_CELLS:
+        chosen, accuracy = means, means_accuracy
+        how = (f"Head started from the class means of the frozen encoder's features ({len(data)} rows x "
+               f"{n_classes} classes: past the {PROBE_MAX_CELLS:,} cells the linear probe is fitted on)")
+    else:
+        sample_weight = None if weights is None else weights[np.asarray(data.labels)]
+        probe = _probe_weights(feats, data.labels, n_classes, multi, hp.regularizers_l2, sample_weight, hp.seed)
+        probe_accuracy = _training_accuracy(*probe, feats, data)
+        if probe_accuracy >= means_accuracy:
+            chosen, accuracy, how = probe, probe_accuracy, "Linear probe on the frozen encoder's features"
+        else:
+            chosen, accuracy = means, means_accuracy
+            how = (f"Head started from the class means of the frozen encoder's features (the linear probe, held "
+                   f"down by regularizers_l2={hp.regularizers_l2:g} over {n_classes} classes, got "
+                   f"{probe_accuracy:.4f} of the training rows right)")
     with torch.no_grad():
-        last.weight.copy_(torch.from_numpy(weight))
+        last.weight.copy_(torch.from_numpy(chosen[0]))
         if last.bias is not None:
-            last.bias.copy_(torch.from_numpy(bias))
-        logits = architectures.head(model, feats).float().cpu()
-    truth = data.label_tensor(range(len(data)))
-    right = ((logits > 0) == (truth > 0.5)).all(dim=1) if multi else logits.argmax(-1) == truth
-    accuracy = float(right.float().mean())
-    log.info("Linear probe on the frozen encoder's features: training accuracy %.4f", accuracy)
+            last.bias.copy_(torch.from_numpy(chosen[1]))
+    log.info("%s: training accuracy %.4f", how, accuracy)
     return accuracy
