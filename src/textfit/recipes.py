@@ -48,7 +48,8 @@ FEWSHOT_STEPS = 80
 FEWSHOT_DEFAULTS = {"optimizer": "adamw", "learning_rate": 3e-5, "batch_size": 16, "warmup_steps_fraction": 0.1}
 # The logistic regression holds rows x classes matrices of float64 (probabilities, gradients) while it runs:
 # past this many cells the head starts from the class means. Measured with 384 features (bench/probe_bench.py,
-# docs/benchmarks.md): 4M cells took 4 s and 160 MB, 32M 5 s and 420 MB, 256M 15 s and 2.2 GB.
+# docs/benchmarks.md): 4M cells took 6 s and 180 MB more memory, 32M 45 s and 510 MB, 80M 23 s and 1.0 GB,
+# 256M 62 s and 2.6 GB (the class means: under a second and 75 MB).
 PROBE_MAX_CELLS = 32_000_000
 # Cosine similarity to a class mean, times this, is the class-mean head's logit: a 0.1 difference in similarity
 # is 2 in logits, as a contrastive loss's temperature of 0.05 makes it.
