@@ -24,12 +24,15 @@ Also (not in the default grid): finetune, textfit with its fine-tuning recipe fo
 defaults with the head started from the class means (as past recipes.PROBE_MAX_CELLS) instead of the probe.
 Training seconds are wall-clock for fitting, from the raw texts (the frozen baseline's embedding of the training
 rows included). Each result is appended to --results as it comes, and a run skips what that file already holds,
-so a long grid can be run in parts; the table is printed from the file.
+so a long grid can be run in parts; the table is printed from the file. Each row names its data by a hash of
+the set's rows (`fingerprint`): the Debian set is read from this machine's package index, which an apt-get
+update can change, and results on other rows are not comparable.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import sys
@@ -64,6 +67,7 @@ def debian_set() -> tuple[list[tuple[int, str]], list[tuple[int, str]], list[str
         if section in DEBIAN_SECTIONS and text and text not in seen:
             seen.add(text)
             rows.append((DEBIAN_SECTIONS.index(section), text))
+    rows.sort()  # apt-cache lists packages in an order that changes with the index's sources: not this set
     rng = random.Random(42)
     rng.shuffle(rows)
     test = [r for c in range(len(DEBIAN_SECTIONS)) for r in [r for r in rows if r[0] == c][:DEBIAN_TEST_PER_CLASS]]
@@ -207,22 +211,28 @@ METHODS = {"textfit": run_textfit, "setfit": run_setfit, "frozen": run_frozen, "
 
 
 def _key(row: dict[str, object]) -> tuple[object, ...]:
-    return row["set"], row["method"], row["per_class"], row["seed"]
+    return row["set"], row.get("data"), row["method"], row["per_class"], row["seed"]
+
+
+def fingerprint(pool: list[tuple[int, str]], test: list[tuple[int, str]]) -> str:
+    """The set's rows, as a short hash: a result is only comparable with results on the same rows (the Debian
+    set comes from this machine's package index, which an apt-get update can change)."""
+    return hashlib.sha256(json.dumps([pool, test]).encode()).hexdigest()[:12]
 
 
 def table(results: Path) -> str:
     groups: dict[tuple[object, ...], list[dict[str, object]]] = defaultdict(list)
     for line in results.read_text().splitlines():
         row = json.loads(line)
-        groups[(row["set"], row["per_class"], row["method"])].append(row)
-    lines = ["| set | rows a class | method | seeds | accuracy (mean ± sd) | training s (mean) |",
-             "|---|---|---|---|---|---|"]
-    for (name, per_class, method), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
-                                                                                 list(METHODS).index(kv[0][2]))):
+        groups[(row["set"], row.get("data", "-"), row["per_class"], row["method"])].append(row)
+    lines = ["| set | data | rows a class | method | seeds | accuracy (mean ± sd) | training s (mean) |",
+             "|---|---|---|---|---|---|---|"]
+    for (name, data, per_class, method), rows in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], list(METHODS).index(kv[0][3]))):
         acc = np.array([r["accuracy"] for r in rows], dtype=float)
         secs = np.mean([r["seconds"] for r in rows])
-        lines.append(f"| {name} | {per_class} | {method} | {len(rows)} | {acc.mean():.4f} ± {acc.std():.4f} | "
-                     f"{secs:.1f} |")
+        lines.append(f"| {name} | {data} | {per_class} | {method} | {len(rows)} | {acc.mean():.4f} ± "
+                     f"{acc.std():.4f} | {secs:.1f} |")
     return "\n".join(lines)
 
 
@@ -242,13 +252,14 @@ def main() -> None:
         done = {_key(json.loads(line)) for line in args.results.read_text().splitlines()}
     for name in args.sets.split(","):
         pool, test, names = SETS[name]()
-        print(f"{name}: {len(pool)} rows to sample from, {len(test)} test rows, classes {', '.join(names)}",
-              flush=True)
+        data = fingerprint(pool, test)
+        print(f"{name} (data {data}): {len(pool)} rows to sample from, {len(test)} test rows, classes "
+              f"{', '.join(names)}", flush=True)
         for per_class in (int(s) for s in args.sizes.split(",")):
             for seed in range(args.seeds):
                 train = sample(pool, per_class, seed)
                 for method in args.methods.split(","):
-                    row = {"set": name, "method": method, "per_class": per_class, "seed": seed}
+                    row = {"set": name, "data": data, "method": method, "per_class": per_class, "seed": seed}
                     if _key(row) in done:
                         continue
                     row.update(METHODS[method](train, test, names, seed))
