@@ -5,10 +5,11 @@ features of real texts.
     python bench/probe_bench.py [--sizes 100x20,500x8,1000x4,2000x2] [--budget 600]
 
 Features: the embedded all-MiniLM-L6-v2's mean-pooled, normalised embeddings of Debian package descriptions
-(bench/fewshot_bench.py's pool, 4,233 texts; larger sizes add noisy copies of them, see `widened`). Classes are many, small and close together, as intents or
-product categories are: each is one random description and its nearest unused neighbours, per_class rows in
-all. Prints, for each size: the cells (rows x classes), the seconds and the memory each start adds at its peak (each
-in its own process), and its training accuracy; a probe still running after --budget seconds is stopped and shown so.
+(bench/fewshot_bench.py's pool, 4,233 texts; larger sizes add noisy copies of them, see `widened`). Classes are
+many, small and close together, as intents or product categories are: each is one random description and its
+nearest unused neighbours, per_class rows in all. Prints, for each size: the cells (rows x classes), the
+seconds and the memory each start adds at its peak (each in its own process), and its training accuracy; a
+probe still running after --budget seconds is stopped and shown so.
 recipes.PROBE_MAX_CELLS is set from these numbers (docs/benchmarks.md).
 """
 

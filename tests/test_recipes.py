@@ -130,7 +130,8 @@ def test_the_probe_is_scikit_learns_logistic_regression_in_the_model(tiny_bert: 
         feats = architectures.features(model, inputs).numpy()
     reference = LogisticRegression(C=1 / (2 * 0.01 * len(rows)), max_iter=2000).fit(feats, [y for y, _ in rows])
     np.testing.assert_allclose((logits[:, 1] - logits[:, 0]).numpy(), reference.decision_function(feats), atol=1e-3)
-    assert accuracy == pytest.approx(float(((logits[:, 1] > logits[:, 0]).long() == torch.tensor([y for y, _ in rows])).float().mean()))
+    truth = torch.tensor([y for y, _ in rows])
+    assert accuracy == pytest.approx(float(((logits[:, 1] > logits[:, 0]).long() == truth).float().mean()))
     assert accuracy >= 0.9
 
 
