@@ -12,7 +12,8 @@ The small-data recipe (`fewshot`) is LP-FT (Kumar et al., 2022) on the features 
 2. it starts as the logistic regression fitted on the frozen encoder's features of every training row (the
    linear probe), with the L2 penalty regularizers_l2 puts on the head, so the probe is the optimum of the same
    loss that fine-tuning then lowers; it starts from the classes' mean features instead where that regression
-   would take gigabytes, or where it gets fewer training rows right than they do (fit_probe);
+   would take gigabytes or minutes (very many classes, or labels: one regression each), or where it gets fewer
+   training rows right than they do (fit_probe);
 3. encoder and head are then fine-tuned together on every row (no held-out split unless one is asked for) for a
    fixed budget of steps at a small learning rate, and the last weights are kept.
 """
@@ -50,6 +51,9 @@ FEWSHOT_DEFAULTS = {"optimizer": "adamw", "learning_rate": 3e-5, "batch_size": 1
 # docs/benchmarks.md): 4M cells took 6 s and 180 MB more memory, 32M 45 s and 510 MB, 80M 23 s and 1.0 GB,
 # 256M 62 s and 2.6 GB (the class means: under a second and 75 MB).
 PROBE_MAX_CELLS = 32_000_000
+# Multi-label data fits one regression a label, each about 0.3 s on 2,000-16,000 rows of 384 features
+# (2 cores, whatever the rows at these sizes): past this many labels, a minute or more, the class means start.
+PROBE_MAX_LABELS = 200
 # Cosine similarity to a class mean, times this, is the class-mean head's logit: a 0.1 difference in similarity
 # is 2 in logits, as a contrastive loss's temperature of 0.05 makes it.
 CENTROID_SCALE = 20.0
@@ -239,10 +243,12 @@ def fit_probe(model: nn.Module, data: batching.Encoded, hp: Hyperparameters,
     means = _centroid_weights(feats, data.labels, n_classes, multi, weights)
     means_accuracy = _training_accuracy(*means, feats, data)
     cells = len(data) * n_classes
-    if cells > PROBE_MAX_CELLS:
+    if cells > PROBE_MAX_CELLS or (multi and n_classes > PROBE_MAX_LABELS):
         chosen, accuracy = means, means_accuracy
-        how = (f"Head started from the class means of the frozen encoder's features ({len(data)} rows x "
-               f"{n_classes} classes: past the {PROBE_MAX_CELLS:,} cells the linear probe is fitted on)")
+        budget = (f"{len(data)} rows x {n_classes} classes: past the {PROBE_MAX_CELLS:,} cells"
+                  if cells > PROBE_MAX_CELLS else f"{n_classes} labels: past the {PROBE_MAX_LABELS}")
+        how = (f"Head started from the class means of the frozen encoder's features ({budget} the linear probe "
+               "is fitted on)")
     else:
         sample_weight = None if weights is None else weights[np.asarray(data.labels)]
         probe = _probe_weights(feats, data.labels, n_classes, multi, hp.regularizers_l2, sample_weight, hp.seed)
