@@ -116,17 +116,13 @@ def run_classmeans(train: list[tuple[int, str]], test: list[tuple[int, str]], na
                    ) -> dict[str, object]:
     """textfit's defaults with the head started from the class means, as the recipe does past the probe's
     budget (recipes.PROBE_MAX_CELLS, very many classes): what that start costs against the probe."""
-    from textfit import TextClassifier, recipes
+    from textfit import recipes
 
     budget, recipes.PROBE_MAX_CELLS = recipes.PROBE_MAX_CELLS, 0
     try:
-        start = time.perf_counter()
-        clf = TextClassifier().fit([t for _, t in train], [names[y] for y, _ in train])
-        seconds = time.perf_counter() - start
+        return run_textfit(train, test, names, seed)
     finally:
         recipes.PROBE_MAX_CELLS = budget
-    predicted = clf.predict([t for _, t in test])
-    return {"accuracy": float(np.mean([p == names[y] for p, (y, _) in zip(predicted, test)])), "seconds": seconds}
 
 
 def run_setfit(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int
