@@ -87,12 +87,12 @@ def sample(pool: list[tuple[int, str]], per_class: int, seed: int) -> list[tuple
     return picked
 
 
-def run_textfit(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int
-                ) -> dict[str, object]:
+def run_textfit(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int,
+                hyperparameters: dict[str, str] | None = None) -> dict[str, object]:
     from textfit import TextClassifier
 
     start = time.perf_counter()
-    clf = TextClassifier().fit([t for _, t in train], [names[y] for y, _ in train])
+    clf = TextClassifier(hyperparameters=hyperparameters).fit([t for _, t in train], [names[y] for y, _ in train])
     seconds = time.perf_counter() - start
     predicted = clf.predict([t for _, t in test])
     return {"accuracy": float(np.mean([p == names[y] for p, (y, _) in zip(predicted, test)])), "seconds": seconds,
@@ -123,6 +123,18 @@ def run_classmeans(train: list[tuple[int, str]], test: list[tuple[int, str]], na
         return run_textfit(train, test, names, seed)
     finally:
         recipes.PROBE_MAX_CELLS = budget
+
+
+def run_trained_embeddings(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str],
+                           seed: int) -> dict[str, object]:
+    """textfit's defaults with the token-embedding table fine-tuned too."""
+    return run_textfit(train, test, names, seed, {"freeze_token_embeddings": "False"})
+
+
+def run_frozen_embeddings(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str],
+                          seed: int) -> dict[str, object]:
+    """textfit's defaults with the token-embedding table kept as pretrained."""
+    return run_textfit(train, test, names, seed, {"freeze_token_embeddings": "True"})
 
 
 def run_setfit(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int
@@ -203,7 +215,8 @@ def run_tfidf(train: list[tuple[int, str]], test: list[tuple[int, str]], names: 
 
 
 METHODS = {"textfit": run_textfit, "setfit": run_setfit, "frozen": run_frozen, "tfidf": run_tfidf,
-           "finetune": run_finetune, "classmeans": run_classmeans}
+           "finetune": run_finetune, "classmeans": run_classmeans, "trained-embeddings": run_trained_embeddings,
+           "frozen-embeddings": run_frozen_embeddings}
 
 
 def _key(row: dict[str, object]) -> tuple[object, ...]:

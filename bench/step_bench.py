@@ -1,7 +1,7 @@
 """One training step of all-MiniLM-L6-v2, lever by lever: what each CPU path in src/textfit/kernels.py,
 training.py and optimizers.py buys (docs/benchmarks.md, "What each lever bought").
 
-    python bench/step_bench.py [--tokens 14,128] [--steps 8]
+    python bench/step_bench.py [--tokens 14,128] [--steps 8] [--only fp32,frozen]
 
 Each configuration runs in its own process (the allocator setting holds for a process, and peak RSS is the
 process's): batch 32 of random token ids, the model in training mode (dropout on), forward, backward, gradient
@@ -17,17 +17,19 @@ import subprocess
 import sys
 import time
 
-# name: (precision, attention, dropout, optimizer kernel, keep freed memory)
+# name: (precision, attention, dropout, optimizer kernel, keep freed memory, token embeddings trained)
 CONFIGS = {
-    "transformers defaults, bf16": ("bf16", "sdpa", "native", "foreach", False),
-    "+ fused AdamW": ("bf16", "sdpa", "native", "fused", False),
-    "+ eager attention": ("bf16", "eager", "native", "fused", False),
-    "+ faster dropout mask": ("bf16", "eager", "fast", "fused", False),
-    "+ freed memory kept (textfit, bf16)": ("bf16", "eager", "fast", "fused", True),
-    "recomputing attention, bf16": ("bf16", "recompute", "fast", "fused", True),
-    "transformers defaults, fp32": ("fp32", "sdpa", "native", "fused", True),
-    "eager attention, fp32": ("fp32", "eager", "fast", "fused", True),
-    "recomputing attention (textfit, fp32)": ("fp32", "recompute", "fast", "fused", True),
+    "transformers defaults, bf16": ("bf16", "sdpa", "native", "foreach", False, True),
+    "+ fused AdamW": ("bf16", "sdpa", "native", "fused", False, True),
+    "+ eager attention": ("bf16", "eager", "native", "fused", False, True),
+    "+ faster dropout mask": ("bf16", "eager", "fast", "fused", False, True),
+    "+ freed memory kept (bf16)": ("bf16", "eager", "fast", "fused", True, True),
+    "+ token embeddings frozen (bf16)": ("bf16", "eager", "fast", "fused", True, False),
+    "recomputing attention, bf16": ("bf16", "recompute", "fast", "fused", True, True),
+    "transformers defaults, fp32": ("fp32", "sdpa", "native", "fused", True, True),
+    "eager attention, fp32": ("fp32", "eager", "fast", "fused", True, True),
+    "recomputing attention (fp32)": ("fp32", "recompute", "fast", "fused", True, True),
+    "+ token embeddings frozen (fp32)": ("fp32", "recompute", "fast", "fused", True, False),
 }
 
 
@@ -38,7 +40,7 @@ def child(name: str, tokens: int, steps: int) -> None:
     from textfit import kernels
     from textfit.zoo import embedded_path
 
-    precision, attention, dropout, kernel, keep = CONFIGS[name]
+    precision, attention, dropout, kernel, keep, embeddings = CONFIGS[name]
     if keep:
         kernels.keep_freed_memory()
     if dropout == "fast":
@@ -46,7 +48,9 @@ def child(name: str, tokens: int, steps: int) -> None:
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(str(embedded_path()), num_labels=6).train()
     model.set_attn_implementation(kernels.register_attention() if attention == "recompute" else attention)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, **{kernel: True})
+    model.get_input_embeddings().weight.requires_grad_(embeddings)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-5, **{kernel: True})
     ids = torch.randint(1000, 20000, (32, tokens))
     labels = torch.randint(0, 6, (32,))
 
@@ -56,7 +60,7 @@ def child(name: str, tokens: int, steps: int) -> None:
         loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
 
     for _ in range(2):
@@ -74,6 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", default="14,128")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--only", help="run only the configurations whose name contains one of these "
+                        "comma-separated words")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-tokens", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -82,6 +88,8 @@ def main() -> None:
     print(f"{'configuration':<40} {'tokens':>6} {'ms/step':>8} {'sys ms':>7} {'peak MB':>8}")
     for tokens in (int(t) for t in args.tokens.split(",")):
         for name in CONFIGS:
+            if args.only and not any(word in name for word in args.only.split(",")):
+                continue
             proc = subprocess.run([sys.executable, __file__, "--child", name, "--child-tokens", str(tokens),
                                    "--steps", str(args.steps)], capture_output=True, text=True, check=False)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

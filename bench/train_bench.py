@@ -136,7 +136,10 @@ def child(args: argparse.Namespace) -> None:
         out = run_textfit(train, test, 10, args.max_seq_length,
                           {"train_only_on_top_layer": "True", "optimizer": "adam", "learning_rate": "1e-3"})
     else:
-        out = run_textfit(train, test, args.epochs, args.max_seq_length, {"precision": args.child.split("-")[1]})
+        extra = {"precision": args.child.split("-")[1]}
+        if args.child.endswith("-frozen-embeddings"):
+            extra["freeze_token_embeddings"] = "True"
+        out = run_textfit(train, test, args.epochs, args.max_seq_length, extra)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(out))
 
@@ -169,6 +172,9 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--set", choices=("bbc", "debian"), default="bbc")
     parser.add_argument("--limit", type=int, default=2000, help="training rows of the debian set")
+    parser.add_argument("--only", help="comma-separated runs (default: all): trainer-fp32, trainer-bf16, "
+                        "trainer-bf16-grouped, textfit-fp32, textfit-auto, textfit-top, and the textfit runs with "
+                        "-frozen-embeddings appended")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--train", help=argparse.SUPPRESS)
     parser.add_argument("--test", help=argparse.SUPPRESS)
@@ -192,32 +198,41 @@ def main() -> None:
 
         trainers = ["trainer-fp32"] + (["trainer-bf16", "trainer-bf16-grouped"] if cpu_has_bf16() else
                                        ["trainer-fp32-grouped"])
-        results = {name: spawn(name, args, train, test)
-                   for name in (*trainers, "textfit-fp32", "textfit-auto", "textfit-top")}
+        runs = [*trainers, "textfit-fp32", "textfit-auto", "textfit-top"]
+        if args.only:
+            runs = args.only.split(",")
+            trainers = [name for name in runs if name.startswith("trainer")]
+        results = {name: spawn(name, args, train, test) for name in runs}
 
-    print(f"\n{'run':<14} {'examples/s':>10} {'s/epoch':>8} {'peak MB':>8} {'test acc':>9} {'floor fp32':>10} "
+    print(f"\n{'run':<32} {'examples/s':>10} {'s/epoch':>8} {'peak MB':>8} {'test acc':>9} {'floor fp32':>10} "
           f"{'floor bf16':>10}")
     for name, r in results.items():
         if name == "textfit-top":  # a frozen encoder trains the head only: the encoder's floor does not apply
-            print(f"{name:<14} {'-':>10} {r['seconds_per_epoch']:>8.2f} {r['peak_rss_mb']:>8.0f} "
+            print(f"{name:<32} {'-':>10} {r['seconds_per_epoch']:>8.2f} {r['peak_rss_mb']:>8.0f} "
                   f"{r['test_accuracy']:>9.4f} {'-':>10} {'-':>10}")
             continue
         work = r["tokens_per_s"] * per_token
-        print(f"{name:<14} {r['examples_per_s']:>10.1f} {r['seconds_per_epoch']:>8.1f} {r['peak_rss_mb']:>8.0f} "
+        print(f"{name:<32} {r['examples_per_s']:>10.1f} {r['seconds_per_epoch']:>8.1f} {r['peak_rss_mb']:>8.0f} "
               f"{r['test_accuracy']:>9.4f} {work / floor['fp32']:>10.2f} {work / floor['bf16']:>10.2f}")
-    best = max(trainers, key=lambda n: results[n]["examples_per_s"])  # the baseline at its best
-    base = results[best]
-    for name in ("textfit-fp32", "textfit-auto"):
-        r = results[name]
-        print(f"{name} / {best} (the fastest Trainer row): {r['examples_per_s'] / base['examples_per_s']:.2f}x "
-              f"examples/s, accuracy {100 * (r['test_accuracy'] - base['test_accuracy']):+.1f} points")
-    fp32 = results["trainer-fp32"]
-    print(f"textfit-fp32 / trainer-fp32 (stands for a CPU without native bf16): "
-          f"{results['textfit-fp32']['examples_per_s'] / fp32['examples_per_s']:.2f}x examples/s")
-    top, full = results["textfit-top"], results["textfit-auto"]
-    print(f"train_only_on_top_layer, 10 epochs: {top['fit_seconds']:.0f} s in all (features computed once), "
-          f"{top['seconds_per_epoch']:.2f} s per epoch after that; full fine-tuning, {args.epochs} epochs: "
-          f"{full['fit_seconds']:.0f} s; test accuracy {top['test_accuracy']:.4f} vs {full['test_accuracy']:.4f}")
+    if trainers:
+        best = max(trainers, key=lambda n: results[n]["examples_per_s"])  # the baseline at its best
+        base = results[best]
+        for name in (n for n in results if n.startswith("textfit") and n != "textfit-top"):
+            r = results[name]
+            print(f"{name} / {best} (the fastest Trainer row): {r['examples_per_s'] / base['examples_per_s']:.2f}x "
+                  f"examples/s, {r['peak_rss_mb'] - base['peak_rss_mb']:+.0f} MB peak RSS, accuracy "
+                  f"{100 * (r['test_accuracy'] - base['test_accuracy']):+.1f} points")
+    if "trainer-fp32" in results:
+        fp32 = results["trainer-fp32"]
+        for name in (n for n in results if n.startswith("textfit-fp32")):
+            print(f"{name} / trainer-fp32 (stands for a CPU without native bf16): "
+                  f"{results[name]['examples_per_s'] / fp32['examples_per_s']:.2f}x examples/s, "
+                  f"{results[name]['peak_rss_mb'] - fp32['peak_rss_mb']:+.0f} MB peak RSS")
+    if "textfit-top" in results and "textfit-auto" in results:
+        top, full = results["textfit-top"], results["textfit-auto"]
+        print(f"train_only_on_top_layer, 10 epochs: {top['fit_seconds']:.0f} s in all (features computed once), "
+              f"{top['seconds_per_epoch']:.2f} s per epoch after that; full fine-tuning, {args.epochs} epochs: "
+              f"{full['fit_seconds']:.0f} s; test accuracy {top['test_accuracy']:.4f} vs {full['test_accuracy']:.4f}")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ NEGATIVE = ["bad", "awful", "terrible", "poor", "sad", "horrible"]
 NEUTRAL = ["the", "film", "was", "very", "a", "movie", "it", "and", "plot", "quite", "really", "acting"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
-# Fast settings for the tiny random model: it learns from scratch, so it needs a large learning rate. The tests
-# written against fine-tuning name its recipe: their sets are small, where auto picks the small-data one
-# (tests/test_recipes.py tests that).
+# Fast settings for the tiny random model: it learns from scratch, so it needs a large learning rate, and its
+# token table (random, not pretrained: textfit keeps a pretrained one frozen by default) must train with the rest.
+# The tests written against fine-tuning name its recipe: their sets are small, where auto picks the small-data
+# one (tests/test_recipes.py tests that).
 FAST = {"epochs": "4", "batch_size": "8", "learning_rate": "0.01", "optimizer": "adam", "precision": "fp32",
-        "training_recipe": "finetune"}
+        "training_recipe": "finetune", "freeze_token_embeddings": "False"}
 
 
 def make_rows(n: int, seed: int = 0, labels: tuple[object, object] = (0, 1)) -> list[tuple[object, str]]:

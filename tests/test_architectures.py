@@ -110,6 +110,24 @@ def test_scaling_the_last_layer_scales_the_logits(family: tuple[str, Path]) -> N
     torch.testing.assert_close(after, before * 0.5, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_frozen_token_embeddings_stay_as_pretrained_and_the_rest_trains(
+        family: tuple[str, Path], rows: Path, freeze: bool, caplog: pytest.LogCaptureFixture) -> None:
+    name, folder = family
+    pretrained = _load_model(str(folder), False, CLASSES, 0.1)
+    hp = {**FAST, "epochs": "1", "freeze_token_embeddings": str(freeze)}
+    with caplog.at_level("INFO", logger="textfit"):
+        clf = TextClassifier(str(folder), hp).fit(rows)
+    table = pretrained.get_input_embeddings().weight
+    assert torch.equal(clf.model_.get_input_embeddings().weight, table) == freeze
+    trained = dict(clf.model_.named_parameters())
+    moved = [n for n, p in pretrained.named_parameters()
+             if p is not table and n not in dict(architectures.head_parameters(pretrained))
+             and not torch.equal(p, trained[n])]
+    assert len(moved) >= 8, moved  # the encoder's layers train either way
+    assert ("token embeddings frozen" in caplog.text) == freeze
+
+
 def test_top_layer_training_trains_the_whole_head_and_only_it(family: tuple[str, Path], rows: Path) -> None:
     name, folder = family
     pretrained = _load_model(str(folder), False, CLASSES, 0.1)

@@ -17,7 +17,7 @@ from textfit.channels import read_channel
 from textfit.errors import DataError, HyperparameterError
 
 HP = {"epochs": "40", "batch_size": "8", "learning_rate": "0.002", "optimizer": "adamw", "precision": "fp32",
-      "multi_label": "True", "training_recipe": "finetune"}
+      "multi_label": "True", "training_recipe": "finetune", "freeze_token_embeddings": "False"}  # conftest.FAST
 PLAIN = [w for w in NEUTRAL if w != "plot"]
 
 

@@ -92,6 +92,10 @@ class Hyperparameters:
     one sigmoid output per label, with a decision threshold per label chosen on the validation rows."""
     label_delimiter: str = field(default="|", metadata={"extra": True})
     """textfit extra: what separates the labels of a row when multi_label=True."""
+    freeze_token_embeddings: bool = field(default=True, metadata={"extra": True})
+    """textfit extra: keep the encoder's token-embedding table as pretrained while the rest of it is fine-tuned:
+    the table is half of a small encoder's weights, and its gradient and optimizer state cost time and memory at
+    every step for no measured accuracy (README: Speed)."""
     training_recipe: str = field(default="auto", metadata={"choices": RECIPES, "extra": True})
     """textfit extra: finetune (fine-tune the encoder with its own head), fewshot (for small data: a head on the
     mean of the token vectors, fitted as a linear probe, then a fixed budget of fine-tuning steps on every row),

@@ -344,6 +344,8 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
                  "every step (slower, same result)", architectures.describe(model))
     if frozen:
         model.base_model.requires_grad_(False)
+    elif hp.freeze_token_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = optimizers.OPTIMIZERS[hp.optimizer](params, hp)
     lengths = [len(ids) for ids in train_data.input_ids]
@@ -354,9 +356,10 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     attention = None if cache else training_attention(device, dtype, max(lengths))
-    log.info("Training on %s with %s precision (%s): %d rows, %d steps per epoch%s%s", device.type,
+    log.info("Training on %s with %s precision (%s): %d rows, %d steps per epoch%s%s%s", device.type,
              "fp32" if dtype is None else str(dtype).removeprefix("torch."), _precision_reason(device, hp.precision),
              len(train_data), steps_per_epoch, ", encoder frozen (features computed once)" if cache else "",
+             ", token embeddings frozen" if hp.freeze_token_embeddings and not frozen else "",
              f", {attention} attention" if attention else "")
     if world.active:
         log.info("Distributed over %d workers; %s", world.size, distributed.split_message(hp.batch_size, world))
