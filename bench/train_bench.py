@@ -190,6 +190,11 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     floor = {"fp32": matmul_flops("float32"), "bf16": matmul_flops("bfloat16")}
     per_token = flops_per_token(str(embedded_path()), args.max_seq_length)
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    from textfit.training import cpu_bf16_flag
+
+    print(f"CPU: {model}, native bf16: {cpu_bf16_flag() or 'none'}")
     print(f"matmul floor: fp32 {floor['fp32'] / 1e9:.0f} GFLOP/s, bf16 {floor['bf16'] / 1e9:.0f} GFLOP/s; "
           f"training cost {per_token / 1e6:.1f} MFLOP/token; threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
