@@ -110,6 +110,17 @@ def test_the_best_epoch_not_the_last_is_kept(tiny_bert: Path) -> None:
     assert accuracy == best.val_accuracy
 
 
+def test_each_run_freezes_or_trains_the_token_table_as_its_hyperparameters_say(tiny_bert: Path) -> None:
+    """The flag is set on the model at every run: a table frozen by one run trains in the next that asks."""
+    model, tok = tiny_model(tiny_bert)
+    table = model.get_input_embeddings().weight
+    before = table.detach().clone()
+    training.train(model, data(tok, 32, 0), None, hp(epochs=1, freeze_token_embeddings=True))
+    assert torch.equal(table, before) and not table.requires_grad
+    training.train(model, data(tok, 32, 0), None, hp(epochs=1, freeze_token_embeddings=False))
+    assert not torch.equal(table, before)
+
+
 def test_the_kept_weights_are_those_of_the_best_epoch(tiny_bert: Path) -> None:
     """The best epoch's weights come back when a later epoch is worse, and the copy kept holds only the
     trained weights (a frozen encoder never changes, so it is not copied)."""

@@ -246,6 +246,15 @@ def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if not n.startswith(prefix)]
 
 
+def token_embeddings(model: nn.Module) -> nn.Module | None:
+    """The encoder's token-embedding table (freeze_token_embeddings), None where the model does not name one."""
+    try:
+        table = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    return table if isinstance(table, nn.Module) else None
+
+
 def reinitialize_head(model: nn.Module) -> None:
     """A new random head on a fine-tuned encoder (reinitialize_top_layer=True on an artifact), each layer
     initialised as the architecture initialises it."""

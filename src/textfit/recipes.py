@@ -15,7 +15,9 @@ The small-data recipe (`fewshot`) is LP-FT (Kumar et al., 2022) on the features 
    would take gigabytes or minutes (very many classes, or labels: one regression each), or where it gets fewer
    training rows right than they do (fit_probe);
 3. encoder and head are then fine-tuned together on every row (no held-out split unless one is asked for) for a
-   fixed budget of steps at a small learning rate, and the last weights are kept.
+   fixed budget of steps at a small learning rate, and the last weights are kept; the token-embedding table
+   stays as pretrained here too (freeze_token_embeddings: within a test row of training it on both small-data
+   sets measured, docs/benchmarks.md).
 """
 
 from __future__ import annotations

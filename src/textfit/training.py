@@ -342,10 +342,11 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
     if frozen and not cache:
         log.info("train_only_on_top_layer: %s has no feature cache in textfit, so the frozen encoder runs at "
                  "every step (slower, same result)", architectures.describe(model))
+    table = architectures.token_embeddings(model)
     if frozen:
         model.base_model.requires_grad_(False)
-    elif hp.freeze_token_embeddings:
-        model.get_input_embeddings().requires_grad_(False)
+    elif table is not None:  # set either way: a model trained before in this process may have it frozen
+        table.requires_grad_(not hp.freeze_token_embeddings)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = optimizers.OPTIMIZERS[hp.optimizer](params, hp)
     lengths = [len(ids) for ids in train_data.input_ids]
@@ -359,7 +360,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
     log.info("Training on %s with %s precision (%s): %d rows, %d steps per epoch%s%s%s", device.type,
              "fp32" if dtype is None else str(dtype).removeprefix("torch."), _precision_reason(device, hp.precision),
              len(train_data), steps_per_epoch, ", encoder frozen (features computed once)" if cache else "",
-             ", token embeddings frozen" if hp.freeze_token_embeddings and not frozen else "",
+             ", token embeddings frozen" if table is not None and hp.freeze_token_embeddings and not frozen else "",
              f", {attention} attention" if attention else "")
     if world.active:
         log.info("Distributed over %d workers; %s", world.size, distributed.split_message(hp.batch_size, world))
