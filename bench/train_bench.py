@@ -137,8 +137,8 @@ def child(args: argparse.Namespace) -> None:
                           {"train_only_on_top_layer": "True", "optimizer": "adam", "learning_rate": "1e-3"})
     else:
         extra = {"precision": args.child.split("-")[1]}
-        if args.child.endswith("-frozen-embeddings"):
-            extra["freeze_token_embeddings"] = "True"
+        if args.child.endswith("-embeddings"):  # -frozen-embeddings (the default) or -trained-embeddings
+            extra["freeze_token_embeddings"] = str(args.child.endswith("-frozen-embeddings"))
         out = run_textfit(train, test, args.epochs, args.max_seq_length, extra)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(out))
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=2000, help="training rows of the debian set")
     parser.add_argument("--only", help="comma-separated runs (default: all): trainer-fp32, trainer-bf16, "
                         "trainer-bf16-grouped, textfit-fp32, textfit-auto, textfit-top, and the textfit runs with "
-                        "-frozen-embeddings appended")
+                        "-frozen-embeddings or -trained-embeddings appended")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--train", help=argparse.SUPPRESS)
     parser.add_argument("--test", help=argparse.SUPPRESS)
