@@ -88,6 +88,43 @@ def test_the_training_attention_computes_the_same_logits_and_is_put_back(family:
     assert model.config._attn_implementation == own
 
 
+@pytest.mark.parametrize("mean_pooled", [False, True])
+def test_the_last_layer_on_the_first_position_only_gives_the_same_logits_and_gradients(
+        family: tuple[str, Path], mean_pooled: bool) -> None:
+    """Training computes the last layer's tail for the position the head reads only: the logits and the gradient
+    of every parameter must be the whole computation's, the hook must go away after the block (also after an
+    error), and a head that reads every position (the mean) must be left whole."""
+    name, folder = family
+    model = _load_model(str(folder), False, CLASSES, 0.1).eval()  # eval: no dropout, so both runs draw alike
+    if mean_pooled:
+        model = architectures.MeanPooled(model)
+    inputs = _batch(model, folder)
+    labels = torch.tensor([0, 1, 1, 0, 1, 0, 1, 0])
+
+    def logits_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        logits = model(**inputs).logits
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    whole, whole_grads = logits_and_grads()
+    tail = architectures.adapter_for(model).per_position_tail
+    with architectures.first_position_only(model) as applies:
+        assert applies == (tail is not None and not mean_pooled)
+        cut, cut_grads = logits_and_grads()
+        if applies:
+            assert model.base_model(**inputs).last_hidden_state.shape[1] == 1  # the cut is really made
+    torch.testing.assert_close(cut, whole, atol=1e-5, rtol=1e-5)
+    assert cut_grads.keys() == whole_grads.keys()
+    for n, g in whole_grads.items():
+        torch.testing.assert_close(cut_grads[n], g, atol=1e-5, rtol=1e-4, msg=n)
+    with pytest.raises(RuntimeError), architectures.first_position_only(model):
+        raise RuntimeError("a step failed")
+    assert model.base_model(**inputs).last_hidden_state.shape[1] == inputs["input_ids"].shape[1]
+    # the families that must not cut: ALBERT runs one layer module at every depth, ModernBERT here pools the mean
+    assert (tail is None) == (name in ("albert", "modernbert"))
+
+
 def test_dropout_rate_reaches_the_head(family: tuple[str, Path]) -> None:
     name, folder = family
     model = _load_model(str(folder), False, CLASSES, 0.37)

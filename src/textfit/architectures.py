@@ -5,8 +5,9 @@ Encoders differ in where their classification head starts (BERT's pooler output,
 setting) and in what their config calls the head's dropout. An adapter answers every such question: the
 features the head reads, the head as a function of them (so that `head(model, features(model, x))` equals
 `model(**x).logits` in eval mode, exactly), the dropout setting, the head's last layer (for folding a
-calibration temperature), the inputs the model takes, and its position limit. The training loop, the feature
-cache, calibration and the ONNX export ask the adapter; nothing else names an architecture.
+calibration temperature), the inputs the model takes, its position limit, and where in its last layer the
+computation the head never reads begins. The training loop, the feature cache, calibration and the ONNX export
+ask the adapter; nothing else names an architecture.
 
 A checkpoint of any other family trains with full fine-tuning through transformers' own classes; with the
 encoder frozen it runs the whole forward each step (no feature cache): slower, still correct.
@@ -151,6 +152,17 @@ def _last_linear(model: nn.Module) -> nn.Linear:
     return layers[-1]
 
 
+def _bert_last_attention_output(model: nn.Module) -> nn.Module:
+    """BERT, RoBERTa, ELECTRA, DeBERTa-v2: the last layer's attention output (projection, residual, LayerNorm),
+    then its feed-forward block, run per position."""
+    return model.base_model.encoder.layer[-1].attention.output
+
+
+def _distilbert_last_norm(model: nn.Module) -> nn.Module:
+    """DistilBERT projects inside its attention module; from the LayerNorm after it on, each position alone."""
+    return model.base_model.transformer.layer[-1].sa_layer_norm
+
+
 def _absolute_positions(config: Any) -> int | None:
     return getattr(config, "max_position_embeddings", None)
 
@@ -178,18 +190,24 @@ class Adapter:
     token_types: bool
     """Whether the model takes token_type_ids."""
     position_limit: Callable[[Any], int | None] = _absolute_positions
+    per_position_tail: Callable[[nn.Module], nn.Module] | None = None
+    """The module of the last layer from which on every position is computed on its own (after attention), when
+    the head reads the first position only; None where that does not hold (ALBERT shares one layer module
+    across depths, ModernBERT may pool the mean) or is not known."""
 
 
 ADAPTERS: tuple[Adapter, ...] = (
-    Adapter("BERT", ("bert",), "classifier_dropout", _pooled, _dropout_dense, _classifier, True),
+    Adapter("BERT", ("bert",), "classifier_dropout", _pooled, _dropout_dense, _classifier, True,
+            per_position_tail=_bert_last_attention_output),
     Adapter("ALBERT", ("albert",), "classifier_dropout_prob", _pooled, _dropout_dense, _classifier, True),
-    Adapter("ELECTRA", ("electra",), "classifier_dropout", _first_token, _token_head, _out_proj, True),
+    Adapter("ELECTRA", ("electra",), "classifier_dropout", _first_token, _token_head, _out_proj, True,
+            per_position_tail=_bert_last_attention_output),
     Adapter("DistilBERT", ("distilbert",), "seq_classif_dropout", _first_token, _distilbert_head, _classifier,
-            False),
+            False, per_position_tail=_distilbert_last_norm),
     Adapter("RoBERTa", ("roberta", "xlm-roberta"), "classifier_dropout", _first_token, _token_head, _out_proj,
-            False, _roberta_positions),
+            False, _roberta_positions, _bert_last_attention_output),
     Adapter("DeBERTa-v2", ("deberta-v2",), "cls_dropout", _first_token, _deberta_head, _classifier, True,
-            _deberta_positions),
+            _deberta_positions, _bert_last_attention_output),
     Adapter("ModernBERT", ("modernbert",), "classifier_dropout", _modernbert_pooled, _modernbert_head,
             _classifier, False),
 )
@@ -304,6 +322,29 @@ def attention(model: nn.Module, implementation: str | None) -> Iterator[None]:
         yield
     finally:
         hf.set_attn_implementation(current)
+
+
+def _first_position(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(a[:, :1] if isinstance(a, torch.Tensor) and a.dim() == 3 else a for a in args)
+
+
+@contextmanager
+def first_position_only(model: nn.Module) -> Iterator[bool]:
+    """Within the block, the encoder's last layer computes past its attention for the first position only: the
+    one the head reads ([CLS]). Every other position's last-layer output reaches nothing, so the logits and every
+    gradient are the whole computation's, for the last layer's output projection and feed-forward block at one
+    position instead of all (a tenth of a 6-layer encoder's training step, docs/benchmarks.md). The block's
+    last_hidden_state has one position. Yields whether it applies: not to a mean-pooled head, nor to a family
+    without `per_position_tail`."""
+    tail = adapter_for(model).per_position_tail
+    if tail is None or isinstance(model, MeanPooled):
+        yield False
+        return
+    handle = tail(model).register_forward_pre_hook(_first_position)
+    try:
+        yield True
+    finally:
+        handle.remove()
 
 
 def describe(model: nn.Module) -> str:
