@@ -1,18 +1,24 @@
 """One training step of all-MiniLM-L6-v2, lever by lever: what each CPU path in src/textfit/kernels.py,
 training.py and optimizers.py buys (docs/benchmarks.md, "What each lever bought").
 
-    python bench/step_bench.py [--tokens 14,128] [--steps 8] [--only fp32,frozen]
+    python bench/step_bench.py [--tokens 14,128] [--steps 8] [--only fp32,frozen] [--interleave]
 
 Each configuration runs in its own process (the allocator setting holds for a process, and peak RSS is the
 process's): batch 32 of random token ids, the model in training mode (dropout on), forward, backward, gradient
 clipping and an AdamW step. Prints milliseconds a step, system-time milliseconds a step and peak RSS.
+
+--interleave runs the chosen configurations in one process instead, a step of each in turn, and prints the
+median and fastest step of each: on a shared machine whose speed drifts by 10-20% between runs, the way to
+compare two levers. They must share the process-wide settings (dropout and allocator); no peak RSS then.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -36,38 +42,60 @@ CONFIGS = {
 }
 
 
-def child(name: str, tokens: int, steps: int) -> None:
+def _setup(names: list[str]) -> tuple[object, object]:
+    """The process-wide settings the configurations share, then the model."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from textfit import architectures, kernels
+    from textfit import kernels
     from textfit.zoo import embedded_path
 
-    precision, attention, dropout, kernel, keep, embeddings, first_only = CONFIGS[name]
+    shared = {CONFIGS[n][2] for n in names}, {CONFIGS[n][4] for n in names}
+    if any(len(values) > 1 for values in shared):
+        raise SystemExit("--interleave: these configurations differ in dropout or the allocator setting, which "
+                         "hold for a whole process")
+    (dropout,), (keep,) = shared
     if keep:
         kernels.keep_freed_memory()
     if dropout == "fast":
         torch.nn.functional.dropout = kernels.dropout
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(str(embedded_path()), num_labels=6).train()
-    model.set_attn_implementation(kernels.register_attention() if attention == "recompute" else attention)
-    model.get_input_embeddings().weight.requires_grad_(embeddings)
-    if first_only:
-        architectures.first_position_only(model).__enter__()  # for the whole process
-    trained = [p for p in model.parameters() if p.requires_grad]
+    return torch, AutoModelForSequenceClassification.from_pretrained(str(embedded_path()), num_labels=6).train()
+
+
+def _stepper(torch: object, model: object, name: str, tokens: int) -> object:
+    """One timed training step of configuration `name` on `model`, as a function returning its seconds."""
+    from textfit import architectures, kernels
+
+    precision, attention, _, kernel, _, embeddings, first_only = CONFIGS[name]
+    table = model.get_input_embeddings().weight
+    trained = [p for p in model.parameters() if p is not table or embeddings]
     optimizer = torch.optim.AdamW(trained, lr=1e-5, **{kernel: True})
+    implementation = kernels.register_attention() if attention == "recompute" else attention
     ids = torch.randint(1000, 20000, (32, tokens))
     labels = torch.randint(0, 6, (32,))
 
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        optimizer.step()
+    def step() -> float:
+        model.set_attn_implementation(implementation)
+        table.requires_grad_(embeddings)
+        cut = architectures.first_position_only(model) if first_only else contextlib.nullcontext()
+        start = time.perf_counter()
+        with cut:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
+            optimizer.step()
+        return time.perf_counter() - start
 
+    return step
+
+
+def child(name: str, tokens: int, steps: int) -> None:
+    torch, model = _setup([name])
+    step = _stepper(torch, model, name, tokens)
     for _ in range(2):
         step()
     start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
@@ -79,6 +107,20 @@ def child(name: str, tokens: int, steps: int) -> None:
                                   "peak_mb": after.ru_maxrss / 1024}))
 
 
+def interleaved(names: list[str], tokens: int, steps: int) -> None:
+    torch, model = _setup(names)
+    stepper = {name: _stepper(torch, model, name, tokens) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(steps + 2):
+        for name in names:
+            seconds = stepper[name]()
+            if round_ >= 2:  # two warm-up rounds
+                times[name].append(seconds)
+    for name in names:
+        print(f"{name:<40} {tokens:>6} {statistics.median(times[name]) * 1000:>8.1f} "
+              f"{min(times[name]) * 1000:>8.1f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", default="14,128")
@@ -87,14 +129,20 @@ def main() -> None:
                         "comma-separated words")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-tokens", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--interleave", action="store_true", help="the configurations in one process, a step "
+                        "of each in turn")
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.child_tokens, args.steps)
+    chosen = [n for n in CONFIGS if not args.only or any(word in n for word in args.only.split(","))]
+    if args.interleave:
+        print(f"{'configuration':<40} {'tokens':>6} {'median ms':>8} {'min ms':>8}")
+        for tokens in (int(t) for t in args.tokens.split(",")):
+            interleaved(chosen, tokens, args.steps)
+        return None
     print(f"{'configuration':<40} {'tokens':>6} {'ms/step':>8} {'sys ms':>7} {'peak MB':>8}")
     for tokens in (int(t) for t in args.tokens.split(",")):
-        for name in CONFIGS:
-            if args.only and not any(word in name for word in args.only.split(",")):
-                continue
+        for name in chosen:
             proc = subprocess.run([sys.executable, __file__, "--child", name, "--child-tokens", str(tokens),
                                    "--steps", str(args.steps)], capture_output=True, text=True, check=False)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

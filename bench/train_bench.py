@@ -185,22 +185,20 @@ def main() -> None:
     import torch
     from bbc import channels
 
+    from textfit.training import cpu_bf16_flag, cpu_has_bf16
     from textfit.zoo import embedded_path
 
     torch.set_num_threads(torch.get_num_threads())
-    floor = {"fp32": matmul_flops("float32"), "bf16": matmul_flops("bfloat16")}
+    # without native bf16, oneDNN emulates it at a few GFLOP/s: minutes to measure a floor nothing here runs at
+    floor = {"fp32": matmul_flops("float32"), "bf16": matmul_flops("bfloat16") if cpu_has_bf16() else float("nan")}
     per_token = flops_per_token(str(embedded_path()), args.max_seq_length)
     model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                   if ln.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
-    from textfit.training import cpu_bf16_flag
-
     print(f"CPU: {model}, native bf16: {cpu_bf16_flag() or 'none'}")
     print(f"matmul floor: fp32 {floor['fp32'] / 1e9:.0f} GFLOP/s, bf16 {floor['bf16'] / 1e9:.0f} GFLOP/s; "
           f"training cost {per_token / 1e6:.1f} MFLOP/token; threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         train, test = channels(Path(tmp)) if args.set == "bbc" else debian_channels(Path(tmp), args.limit)
-        from textfit.training import cpu_has_bf16
-
         trainers = ["trainer-fp32"] + (["trainer-bf16", "trainer-bf16-grouped"] if cpu_has_bf16() else
                                        ["trainer-fp32-grouped"])
         runs = [*trainers, "textfit-fp32", "textfit-auto", "textfit-top"]
