@@ -89,8 +89,8 @@ def test_attention_recomputing_its_backward_matches_eager_attention(p: float) ->
     torch.manual_seed(1)
     out, weights = kernels.attention(module, q, k, v, mask, dropout=p)
     torch.manual_seed(1)
-    drop, scale = kernels.drop_mask((3, 2, 7, 7), p) if p else (None, 1.0)
-    expected = _reference(q, k, v, mask, None if drop is None else ~drop, scale)
+    keep, scale = kernels.keep_mask((3, 2, 7, 7), p) if p else (None, 1.0)
+    expected = _reference(q, k, v, mask, keep, scale)
     torch.testing.assert_close(out, expected)
     assert weights is None
     upstream = torch.randn_like(out)

@@ -34,28 +34,27 @@ import torch
 _LEVELS = 65536
 
 
-def drop_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tensor, float]:
-    """Dropout's decisions (bool, True where an element is dropped, with probability p) from the default
-    generator, and the scale the kept values take. Applied with torch.where, which reads the bool mask as it
-    is (multiplying by it converts it to the values' dtype first, a copy of the mask)."""
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tensor, float]:
+    """Dropout's keep decisions (bool, True with probability 1 - p) from the default generator, and the scale
+    the kept values take."""
     dropped = round(p * _LEVELS)
     n = math.prod(shape)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
     scale = _LEVELS / (_LEVELS - dropped) if dropped < _LEVELS else 0.0  # p = 1: nothing is kept
-    return bits.view(torch.int16)[:n].view(shape) < dropped - _LEVELS // 2, scale
+    return bits.view(torch.int16)[:n].view(shape) >= dropped - _LEVELS // 2, scale
 
 
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
-        drop, ctx.scale = drop_mask(x.shape, p)
-        ctx.save_for_backward(drop)
-        return torch.where(drop, 0, x).mul_(ctx.scale)
+        keep, ctx.scale = keep_mask(x.shape, p)
+        ctx.save_for_backward(keep)
+        return x * keep * ctx.scale
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (drop,) = ctx.saved_tensors
-        return torch.where(drop, 0, grad).mul_(ctx.scale), None
+        (keep,) = ctx.saved_tensors
+        return grad * keep * ctx.scale, None
 
 
 _native_dropout = torch.nn.functional.dropout
@@ -106,32 +105,30 @@ class _Attention(torch.autograd.Function):
     """softmax(q k^T * scaling + mask), dropout, times v: transformers' eager attention, but what the backward
     pass needs is recomputed there instead of kept. Eager attention keeps the softmax output (in fp32), the
     dropped probabilities and the dropout mask of every layer, batch x heads x length x length each: about 56 MB
-    a layer at batch 32 and 128 tokens in fp32. This keeps the drop mask (one byte an element) and the inputs;
+    a layer at batch 32 and 128 tokens in fp32. This keeps the keep-mask (one byte an element) and the inputs;
     recomputing q k^T and the softmax costs about 3% of a layer's FLOPs at 128 tokens."""
 
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                 scaling: float, p: float) -> torch.Tensor:
         probs = _probabilities(q, k, mask, scaling)
-        drop, scale = drop_mask(probs.shape, p) if p > 0 else (None, 1.0)
-        if drop is not None:
-            probs.masked_fill_(drop, 0)
-        ctx.save_for_backward(q, k, v, mask, drop)
+        keep, scale = keep_mask(probs.shape, p) if p > 0 else (None, 1.0)
+        weights = probs if keep is None else probs.mul_(keep).mul_(scale)
+        ctx.save_for_backward(q, k, v, mask, keep)
         ctx.scaling, ctx.scale = scaling, scale
-        # dropout's scale on the output, a length times smaller than the probabilities
-        return torch.matmul(probs, v).mul_(scale)
+        return torch.matmul(weights, v)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        q, k, v, mask, drop = ctx.saved_tensors
+        q, k, v, mask, keep = ctx.saved_tensors
         probs = _probabilities(q, k, mask, ctx.scaling)
-        grad = grad.to(q.dtype) * ctx.scale  # the scale once, on the smaller tensor
-        kept = probs if drop is None else torch.where(drop, 0, probs)  # one pass; masked_fill copies, then fills
-        grad_v = torch.matmul(kept.transpose(-1, -2), grad)
-        del kept
+        weights = probs if keep is None else probs.mul(keep).mul_(ctx.scale)
+        grad = grad.to(q.dtype)
+        grad_v = torch.matmul(weights.transpose(-1, -2), grad)
+        del weights
         grad_weights = torch.matmul(grad, v.transpose(-1, -2))
-        if drop is not None:
-            grad_weights.masked_fill_(drop, 0)
+        if keep is not None:
+            grad_weights.mul_(keep).mul_(ctx.scale)
         grad_scores = torch.ops.aten._softmax_backward_data(grad_weights, probs, -1, probs.dtype)
         grad_q = torch.matmul(grad_scores, k).mul_(ctx.scaling)
         grad_k = torch.matmul(grad_scores.transpose(-1, -2), q).mul_(ctx.scaling)
