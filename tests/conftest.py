@@ -137,13 +137,15 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A trained artifact folder of the tiny BERT on separable data. With 128 rows it classifies unseen rows of
-    the same kind at 0.99-1.0 for every training seed tried (with 64, at 0.5-1.0 depending on the seed)."""
+    """A trained artifact folder of the tiny BERT on separable data: 128 rows, 8 epochs at learning rate 0.002
+    classify 200 unseen rows of the same kind at 0.99-1.0 for each of 31 training seeds tried, whether or not the
+    last layer is cut to [CLS]. FAST's 0.01 collapses to a constant answer (0.5) on 3-6 seeds of those 31: a
+    test that passes by the luck of its seed."""
     from textfit import TextClassifier
 
     root = tmp_path_factory.mktemp("tiny-artifact")
     write_csv(root / "train" / "data.csv", make_rows(128))
-    clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "8"}).fit(root / "train")
+    clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "8", "learning_rate": "0.002"}).fit(root / "train")
     return clf.save(root / "model")
 
 

@@ -333,10 +333,11 @@ def first_position_only(model: nn.Module) -> Iterator[bool]:
     """Within the block, the encoder's last layer computes past its attention for the first position only: the
     one the head reads ([CLS]). Every other position's last-layer output reaches nothing, so the logits and every
     gradient are the whole computation's, for the last layer's output projection and feed-forward block at one
-    position instead of all (5-11% of a 6-layer encoder's step, docs/benchmarks.md). Serving and the ONNX export
-    use it; training does not yet: in training mode dropout then draws fewer numbers, and the path that changes
-    is not yet shown harmless. The block's last_hidden_state has one position. Yields whether it applies: not to
-    a mean-pooled head, nor to a family without `per_position_tail`."""
+    position instead of all (5-11% of a 6-layer encoder's step, docs/benchmarks.md). Training, serving and the
+    ONNX export use it. In training, dropout then draws numbers for the first position only: the masks it applies
+    there have the same law, so training follows another random path of the same distribution (not the same
+    path as without the cut, for a given seed). The block's last_hidden_state has one position. Yields whether it
+    applies: not to a mean-pooled head, nor to a family without `per_position_tail`."""
     tail = adapter_for(model).per_position_tail
     if tail is None or isinstance(model, MeanPooled):
         yield False

@@ -393,7 +393,8 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
         done = state.step if epoch == state.epoch else 0  # steps a resumed epoch has already taken
         bar = _progress(steps_per_epoch, f"epoch {epoch}/{hp.epochs}")
         bar.update(done)
-        with architectures.attention(model, attention), kernels.fast_dropout(device):
+        with (architectures.attention(model, attention), kernels.fast_dropout(device),
+              architectures.first_position_only(model)):
             for step, rows in enumerate(_plan(lengths, hp.batch_size, hp.seed + epoch, world)):
                 if step < done:
                     continue
