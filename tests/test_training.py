@@ -51,7 +51,7 @@ def test_golden_first_losses(tiny_bert: Path) -> None:
     """Pins the loop's numbers: a change to the loss, batching or optimizer mapping shows up here."""
     model, tok = tiny_model(tiny_bert)
     result = training.train(model, data(tok, 32, 0), None, hp(epochs=3))
-    assert [m.loss for m in result.history] == pytest.approx([0.7055, 0.7156, 0.7123], abs=2e-3)
+    assert [m.loss for m in result.history] == pytest.approx([0.7043, 0.7128, 0.7019], abs=2e-3)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
