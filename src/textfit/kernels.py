@@ -40,8 +40,8 @@ _LEVELS = 65536
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tensor, float]:
-    """Dropout's keep decisions (uint8, 1 with probability 1 - p) from the default generator, and the scale the
-    kept values take. uint8, not bool: multiplying a float tensor by a bool one first copies the mask into the
+    """Dropout's keep decisions (uint8, 1 with probability 1 - p), decided by torch's default generator, and the
+    scale the kept values take. uint8, not bool: multiplying a float tensor by a bool one first copies the mask into the
     float dtype (a full-size tensor written and read again), by a uint8 one it converts each element in the loop:
     7.1 against 2.9 ms for batch 32 x 12 heads x 128 x 128 attention probabilities in fp32."""
     dropped = round(p * _LEVELS)
