@@ -91,9 +91,9 @@ def test_the_training_attention_computes_the_same_logits_and_is_put_back(family:
 @pytest.mark.parametrize("mean_pooled", [False, True])
 def test_the_last_layer_on_the_first_position_only_gives_the_same_logits_and_gradients(
         family: tuple[str, Path], mean_pooled: bool) -> None:
-    """Serving and export compute the last layer's tail for the position the head reads only: the logits (and
-    the gradient of every parameter, should training use it) must be the whole computation's, the hook must go away after the block (also after an
-    error), and a head that reads every position (the mean) must be left whole."""
+    """Training, serving and export compute the last layer's tail for the position the head reads only: the
+    logits and the gradient of every parameter must be the whole computation's, the hook must go away after the
+    block (also after an error), and a head that reads every position (the mean) must be left whole."""
     name, folder = family
     model = _load_model(str(folder), False, CLASSES, 0.1).eval()  # eval: no dropout, so both runs draw alike
     if mean_pooled:
