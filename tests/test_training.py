@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import make_rows
-from textfit import batching, kernels, optimizers, training
+from textfit import architectures, batching, kernels, optimizers, training
 from textfit.hyperparameters import OPTIMIZERS, Hyperparameters
 
 
@@ -154,6 +154,21 @@ def test_steps_on_a_cpu_run_the_faster_attention_and_validation_the_models_own(
     assert f"{expected} attention" in caplog.text and model.config._attn_implementation == own
     assert training.training_attention(torch.device("cpu"), None, 512) is None  # long inputs keep SDPA
     assert training.training_attention(torch.device("cuda"), torch.bfloat16, 32) is None
+
+
+def test_training_steps_run_the_last_layers_tail_on_the_first_position_only(tiny_bert: Path) -> None:
+    """The steps enter architectures.first_position_only (the cut's exactness is test_architectures'): the last
+    layer's tail sees one position in training, and every position again once training is over."""
+    model, tok = tiny_model(tiny_bert)
+    tail = architectures.adapter_for(model).per_position_tail(model)  # type: ignore[misc]
+    positions: dict[bool, set[int]] = {True: set(), False: set()}  # training mode -> positions the tail computed
+    tail.register_forward_hook(lambda m, args, out: positions[m.training].add(out.shape[1]))
+    training.train(model, data(tok, 32, 0), data(tok, 16, 1), hp(epochs=1))
+    assert positions[True] == {1}
+    assert positions[False] and 1 not in positions[False]  # validation: the whole sequence (rows of > 1 token)
+    positions[True].clear()
+    model.train()(**tok(["after training"], return_tensors="pt"))  # type: ignore[operator]
+    assert positions[True] == {4}  # the hook is gone: [CLS] after training [SEP]
 
 
 def test_train_only_on_top_layer_freezes_the_encoder(tiny_bert: Path) -> None:
