@@ -254,7 +254,7 @@ def _storage(job: TuningJob) -> Any:
                                           grace_period=grace, heartbeat_stale_trial_callback=retry)
 
 
-def _study(job: TuningJob, salt: int = 0) -> Any:
+def _study(job: TuningJob) -> Any:
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -262,7 +262,7 @@ def _study(job: TuningJob, salt: int = 0) -> Any:
     for attempt in range(5):
         try:
             return optuna.create_study(study_name=job.study_name, storage=_storage(job), direction="maximize",
-                                       sampler=_sampler(job, salt), pruner=_pruner(job), load_if_exists=True)
+                                       sampler=_sampler(job), pruner=_pruner(job), load_if_exists=True)
         except SQLAlchemyError:
             # Workers started together race to create the schema; the loser finds it made on its next try.
             if attempt == 4:
@@ -339,7 +339,7 @@ def run_worker(job: TuningJob, index: int = 0) -> None:
     if job.threads:
         torch.set_num_threads(job.threads)
     study = _study(job)
-    study = _study(job, salt=len(study.get_trials(deepcopy=False)) * 16 + index + 1)
+    study.sampler = _sampler(job, salt=len(study.get_trials(deepcopy=False)) * 16 + index + 1)
     with _experimental():
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
     if _counted(study) >= job.max_jobs:
