@@ -21,7 +21,8 @@ truncate at 128 tokens:
   cross-validation: the frozen baseline at its best);
 - tfidf: TF-IDF of 1-2 grams (sublinear) + LogisticRegressionCV.
 Also (not in the default grid): finetune, textfit with its fine-tuning recipe forced; classmeans, textfit's
-defaults with the head started from the class means (as past recipes.PROBE_MAX_CELLS) instead of the probe.
+defaults with the head started from the class means (as past recipes.PROBE_MAX_CELLS) instead of the probe;
+textfit-80-steps, textfit's defaults with the recipe's earlier budget of 80 fine-tuning steps.
 Training seconds are wall-clock for fitting, from the raw texts (the frozen baseline's embedding of the training
 rows included). Each result is appended to --results as it comes, and a run skips what that file already holds,
 so a long grid can be run in parts; the table is printed from the file. Each row names its data by a hash of
@@ -125,6 +126,19 @@ def run_classmeans(train: list[tuple[int, str]], test: list[tuple[int, str]], na
         recipes.PROBE_MAX_CELLS = budget
 
 
+def run_textfit_80_steps(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int
+                         ) -> dict[str, object]:
+    """textfit's defaults with the small-data recipe's first budget of fine-tuning steps, 80 (the budget it had
+    before bench/recipe_bench.py measured 160 against it: docs/benchmarks.md)."""
+    from textfit import recipes
+
+    budget, recipes.FEWSHOT_STEPS = recipes.FEWSHOT_STEPS, 80
+    try:
+        return run_textfit(train, test, names, seed)
+    finally:
+        recipes.FEWSHOT_STEPS = budget
+
+
 def run_trained_embeddings(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str],
                            seed: int) -> dict[str, object]:
     """textfit's defaults with the token-embedding table fine-tuned too."""
@@ -216,7 +230,7 @@ def run_tfidf(train: list[tuple[int, str]], test: list[tuple[int, str]], names: 
 
 METHODS = {"textfit": run_textfit, "setfit": run_setfit, "frozen": run_frozen, "tfidf": run_tfidf,
            "finetune": run_finetune, "classmeans": run_classmeans, "trained-embeddings": run_trained_embeddings,
-           "frozen-embeddings": run_frozen_embeddings}
+           "frozen-embeddings": run_frozen_embeddings, "textfit-80-steps": run_textfit_80_steps}
 
 
 def _key(row: dict[str, object]) -> tuple[object, ...]:
