@@ -89,12 +89,19 @@ def sample(pool: list[tuple[int, str]], per_class: int, seed: int) -> list[tuple
 
 
 def run_textfit(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int,
-                hyperparameters: dict[str, str] | None = None) -> dict[str, object]:
-    from textfit import TextClassifier
+                hyperparameters: dict[str, str] | None = None, steps: int | None = None) -> dict[str, object]:
+    """textfit's defaults (or `hyperparameters`); `steps`, the small-data recipe's budget in its place."""
+    from textfit import TextClassifier, recipes
 
-    start = time.perf_counter()
-    clf = TextClassifier(hyperparameters=hyperparameters).fit([t for _, t in train], [names[y] for y, _ in train])
-    seconds = time.perf_counter() - start
+    budget = recipes.FEWSHOT_STEPS
+    recipes.FEWSHOT_STEPS = steps or budget
+    try:
+        start = time.perf_counter()
+        clf = TextClassifier(hyperparameters=hyperparameters).fit([t for _, t in train],
+                                                                  [names[y] for y, _ in train])
+        seconds = time.perf_counter() - start
+    finally:
+        recipes.FEWSHOT_STEPS = budget
     predicted = clf.predict([t for _, t in test])
     return {"accuracy": float(np.mean([p == names[y] for p, (y, _) in zip(predicted, test)])), "seconds": seconds,
             "recipe": clf.manifest_["training_recipe"]["name"]}
@@ -130,13 +137,7 @@ def run_textfit_80_steps(train: list[tuple[int, str]], test: list[tuple[int, str
                          ) -> dict[str, object]:
     """textfit's defaults with the small-data recipe's first budget of fine-tuning steps, 80 (the budget it had
     before bench/recipe_bench.py measured 160 against it: docs/benchmarks.md)."""
-    from textfit import recipes
-
-    budget, recipes.FEWSHOT_STEPS = recipes.FEWSHOT_STEPS, 80
-    try:
-        return run_textfit(train, test, names, seed)
-    finally:
-        recipes.FEWSHOT_STEPS = budget
+    return run_textfit(train, test, names, seed, steps=80)
 
 
 def run_trained_embeddings(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str],

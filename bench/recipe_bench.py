@@ -18,7 +18,6 @@ import argparse
 import json
 import random
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fewshot_bench import SETS, fingerprint, sample  # noqa: E402
+from fewshot_bench import SETS, fingerprint, run_textfit, sample  # noqa: E402
 
 
 def parse_variants(text: str) -> dict[str, dict[str, str]]:
@@ -53,20 +52,10 @@ def dev_rows(pool: list[tuple[int, str]], train: list[tuple[int, str]], per_clas
 
 def run(train: list[tuple[int, str]], dev: list[tuple[int, str]], names: list[str], settings: dict[str, str]
         ) -> dict[str, object]:
-    from textfit import TextClassifier, recipes
-
+    """fewshot_bench's textfit run, scored on the development rows."""
     hyperparameters = {k: v for k, v in settings.items() if k != "steps"}
-    budget = recipes.FEWSHOT_STEPS
-    recipes.FEWSHOT_STEPS = int(settings.get("steps", budget))
-    try:
-        start = time.perf_counter()
-        clf = TextClassifier(hyperparameters=hyperparameters).fit([t for _, t in train], [names[y] for y, _ in train])
-        seconds = time.perf_counter() - start
-    finally:
-        recipes.FEWSHOT_STEPS = budget
-    predicted = clf.predict([t for _, t in dev])
-    return {"accuracy": float(np.mean([p == names[y] for p, (y, _) in zip(predicted, dev)])), "seconds": seconds,
-            "recipe": clf.manifest_["training_recipe"]["name"]}
+    steps = int(settings["steps"]) if "steps" in settings else None
+    return run_textfit(train, dev, names, 0, hyperparameters, steps)
 
 
 def main() -> None:
