@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import codecs
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +28,29 @@ def test_utf8_bom_and_a_csv_file_path(tmp_path: Path) -> None:
     path = write(tmp_path, "\ufeff1,caf\u00e9 cr\u00e8me\n0,na\u00efve\n", name="reviews.csv")
     ch = read_channel(path)
     assert ch.labels == [1, 0] and ch.texts[0] == "caf\u00e9 cr\u00e8me"
+
+
+@pytest.mark.parametrize(("bom", "encoding"), [(codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")])
+def test_utf16_with_its_byte_order_mark_is_read(tmp_path: Path, bom: bytes, encoding: str) -> None:
+    write(tmp_path, bom + '1,"caf\u00e9, cr\u00e8me"\r\n0,na\u00efve\r\n'.encode(encoding))
+    ch = read_channel(tmp_path)
+    assert ch.labels == [1, 0] and ch.texts == ["caf\u00e9, cr\u00e8me", "na\u00efve"]
+
+
+@pytest.mark.parametrize(("separator", "name"), [(";", "a semicolon"), ("\t", "a tab"), ("|", "a bar")])
+def test_another_separator_is_named_with_the_fix(tmp_path: Path, separator: str, name: str) -> None:
+    write(tmp_path, f"pos{separator}great film\nneg{separator}dull\n")
+    with pytest.raises(DataError) as info:
+        read_channel(tmp_path)
+    assert f"line 1: expected 2 columns (label,text) but found 1; the columns seem separated by {name}" in str(info.value)
+    assert "line 2" in str(info.value)
+
+
+def test_a_one_column_row_of_prose_is_not_taken_for_another_separator(tmp_path: Path) -> None:
+    write(tmp_path, "0,a\nno label here; just words\n")
+    with pytest.raises(DataError) as info:
+        read_channel(tmp_path)
+    assert "line 2: expected 2 columns (label,text) but found 1; quote a text that contains commas" in str(info.value)
 
 
 def test_labels_one_to_n_map_to_indices_with_names(tmp_path: Path) -> None:

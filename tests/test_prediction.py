@@ -23,6 +23,15 @@ def test_read_records_in_every_format(tmp_path: Path) -> None:
     assert [(r.text, r.line) for r in read_records(tmp_path / "c.txt")] == [("good", 1), ("bad", 3)]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig"])
+def test_read_records_of_a_file_with_a_byte_order_mark(tmp_path: Path, encoding: str) -> None:
+    (tmp_path / "a.csv").write_text('1,"caf\u00e9, cr\u00e8me"\n0,na\u00efve\n', encoding=encoding)
+    (tmp_path / "b.txt").write_text("caf\u00e9\nna\u00efve\n", encoding=encoding)
+    assert [(r.text, r.label) for r in read_records(tmp_path / "a.csv")] == [("caf\u00e9, cr\u00e8me", "1"),
+                                                                              ("na\u00efve", "0")]
+    assert [r.text for r in read_records(tmp_path / "b.txt")] == ["caf\u00e9", "na\u00efve"]
+
+
 def test_read_records_errors_name_the_line(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("good\n1,bad,extra\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"a.csv, line 2: expected a text, or label,text"):

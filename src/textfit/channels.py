@@ -6,6 +6,7 @@ integers (mapped, sorted, to class indices) or, beyond SageMaker, names.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -68,6 +69,12 @@ def _data_file(path: Path) -> Path:
 
 
 def _decode(path: Path, raw: bytes) -> str:
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text": its BOM says so
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: the file starts as UTF-16 but does not decode as UTF-16; save it as UTF-8 "
+                            "(for example: iconv -f utf-16 -t utf-8)") from None
     try:
         return raw.decode("utf-8-sig")  # SageMaker data often comes from Excel, which writes a BOM
     except UnicodeDecodeError as exc:
@@ -106,10 +113,8 @@ def _rows(path: Path, text: str) -> tuple[list[str], list[str], list[int]]:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank lines carry nothing
             if len(row) != 2:
-                problems.append(
-                    f"line {line}: expected 2 columns (label,text) but found {len(row)}; "
-                    'quote a text that contains commas: 1,"like, this"'
-                )
+                problems.append(f"line {line}: expected 2 columns (label,text) but found {len(row)}; "
+                                + (_other_separator(row) or 'quote a text that contains commas: 1,"like, this"'))
                 continue
             if not row[1].strip():
                 problems.append(f"line {line}: the text is empty; remove the row or give it a text")
@@ -122,6 +127,19 @@ def _rows(path: Path, text: str) -> tuple[list[str], list[str], list[int]]:
     if problems:
         raise DataError(_problems(path, problems))
     return labels, texts, lines
+
+
+def _other_separator(row: list[str]) -> str | None:
+    """The fix for a one-column row that is a label and a text joined by another separator (a semicolon, as
+    spreadsheets write CSV in many locales, a tab, a bar), or None."""
+    if len(row) != 1:
+        return None
+    for separator, name in ((";", "a semicolon"), ("\t", "a tab"), ("|", "a bar")):
+        label, found, text = row[0].partition(separator)
+        if found and text.strip() and 0 < len(label.strip()) <= 64 and " " not in label.strip():
+            return (f"the columns seem separated by {name}: data.csv separates the label from the text by a comma, "
+                    'as in 1,"a text"')
+    return None
 
 
 def _problems(path: Path, problems: list[str]) -> str:

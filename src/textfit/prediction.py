@@ -6,6 +6,7 @@ is the verbose response record of inference.py, plus the true label where the in
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import logging
@@ -80,7 +81,10 @@ def read_records(path: Path, fmt: str = "auto") -> Iterator[InputRecord]:
     if not path.is_file():
         raise DataError(f"{path}: no such file; pass the file of texts to classify")
     kind = _format_of(path, fmt)
-    with path.open(encoding="utf-8-sig", newline="" if kind == "csv" else None, errors="strict") as f:
+    with path.open("rb") as f:
+        utf16 = f.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # Excel's "Unicode text"
+    encoding = "utf-16" if utf16 else "utf-8-sig"
+    with path.open(encoding=encoding, newline="" if kind == "csv" else None, errors="strict") as f:
         try:
             if kind == "csv":
                 yield from _csv_records(f, path)
@@ -91,7 +95,7 @@ def read_records(path: Path, fmt: str = "auto") -> Iterator[InputRecord]:
                     if line.strip():
                         yield InputRecord(line.rstrip("\r\n"), None, n)
         except UnicodeDecodeError:
-            raise DataError(f"{path}: the file is not valid UTF-8; save it as UTF-8") from None
+            raise DataError(f"{path}: the file is not valid {'UTF-16' if utf16 else 'UTF-8'}; save it as UTF-8") from None
 
 
 def _chunks(records: Iterator[InputRecord], size: int) -> Iterator[list[InputRecord]]:
