@@ -14,9 +14,11 @@ Response shapes, decided once:
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -60,11 +62,30 @@ def _media_type(header: str) -> tuple[str, dict[str, str]]:
     return kind.lower(), parsed
 
 
-def _decode_text(body: bytes) -> str:
+# The charsets a body may name: text encodings that decode in linear time (codecs also holds transforms such
+# as rot13 or zlib, and punycode, whose decoding is quadratic in the body's length).
+CHARSETS = re.compile(r"utf-(8|16|32)(-[lb]e)?|ascii|iso8859-\d+|cp\d+|mac-\w+|koi8-\w+|euc_\w+|gb\w+|big5\w*|"
+                      r"shift_jis\w*|iso2022_\w+|hz|johab|tis-620")
+
+
+def _decode_text(body: bytes, charset: str | None = None) -> str:
+    """The body as text: UTF-8 (a byte order mark dropped), or the charset its Content-Type names."""
+    encoding = "utf-8-sig"
+    if charset:
+        try:
+            name = codecs.lookup(charset.strip('"')).name
+        except LookupError:
+            name = ""
+        if not CHARSETS.fullmatch(name):
+            raise RequestError(415, f"unsupported charset {charset!r} in the Content-Type; send UTF-8 text (or "
+                                    "UTF-16, Latin-1 and other common charsets, named there)")
+        encoding = "utf-8-sig" if name == "utf-8" else name
     try:
-        return body.decode("utf-8-sig")
+        return body.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise RequestError(400, f"the body is not valid UTF-8 (byte {exc.start}); send UTF-8 text") from None
+        what = "UTF-8" if encoding == "utf-8-sig" else charset
+        raise RequestError(400, f"the body is not valid {what} (byte {exc.start}); send UTF-8 text, or name the "
+                                "body's charset in the Content-Type") from None
 
 
 MAX_DIGITS = 100
@@ -150,12 +171,13 @@ def decode_request(body: bytes, content_type: str | None) -> Request:
     Raises:
         RequestError: 415 for an unsupported content type, 400 for an empty, non-UTF-8 or malformed body.
     """
-    kind = CONTENT_TYPES.get(_media_type(content_type or X_TEXT)[0])
+    media_type, params = _media_type(content_type or X_TEXT)
+    kind = CONTENT_TYPES.get(media_type)
     if kind is None:
         raise RequestError(415, f"unsupported Content-Type {content_type!r}; use one of {', '.join(CONTENT_TYPES)}")
     if not body.strip():
         raise RequestError(400, "the body is empty; send the text to classify")
-    text = _decode_text(body)
+    text = _decode_text(body, params.get("charset"))
     if kind == X_TEXT:
         request = Request([text], single=True)
     elif kind == JSON:
