@@ -121,9 +121,35 @@ def test_a_distributed_job_checkpoints_on_sigterm_and_resumes(tiny_bert: Path, t
     err = proc.stderr.read()
     proc.stderr.close()
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM, err[-2000:]
-    assert "training stopped by SIGTERM at epoch 2" in err and "Traceback" not in err
+    stopped = [line for line in err.splitlines() if "stopped" in line]  # one line for the job, from the launcher
+    assert len(stopped) == 1 and "Traceback" not in err, err[-2000:]
+    assert stopped[0].startswith("stopped: distributed training stopped by SIGTERM at epoch 2, step ")
     assert json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())["loop"]["epoch"] == 2
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming from checkpoint" in resumed.stderr and "epoch 2, step" in resumed.stderr
     assert json.loads((tmp_path / "model" / "textfit.json").read_text())["workers"] == 2
+
+
+def test_a_distributed_job_without_checkpoints_stops_on_sigterm_with_one_line(tiny_bert: Path, tmp_path: Path
+                                                                               ) -> None:
+    data = write_csv(tmp_path / "train" / "data.csv", make_rows(1600)).parent
+    cmd = [*_cmd(tiny_bert, data, tmp_path / "model", tmp_path / "ckpt"), "--hp", "epochs=2", "--nproc-per-node", "2"]
+    cmd.remove("--checkpoint-dir")
+    cmd.remove(str(tmp_path / "ckpt"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("epoch=1 "):
+            break
+    proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, err[-2000:]
+    assert time.monotonic() - started < 25, "the workers hung until the launcher's kill"  # torch waits 30 s
+    stopped = [line for line in err.splitlines() if "stopped" in line]
+    assert stopped == ["stopped: distributed training stopped by SIGTERM; nothing was written (with a checkpoint "
+                       "folder the workers write one at their last step, and the same command resumes from it)"], err
+    assert "Traceback" not in err and not (tmp_path / "model").exists() and not (tmp_path / "ckpt").exists()

@@ -114,6 +114,15 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def position(folder: Path | None) -> tuple[int, int] | None:
+    """The epoch and step the checkpoint in `folder` resumes at; None where there is none to read."""
+    try:
+        loop = json.loads((folder / STATE).read_text(encoding="utf-8"))["loop"] if folder else None
+        return (int(loop["epoch"]), int(loop["step"])) if loop else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 @dataclass
 class Checkpointer:
     """Writes and reads the checkpoint of one training run in `folder`."""

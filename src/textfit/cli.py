@@ -76,7 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from textfit import distributed
 
         distributed.launch(main, (_worker_argv(args.argv),), nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,
-                           node_rank=args.node_rank, master_addr=args.master_addr, master_port=args.master_port)
+                           node_rank=args.node_rank, master_addr=args.master_addr, master_port=args.master_port,
+                           checkpoint_dir=args.checkpoint_dir)
         log.info("Distributed training finished; rank 0 wrote %s", args.output)
         return 0
 
@@ -304,7 +305,8 @@ def cmd_sagemaker_train(args: argparse.Namespace) -> int:
         log.info("Launching %d worker(s) on each of %d host(s); this is host %d, %s is the master", plan.nproc_per_node,
                  plan.nnodes, plan.node_rank, plan.master_addr)
         distributed.launch(main, (_worker_argv(args.argv),), nproc_per_node=plan.nproc_per_node, nnodes=plan.nnodes,
-                           node_rank=plan.node_rank, master_addr=plan.master_addr, master_port=plan.master_port)
+                           node_rank=plan.node_rank, master_addr=plan.master_addr, master_port=plan.master_port,
+                           checkpoint_dir=job.checkpoint_dir)
         return 0
     log.info("SageMaker training job: channels training=%s validation=%s model=%s; writing %s",
              job.train, job.validation, job.model, job.model_dir)
@@ -509,12 +511,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _reports_the_end() -> bool:
+    """Whether this process says how a stopped job ended: one line a job, from the launcher where textfit's own
+    started the workers, else from rank 0 (a single process, or a worker of torchrun)."""
+    from textfit.sagemaker import torchrun_environment
+
+    env = torchrun_environment()
+    return env.rank == 0 and not (env.world_size > 1 and env.under_textfit_launcher)
+
+
+def _exit_now_if_a_worker(code: int) -> None:
+    """A worker of a launcher that is shutting down on a signal exits at once: torch's elastic workers wait for
+    their launcher to collect a return value it never collects on this path (30 s, then SIGKILL)."""
+    from textfit.sagemaker import torchrun_environment
+
+    if torchrun_environment().world_size > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def _run(args: argparse.Namespace) -> int:
     """The subcommand, with every way it can end mapped to one line and an exit code."""
     try:
         return int(args.func(args))
     except _Terminated:
-        print("stopped by SIGTERM: nothing was written", file=sys.stderr)
+        if _reports_the_end():
+            print("stopped by SIGTERM: nothing was written", file=sys.stderr)
+        _exit_now_if_a_worker(128 + signal.SIGTERM)
         if getattr(args, "container", False):
             write_failure(args.prefix, "stopped by SIGTERM before the job finished")
         return 128 + signal.SIGTERM
@@ -522,17 +546,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except TrainingInterrupted as exc:  # a checkpoint is saved: the shell's code for death by that signal
-        from textfit.sagemaker import torchrun_environment
-
-        env = torchrun_environment()
-        if env.rank == 0:  # one line per job, from rank 0 (or the launcher)
+        if _reports_the_end():
             print(f"stopped: {exc}", file=sys.stderr)
-        if env.world_size > 1:
-            # A worker of a launcher that is shutting down on this signal: torch's elastic workers wait for
-            # their launcher to collect a return value it never collects on this path (30 s, then SIGKILL).
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(128 + exc.signum)
+        _exit_now_if_a_worker(128 + exc.signum)
         if getattr(args, "container", False):
             write_failure(args.prefix, str(exc))
         return 128 + exc.signum

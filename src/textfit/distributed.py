@@ -14,13 +14,15 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from textfit import checkpoints
 from textfit.errors import TextfitError, TrainingInterrupted
-from textfit.sagemaker import thread_budget, torchrun_environment
+from textfit.sagemaker import RUN_ID_PREFIX, thread_budget, torchrun_environment
 
 log = logging.getLogger("textfit")
 
@@ -119,28 +121,33 @@ def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn
 
 
 def launch(entrypoint: Callable[..., Any], args: tuple[Any, ...], *, nproc_per_node: int, nnodes: int = 1,
-           node_rank: int = 0, master_addr: str = "127.0.0.1", master_port: int = 29500) -> None:
+           node_rank: int = 0, master_addr: str = "127.0.0.1", master_port: int = 29500,
+           checkpoint_dir: str | Path | None = None) -> None:
     """Start nproc_per_node workers here (and join nnodes machines), as torchrun does; one failure stops all.
 
     Raises:
         TextfitError: a worker failed; its error is in the message.
+        TrainingInterrupted: the launcher was sent a signal and stopped the workers (the workers say nothing
+            of it: the launcher's message is the job's one line, with where the checkpoint resumes).
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(
-        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc_per_node, run_id=f"textfit-{uuid.uuid4().hex[:8]}",
+        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc_per_node, run_id=f"{RUN_ID_PREFIX}{uuid.uuid4().hex[:8]}",
         rdzv_backend="static", rdzv_endpoint=f"{master_addr}:{master_port}", rdzv_configs={"rank": node_rank},
         max_restarts=0, monitor_interval=0.5, start_method="spawn",
     )
     os.environ["OMP_NUM_THREADS"] = str(max(1, thread_budget() // nproc_per_node))  # the workers' shares
     try:
         elastic_launch(config, entrypoint)(*args)
-    except SignalException as exc:  # the launcher was told to stop: it passed the signal on to the workers
-        raise TrainingInterrupted(int(exc.sigval), f"distributed training stopped by {exc.sigval.name}; with "
-                                  "--checkpoint-dir the workers wrote a checkpoint there at their last step: run "
-                                  "the same command again to resume") from None
+    except SignalException as exc:  # the launcher was told to stop: it stopped the workers with the signal
+        at = checkpoints.position(Path(checkpoint_dir) if checkpoint_dir else None)  # the workers have exited: rank 0 wrote it at its last step
+        where = (f" at epoch {at[0]}, step {at[1]}; the checkpoint is in {checkpoint_dir}: run the same command "
+                 "again to resume" if at else "; nothing was written (with a checkpoint folder the workers write "
+                 "one at their last step, and the same command resumes from it)")
+        raise TrainingInterrupted(int(exc.sigval), f"distributed training stopped by {exc.sigval.name}{where}") from None
     except ChildFailedError as exc:
         failures = "; ".join(f"worker {rank}: {f.message or f'exit code {f.exitcode}'}"
                              for rank, f in sorted(exc.failures.items()))

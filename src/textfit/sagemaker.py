@@ -172,10 +172,17 @@ class TorchrunEnvironment:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    under_textfit_launcher: bool = False
+    """Whether textfit's own launcher started this worker: the launcher then says how the job ended."""
+
+
+# textfit's launcher names its runs with this prefix (torchrun passes the name as TORCHELASTIC_RUN_ID).
+RUN_ID_PREFIX = "textfit-"
 
 
 def torchrun_environment() -> TorchrunEnvironment:
-    return TorchrunEnvironment(_int("RANK", 0), _int("WORLD_SIZE", 1), _int("LOCAL_RANK", 0))
+    return TorchrunEnvironment(_int("RANK", 0), _int("WORLD_SIZE", 1), _int("LOCAL_RANK", 0),
+                               os.environ.get("TORCHELASTIC_RUN_ID", "").startswith(RUN_ID_PREFIX))
 
 
 def gpu_count() -> int:
