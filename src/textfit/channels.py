@@ -69,7 +69,7 @@ def _data_file(path: Path) -> Path:
 
 
 def _decode(path: Path, raw: bytes) -> str:
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text": its BOM says so
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # UTF-16 (some spreadsheet exports): its BOM says so
         try:
             return raw.decode("utf-16")
         except UnicodeDecodeError:

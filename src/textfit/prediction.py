@@ -82,7 +82,7 @@ def read_records(path: Path, fmt: str = "auto") -> Iterator[InputRecord]:
         raise DataError(f"{path}: no such file; pass the file of texts to classify")
     kind = _format_of(path, fmt)
     with path.open("rb") as f:
-        utf16 = f.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # Excel's "Unicode text"
+        utf16 = f.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # UTF-16 (some spreadsheet exports)
     encoding = "utf-16" if utf16 else "utf-8-sig"
     with path.open(encoding=encoding, newline="" if kind == "csv" else None, errors="strict") as f:
         try:
