@@ -69,7 +69,8 @@ def _data_file(path: Path) -> Path:
 
 
 def _decode(path: Path, raw: bytes) -> str:
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # UTF-16 (some spreadsheet exports): its BOM says so
+    # UTF-16, as some spreadsheet exports write it: its byte order mark says so.
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         try:
             return raw.decode("utf-16")
         except UnicodeDecodeError:

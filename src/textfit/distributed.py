@@ -135,7 +135,8 @@ def launch(entrypoint: Callable[..., Any], args: tuple[Any, ...], *, nproc_per_n
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(
-        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc_per_node, run_id=f"{RUN_ID_PREFIX}{uuid.uuid4().hex[:8]}",
+        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc_per_node,
+        run_id=f"{RUN_ID_PREFIX}{uuid.uuid4().hex[:8]}",
         rdzv_backend="static", rdzv_endpoint=f"{master_addr}:{master_port}", rdzv_configs={"rank": node_rank},
         max_restarts=0, monitor_interval=0.5, start_method="spawn",
     )
@@ -143,11 +144,13 @@ def launch(entrypoint: Callable[..., Any], args: tuple[Any, ...], *, nproc_per_n
     try:
         elastic_launch(config, entrypoint)(*args)
     except SignalException as exc:  # the launcher was told to stop: it stopped the workers with the signal
-        at = checkpoints.position(Path(checkpoint_dir) if checkpoint_dir else None)  # the workers have exited: rank 0 wrote it at its last step
+        # The workers have exited by now: rank 0 wrote its checkpoint at its last step.
+        at = checkpoints.position(Path(checkpoint_dir) if checkpoint_dir else None)
         where = (f" at epoch {at[0]}, step {at[1]}; the checkpoint is in {checkpoint_dir}: run the same command "
                  "again to resume" if at else "; nothing was written (with a checkpoint folder the workers write "
                  "one at their last step, and the same command resumes from it)")
-        raise TrainingInterrupted(int(exc.sigval), f"distributed training stopped by {exc.sigval.name}{where}") from None
+        raise TrainingInterrupted(int(exc.sigval),
+                                  f"distributed training stopped by {exc.sigval.name}{where}") from None
     except ChildFailedError as exc:
         failures = "; ".join(f"worker {rank}: {f.message or f'exit code {f.exitcode}'}"
                              for rank, f in sorted(exc.failures.items()))
