@@ -68,9 +68,14 @@ def _data_file(path: Path) -> Path:
     raise DataError(f"{path}: no such file or folder; pass a folder holding {DATA_FILE} or a CSV file")
 
 
+def text_encoding(head: bytes) -> str:
+    """The encoding of a file starting with `head`: UTF-16 where its byte order mark says so (as some spreadsheet
+    exports write it), else UTF-8, with or without a BOM."""
+    return "utf-16" if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+
+
 def _decode(path: Path, raw: bytes) -> str:
-    # UTF-16, as some spreadsheet exports write it: its byte order mark says so.
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    if text_encoding(raw) == "utf-16":
         try:
             return raw.decode("utf-16")
         except UnicodeDecodeError:

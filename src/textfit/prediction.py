@@ -6,7 +6,6 @@ is the verbose response record of inference.py, plus the true label where the in
 
 from __future__ import annotations
 
-import codecs
 import csv
 import json
 import logging
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from textfit.channels import allow_any_field_size, is_int
+from textfit.channels import allow_any_field_size, is_int, text_encoding
 from textfit.classifier import TextClassifier
 from textfit.errors import DataError
 from textfit.inference import verbose_record
@@ -82,8 +81,7 @@ def read_records(path: Path, fmt: str = "auto") -> Iterator[InputRecord]:
         raise DataError(f"{path}: no such file; pass the file of texts to classify")
     kind = _format_of(path, fmt)
     with path.open("rb") as f:
-        utf16 = f.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # UTF-16 (some spreadsheet exports)
-    encoding = "utf-16" if utf16 else "utf-8-sig"
+        encoding = text_encoding(f.read(2))
     with path.open(encoding=encoding, newline="" if kind == "csv" else None, errors="strict") as f:
         try:
             if kind == "csv":
@@ -95,7 +93,8 @@ def read_records(path: Path, fmt: str = "auto") -> Iterator[InputRecord]:
                     if line.strip():
                         yield InputRecord(line.rstrip("\r\n"), None, n)
         except UnicodeDecodeError:
-            raise DataError(f"{path}: the file is not valid {'UTF-16' if utf16 else 'UTF-8'}; save it as UTF-8") from None
+            what = "UTF-16" if encoding == "utf-16" else "UTF-8"
+            raise DataError(f"{path}: the file is not valid {what}; save it as UTF-8") from None
 
 
 def _chunks(records: Iterator[InputRecord], size: int) -> Iterator[list[InputRecord]]:
