@@ -42,8 +42,12 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from textfit import TextClassifier
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -91,7 +95,7 @@ def sample(pool: list[tuple[int, str]], per_class: int, seed: int) -> list[tuple
 
 
 def fit_textfit(train: list[tuple[int, str]], names: list[str], hyperparameters: dict[str, str] | None = None,
-                steps: int | None = None) -> tuple[object, float]:
+                steps: int | None = None) -> tuple[TextClassifier, float]:
     """A TextClassifier fitted with textfit's defaults (or `hyperparameters`; `steps`, the small-data recipe's
     budget in its place), and its training seconds."""
     from textfit import TextClassifier, recipes
@@ -115,9 +119,9 @@ def run_textfit(train: list[tuple[int, str]], test: list[tuple[int, str]], names
                 hyperparameters: dict[str, str] | None = None, steps: int | None = None) -> dict[str, object]:
     """textfit's defaults (or `hyperparameters`); `steps`, the small-data recipe's budget in its place."""
     clf, seconds = fit_textfit(train, names, hyperparameters, steps)
-    predicted = clf.predict([t for _, t in test])  # type: ignore[attr-defined]
+    predicted = clf.predict([t for _, t in test])
     return {"accuracy": _accuracy(predicted, test, names), "seconds": seconds,
-            "recipe": clf.manifest_["training_recipe"]["name"]}  # type: ignore[attr-defined]
+            "recipe": clf.manifest_["training_recipe"]["name"]}
 
 
 def run_textfit_window(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int
@@ -127,11 +131,11 @@ def run_textfit_window(train: list[tuple[int, str]], test: list[tuple[int, str]]
     with SageMaker's truncation, what the `textfit` method scores."""
     clf, seconds = fit_textfit(train, names)
     texts = [t for _, t in test]
-    truncated = _accuracy(clf.predict(texts), test, names)  # type: ignore[attr-defined]
+    truncated = _accuracy(clf.predict(texts), test, names)
     start = time.perf_counter()
-    proba = clf.predict_proba(texts, long_texts="window")  # type: ignore[attr-defined]
+    proba = clf.predict_proba(texts, long_texts="window")
     predict_seconds = time.perf_counter() - start
-    predicted = [clf.classes_[i] for i in proba.argmax(axis=1)]  # type: ignore[attr-defined]
+    predicted = [clf.classes_[i] for i in proba.argmax(axis=1)]
     return {"accuracy": _accuracy(predicted, test, names), "truncated": truncated, "seconds": seconds,
             "predict_seconds": predict_seconds}
 
@@ -139,14 +143,8 @@ def run_textfit_window(train: list[tuple[int, str]], test: list[tuple[int, str]]
 def run_finetune(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int
                  ) -> dict[str, object]:
     """textfit with its fine-tuning recipe forced: what the defaults did before the small-data recipe."""
-    from textfit import TextClassifier
-
-    start = time.perf_counter()
-    clf = TextClassifier(hyperparameters={"training_recipe": "finetune"}).fit(
-        [t for _, t in train], [names[y] for y, _ in train])
-    seconds = time.perf_counter() - start
-    predicted = clf.predict([t for _, t in test])
-    return {"accuracy": float(np.mean([p == names[y] for p, (y, _) in zip(predicted, test)])), "seconds": seconds}
+    clf, seconds = fit_textfit(train, names, {"training_recipe": "finetune"})
+    return {"accuracy": _accuracy(clf.predict([t for _, t in test]), test, names), "seconds": seconds}
 
 
 def run_classmeans(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int
