@@ -10,22 +10,36 @@ the settings recipes.py fixes are chosen without looking at the rows the benchma
 budget of optimizer steps (recipes.FEWSHOT_STEPS); several are joined by commas, none is the defaults. Each
 variant's accuracy on the development rows and its training seconds are printed a run at a time, and a table
 of means at the end (with each variant's mean difference from the first one, seed by seed).
+
+Two settings try levers textfit does not have, from outside the library, so that their measurements can be
+reproduced (docs/benchmarks.md, "Averaging weights, and a contrastive term, in the recipe"):
+- `average=ema:D`: the rows are scored with an exponential moving average of the weights, decay D, updated
+  after every optimizer step from the first one's result on; `average=wise:A`: with the weights interpolated
+  between those before the first step (the linear probe's start) and the trained ones, A the trained share
+  (WiSE-FT, Wortsman et al., 2022); `average=start`: with the weights before the first step.
+- `supcon=L:T`: a supervised contrastive term (Khosla et al., 2020) on the L2-normalised features the head
+  reads, temperature T, added to each batch's mean cross-entropy with weight L.
+Both hook the library (torch's global optimizer-step hooks; wrappers of architectures.features and
+training.batch_loss) for one run and put everything back after it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fewshot_bench import SETS, fingerprint, run_textfit, sample  # noqa: E402
+from fewshot_bench import SETS, _accuracy, fingerprint, fit_textfit, sample  # noqa: E402
 
 
 def parse_variants(text: str) -> dict[str, dict[str, str]]:
@@ -50,12 +64,133 @@ def dev_rows(pool: list[tuple[int, str]], train: list[tuple[int, str]], per_clas
     return picked
 
 
+def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Khosla et al.'s supervised contrastive loss (their L_out) over a batch: for each row with another row of
+    its class in the batch, the mean over those positives of -log softmax of the cosine similarity / T among
+    all the other rows; averaged over such rows (0 when there are none)."""
+    z = torch.nn.functional.normalize(features.float(), dim=1)
+    similarity = z @ z.T / temperature
+    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    log_prob = similarity.masked_fill(self_mask, float("-inf")).log_softmax(dim=1)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    count = positives.sum(dim=1)
+    anchors = count > 0
+    if not anchors.any():
+        return similarity.sum() * 0.0
+    per_row = -(log_prob.masked_fill(~positives, 0.0).sum(dim=1)[anchors] / count[anchors])
+    return per_row.mean()
+
+
+@contextlib.contextmanager
+def contrastive_term(weight: float, temperature: float) -> Iterator[None]:
+    """training.batch_loss with the supervised contrastive term added (weight x the term, times the rows, as
+    batch_loss returns a sum that training divides by the rows), on the features of the batch's forward pass."""
+    from textfit import architectures, training
+
+    features, batch_loss = architectures.features, training.batch_loss
+    last: list[torch.Tensor] = []
+    added = 0
+
+    def keep_features(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = features(model, inputs)
+        if torch.is_grad_enabled():  # a training step's forward pass, not evaluation or prediction
+            last[:] = [out]
+        return out
+
+    def with_term(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, int]:
+        nonlocal added
+        loss, right = batch_loss(logits, labels, weights)
+        if torch.is_grad_enabled() and last and not labels.dtype.is_floating_point:
+            loss = loss + weight * len(labels) * supcon_loss(last.pop(), labels, temperature)
+            added += 1
+        return loss, right
+
+    architectures.features, training.batch_loss = keep_features, with_term
+    try:
+        yield
+    finally:
+        architectures.features, training.batch_loss = features, batch_loss
+    if not added:  # the model's forward pass does not read architectures.features (not mean-pooled)
+        raise RuntimeError("supcon: no training step computed the features; the term was never added")
+
+
+class WeightAverages:
+    """Torch's global optimizer-step hooks, for one fit: the weights before an optimizer's first step and an
+    exponential moving average of them after each step (of the optimizer that stepped most: the fine-tuning
+    one, not a probe's)."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.start: dict[int, list[torch.Tensor]] = {}
+        self.ema: dict[int, list[torch.Tensor]] = {}
+        self.params: dict[int, list[torch.Tensor]] = {}
+        self.steps: dict[int, int] = defaultdict(int)
+
+    def before(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        key = id(optimizer)
+        if key not in self.start:
+            self.params[key] = [p for group in optimizer.param_groups for p in group["params"]]
+            self.start[key] = [p.detach().clone() for p in self.params[key]]
+
+    def after(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        key = id(optimizer)
+        self.steps[key] += 1
+        now = [p.detach() for p in self.params[key]]
+        if key not in self.ema:
+            self.ema[key] = [p.clone() for p in now]
+        else:
+            torch._foreach_lerp_(self.ema[key], now, 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def hooked(self) -> Iterator[WeightAverages]:
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        handles = [register_optimizer_step_pre_hook(self.before), register_optimizer_step_post_hook(self.after)]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def weights(self, kind: str, share: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The trained parameters and what to put in them: `ema`, `start`, or `wise` (share x trained +
+        (1 - share) x start)."""
+        key = max(self.steps, key=self.steps.__getitem__)
+        params, start = self.params[key], self.start[key]
+        if kind == "ema":
+            return params, self.ema[key]
+        if kind == "start":
+            return params, start
+        if kind == "wise":
+            return params, [s + share * (p.detach() - s) for p, s in zip(params, start)]
+        raise ValueError(f"average={kind}: use ema:DECAY, wise:SHARE or start")
+
+
 def run(train: list[tuple[int, str]], dev: list[tuple[int, str]], names: list[str], settings: dict[str, str]
         ) -> dict[str, object]:
-    """fewshot_bench's textfit run, scored on the development rows."""
-    hyperparameters = {k: v for k, v in settings.items() if k != "steps"}
+    """fewshot_bench's textfit run, scored on the development rows, with the variant's levers."""
+    hyperparameters = {k: v for k, v in settings.items() if k not in ("steps", "average", "supcon")}
     steps = int(settings["steps"]) if "steps" in settings else None
-    return run_textfit(train, dev, names, 0, hyperparameters, steps)
+    kind, _, value = settings.get("average", "").partition(":")
+    averages = WeightAverages(float(value) if kind == "ema" else 0.0)
+    with contextlib.ExitStack() as stack:
+        if "supcon" in settings:
+            weight, _, temperature = settings["supcon"].partition(":")
+            stack.enter_context(contrastive_term(float(weight), float(temperature or 0.1)))
+        if kind:
+            stack.enter_context(averages.hooked())
+        clf, seconds = fit_textfit(train, names, hyperparameters, steps)
+    if kind:
+        params, chosen = averages.weights(kind, float(value or 0.0))
+        model_params = {id(p) for p in clf.model_.parameters()}
+        if not all(id(p) in model_params for p in params):
+            raise RuntimeError("the optimizer's parameters are not the fitted model's: cannot score averages")
+        with torch.no_grad():
+            torch._foreach_copy_(params, chosen)
+    predicted = clf.predict([t for _, t in dev])
+    return {"accuracy": _accuracy(predicted, dev, names), "seconds": seconds,
+            "recipe": clf.manifest_["training_recipe"]["name"]}
 
 
 def main() -> None:
