@@ -1,6 +1,6 @@
 """The small-data recipe's settings, compared on development rows: never on the test rows fewshot_bench scores.
 
-    python bench/recipe_bench.py [--sets bbc,debian] [--sizes 8,64] [--seeds 3] [--dev 60]
+    python bench/recipe_bench.py [--sets bbc,debian] [--sizes 8,64] [--seeds 3] [--first-seed 0] [--dev 60]
         --variants "base=;steps160=steps=160;lr5e-5=learning_rate=5e-5;len256=max_seq_length=256"
 
 For each set, size and seed, the training rows are fewshot_bench's sample (the same rows its textfit runs train
@@ -201,6 +201,7 @@ def main() -> None:
     parser.add_argument("--sets", default="bbc,debian")
     parser.add_argument("--sizes", default="8,64")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="sampling seeds first-seed .. first-seed+seeds-1")
     parser.add_argument("--dev", type=int, default=60, help="development rows a class")
     parser.add_argument("--variants", default="base=")
     parser.add_argument("--results", type=Path, help="append each run here as a JSON line")
@@ -211,7 +212,7 @@ def main() -> None:
         pool, test, names = SETS[name]()
         data = fingerprint(pool, test)
         for per_class in (int(s) for s in args.sizes.split(",")):
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 train = sample(pool, per_class, seed)
                 dev = dev_rows(pool, train, args.dev, seed)
                 for variant, settings in variants.items():
