@@ -21,6 +21,10 @@ reproduced (docs/benchmarks.md, "Averaging weights, and a contrastive term, in t
   reads, temperature T, added to each batch's mean cross-entropy with weight L.
 Both hook the library (torch's global optimizer-step hooks; wrappers of architectures.features and
 training.batch_loss) for one run and put everything back after it.
+- `chunks=K`: each training text longer than the encoder's 128 tokens becomes up to K training rows, its
+  consecutive pieces of at most 126 tokens (cut between words, sliced from the original text), each with the text's
+  label; the development rows are read as always (truncated). More of each long text is seen in training for
+  the same budget of steps.
 """
 
 from __future__ import annotations
@@ -167,10 +171,38 @@ class WeightAverages:
         raise ValueError(f"average={kind}: use ema:DECAY, wise:SHARE or start")
 
 
+def chunked(rows: list[tuple[int, str]], pieces: int, tokens: int = 126) -> list[tuple[int, str]]:
+    """Each row longer than `tokens` tokens as up to `pieces` rows of at most `tokens` tokens (the embedded
+    tokenizer's; 128 less the two special tokens), cut between words where a word boundary is in reach and
+    sliced from the original text."""
+    from textfit.checkpoint import load_tokenizer
+    from textfit.zoo import resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(None).path)
+    out = []
+    for label, text in rows:
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+        if len(offsets) <= tokens:
+            out.append((label, text))
+            continue
+        first, taken = 0, 0
+        while first < len(offsets) and taken < pieces:
+            end = min(first + tokens, len(offsets))  # exclusive
+            cut = end
+            while end < len(offsets) and cut > first + 1 and offsets[cut][0] == offsets[cut - 1][1]:
+                cut -= 1  # token `cut` goes on with the word before it: cut before that word instead
+            end = cut if cut > first + 1 else end
+            out.append((label, text[offsets[first][0]:offsets[end - 1][1]]))
+            first, taken = end, taken + 1
+    return out
+
+
 def run(train: list[tuple[int, str]], dev: list[tuple[int, str]], names: list[str], settings: dict[str, str]
         ) -> dict[str, object]:
     """fewshot_bench's textfit run, scored on the development rows, with the variant's levers."""
-    hyperparameters = {k: v for k, v in settings.items() if k not in ("steps", "average", "supcon")}
+    hyperparameters = {k: v for k, v in settings.items() if k not in ("steps", "average", "supcon", "chunks")}
+    if "chunks" in settings:
+        train = chunked(train, int(settings["chunks"]))
     steps = int(settings["steps"]) if "steps" in settings else None
     kind, _, value = settings.get("average", "").partition(":")
     averages = WeightAverages(float(value) if kind == "ema" else 0.0)

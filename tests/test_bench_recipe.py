@@ -99,3 +99,19 @@ def test_a_fit_scored_with_its_start_weights_is_the_unfitted_probe(tiny_bert: Pa
     saved = load_file(tiny_bert / "model.safetensors")  # a BertModel's: keys without the "bert." prefix
     torch.testing.assert_close(before, saved[name.removeprefix("bert.")])
     assert not torch.allclose(before, named[name].detach())  # fine-tuning moved it
+
+
+def test_chunks_cover_a_long_text_in_pieces_that_fit_and_keep_short_ones_whole() -> None:
+    from textfit.checkpoint import load_tokenizer
+    from textfit.zoo import resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(None).path)
+    words = [f"word{k} of the article, number {k}." for k in range(200)]
+    long_text = " ".join(words)
+    rows = recipe_bench.chunked([(3, long_text), (1, "a short one")], pieces=100)
+    pieces = [text for label, text in rows if label == 3]
+    assert rows[-1] == (1, "a short one")
+    assert len(pieces) > 5
+    assert all(len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= 126 for p in pieces)
+    assert " ".join(pieces).split() == long_text.split()  # nothing lost or repeated, cut between tokens
+    assert len(recipe_bench.chunked([(3, long_text)], pieces=2)) == 2
