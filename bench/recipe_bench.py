@@ -11,20 +11,22 @@ budget of optimizer steps (recipes.FEWSHOT_STEPS); several are joined by commas,
 variant's accuracy on the development rows and its training seconds are printed a run at a time, and a table
 of means at the end (with each variant's mean difference from the first one, seed by seed).
 
-Two settings try levers textfit does not have, from outside the library, so that their measurements can be
-reproduced (docs/benchmarks.md, "Averaging weights, and a contrastive term, in the recipe"):
+Three settings try levers textfit does not have, from outside the library, so that their measurements can be
+reproduced (docs/benchmarks.md, "Averaging weights, and a contrastive term, in the recipe" and "Long articles
+cut into training rows"):
 - `average=ema:D`: the rows are scored with an exponential moving average of the weights, decay D, updated
   after every optimizer step from the first one's result on; `average=wise:A`: with the weights interpolated
   between those before the first step (the linear probe's start) and the trained ones, A the trained share
-  (WiSE-FT, Wortsman et al., 2022); `average=start`: with the weights before the first step.
+  (WiSE-FT, Wortsman et al., 2022); `average=start`: with the weights before the first step. Torch's global
+  optimizer-step hooks, for one run.
 - `supcon=L:T`: a supervised contrastive term (Khosla et al., 2020) on the L2-normalised features the head
-  reads, temperature T, added to each batch's mean cross-entropy with weight L.
-Both hook the library (torch's global optimizer-step hooks; wrappers of architectures.features and
-training.batch_loss) for one run and put everything back after it.
+  reads, temperature T, added to each batch's mean cross-entropy with weight L. Wrappers of
+  architectures.features and training.batch_loss, for one run: everything is put back after it.
 - `chunks=K`: each training text longer than the encoder's 128 tokens becomes up to K training rows, its
-  consecutive pieces of at most 126 tokens (cut between words, sliced from the original text), each with the text's
-  label; the development rows are read as always (truncated). More of each long text is seen in training for
-  the same budget of steps.
+  consecutive pieces of at most 126 tokens (cut between words, sliced from the original text), each with the
+  text's label; the development rows are read as always (truncated). The pieces can take the rows past the
+  small-data rule's size: add `training_recipe=fewshot` to keep the recipe (and its budget of steps). The
+  seconds are the fit's, cutting excluded.
 """
 
 from __future__ import annotations
