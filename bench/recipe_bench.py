@@ -20,7 +20,7 @@ cut into training rows"):
   (WiSE-FT, Wortsman et al., 2022); `average=start`: with the weights before the first step. Torch's global
   optimizer-step hooks, for one run.
 - `supcon=L:T`: a supervised contrastive term (Khosla et al., 2020) on the L2-normalised features the head
-  reads, temperature T, added to each batch's mean cross-entropy with weight L. Wrappers of
+  reads, temperature T (0.1 when left out), added to each batch's mean cross-entropy with weight L. Wrappers of
   architectures.features and training.batch_loss, for one run: everything is put back after it.
 - `chunks=K`: each training text longer than the encoder's 128 tokens becomes up to K training rows, its
   consecutive pieces of at most 126 tokens (cut between words, sliced from the original text), each with the
@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fewshot_bench import SETS, _accuracy, fingerprint, fit_textfit, sample  # noqa: E402
+from fewshot_bench import MAX_LENGTH, SETS, _accuracy, fingerprint, fit_textfit, sample  # noqa: E402
 
 
 def parse_variants(text: str) -> dict[str, dict[str, str]]:
@@ -173,7 +173,7 @@ class WeightAverages:
         raise ValueError(f"average={kind}: use ema:DECAY, wise:SHARE or start")
 
 
-def chunked(rows: list[tuple[int, str]], pieces: int, tokens: int = 126) -> list[tuple[int, str]]:
+def chunked(rows: list[tuple[int, str]], pieces: int, tokens: int = MAX_LENGTH - 2) -> list[tuple[int, str]]:
     """Each row longer than `tokens` tokens as up to `pieces` rows of at most `tokens` tokens (the embedded
     tokenizer's; 128 less the two special tokens), cut between words where a word boundary is in reach and
     sliced from the original text."""

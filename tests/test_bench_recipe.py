@@ -1,6 +1,6 @@
-"""bench/recipe_bench.py's levers from outside the library (weight averages, a contrastive term): the numbers
-docs/benchmarks.md reports from them are only as good as these, so they are checked against hand computations
-and on a real fit of a tiny encoder."""
+"""bench/recipe_bench.py's levers from outside the library (weight averages, a contrastive term, long texts cut
+into pieces): the numbers docs/benchmarks.md reports from them are only as good as these, so they are checked
+against hand computations and on a real fit of a tiny encoder."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_the_contrastive_term_changes_a_real_fit_and_is_removed_after_it(tiny_be
     assert not torch.allclose(state["plain"], state["term"])
 
 
-def test_a_fit_scored_with_its_start_weights_is_the_unfitted_probe(tiny_bert: Path, tmp_path: Path) -> None:
+def test_the_start_weights_are_the_fitted_models_parameters_before_fine_tuning(tiny_bert: Path, tmp_path: Path) -> None:
     """The hooks see the fine-tuning optimizer's parameters, which are the fitted model's: putting the start back
     gives the model before fine-tuning (encoder as pretrained), not some copy's weights."""
     folder = tmp_path / "small"
@@ -113,5 +113,5 @@ def test_chunks_cover_a_long_text_in_pieces_that_fit_and_keep_short_ones_whole()
     assert rows[-1] == (1, "a short one")
     assert len(pieces) > 5
     assert all(len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= 126 for p in pieces)
-    assert " ".join(pieces).split() == long_text.split()  # nothing lost or repeated, cut between tokens
+    assert " ".join(pieces).split() == long_text.split()  # nothing lost or repeated, cut between words
     assert len(recipe_bench.chunked([(3, long_text)], pieces=2)) == 2
