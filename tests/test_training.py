@@ -182,6 +182,32 @@ def test_train_only_on_top_layer_freezes_the_encoder(tiny_bert: Path) -> None:
     # the classes, so the loss is no measure here; test_top_layer_training_... trains the head on every family
 
 
+def test_validation_on_cached_features_scores_what_the_whole_model_does(tiny_bert: Path) -> None:
+    model, tok = tiny_model(tiny_bert)
+    val = data(tok, 40, 1)
+    feats = training.embed(model, val, 8, torch.device("cpu"), None)
+    whole = training.evaluate(model, val, 8, torch.device("cpu"), None, 0.5)
+    cached = training.evaluate(model, val, 8, torch.device("cpu"), None, 0.5, feats)
+    assert cached.loss == pytest.approx(whole.loss, abs=1e-6) and cached.accuracy == whole.accuracy
+    shifted = training.evaluate(model, val, 8, torch.device("cpu"), None, 0.5, feats.roll(1, dims=0))
+    assert shifted.loss != pytest.approx(whole.loss, abs=1e-6)  # the rows' own features, not any
+
+
+def test_a_frozen_encoder_runs_once_per_row_whatever_the_epochs(tiny_bert: Path) -> None:
+    """train_only_on_top_layer: training and validation rows are embedded once; each epoch runs the head."""
+    rows = {}
+    for epochs in (1, 5):
+        model, tok = tiny_model(tiny_bert)
+        seen: list[int] = []
+        model.base_model.register_forward_hook(lambda m, args, kw, out, seen=seen: seen.append(len(kw["input_ids"])),
+                                               with_kwargs=True)
+        result = training.train(model, data(tok, 48, 0), data(tok, 16, 1),
+                                hp(epochs=epochs, train_only_on_top_layer=True, learning_rate=0.05))
+        assert len(result.history) == epochs and all(m.val_accuracy is not None for m in result.history)
+        rows[epochs] = sum(seen)
+    assert rows[1] == rows[5] == 48 + 16
+
+
 def test_l2_penalty_is_on_the_head_weights_only(tiny_bert: Path) -> None:
     model, _ = tiny_model(tiny_bert)
     expected = 0.5 * model.classifier.weight.pow(2).sum()

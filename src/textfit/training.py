@@ -191,10 +191,11 @@ def _f1(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> tuple[float, fl
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Encoded, batch_size: int, device: torch.device, dtype: torch.dtype | None,
-             l2: float = 0.0) -> Evaluation:
+             l2: float = 0.0, features: torch.Tensor | None = None) -> Evaluation:
     """Loss and accuracy over a whole labelled set (and for multi-label data, F1 at 0.5); the loss includes the
     head's L2 term, as Keras reports it.
 
+    `features`: every row's features from `embed` (a frozen encoder's, computed once): only the head runs.
     With several workers each scores every W-th row and the sums are added up: the whole set, once.
     """
     world = distributed.current()
@@ -204,9 +205,15 @@ def evaluate(model: nn.Module, data: Encoded, batch_size: int, device: torch.dev
     total, correct = 0.0, 0
     counts = torch.zeros((3, data.n_labels), dtype=torch.float64)  # true positives, false positives, false negatives
     for group in batching.plan_batches(lengths, batch_size * 2, shuffle=False):
-        batch = batching.collate(data, [rows[i] for i in group]).to(device)
-        with autocast(device, dtype):
-            logits = model(**batch.inputs).logits
+        mine = [rows[i] for i in group]
+        if features is not None:
+            batch = Batch(mine, {}, data.label_tensor(mine).to(device))
+            with autocast(device, dtype):
+                logits = architectures.head(model, features[mine])
+        else:
+            batch = batching.collate(data, mine).to(device)
+            with autocast(device, dtype):
+                logits = model(**batch.inputs).logits
         loss, right = batch_loss(logits, batch.labels)  # type: ignore[arg-type]
         total += float(loss)
         correct += right
@@ -364,9 +371,15 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
              f", {attention} attention" if attention else "")
     if world.active:
         log.info("Distributed over %d workers; %s", world.size, distributed.split_message(hp.batch_size, world))
+    # Validation computes in fp32 on the CPU, as the served model does: the metric that picks the epoch (and
+    # that tuning maximises) is the served model's; on a GPU in the training precision, as it serves there too.
+    val_dtype = dtype if device.type == "cuda" else None
+    val_feats = None
     if cache:
         train_feats = embed(model, train_data, hp.batch_size, device, dtype)
         train_labels = train_data.label_tensor(range(len(train_data))).to(device)
+        if val_data is not None:  # the frozen encoder's validation features, once: each epoch then runs the head
+            val_feats = embed(model, val_data, hp.batch_size, device, val_dtype)
     net = distributed.wrap(_Head(model) if cache else model, world, device)
     multi = bool(train_data.n_labels)
     weights = class_weights(hp.class_weights, train_data.labels, model.config.num_labels, multi)  # type: ignore[arg-type]
@@ -435,10 +448,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
             l2 = float(l2_penalty(model, hp.regularizers_l2))
         metrics = EpochMetrics(total / weight_seen + l2, correct / seen, steps=steps_per_epoch)
         if val_data is not None:
-            # in fp32 on the CPU, as the served model computes: the metric that picks the epoch (and that tuning
-            # maximises) is the served model's; on a GPU the training precision, as there it serves too
-            scored = evaluate(model, val_data, hp.batch_size, device, dtype if device.type == "cuda" else None,
-                              hp.regularizers_l2)
+            scored = evaluate(model, val_data, hp.batch_size, device, val_dtype, hp.regularizers_l2, val_feats)
             metrics.val_loss, metrics.val_accuracy = scored.loss, scored.accuracy
             metrics.val_f1_micro, metrics.val_f1_macro = scored.f1_micro, scored.f1_macro
         metrics.seconds = time.perf_counter() - start
