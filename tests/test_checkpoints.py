@@ -26,7 +26,7 @@ HP_ARGS = [arg for name, value in HP.items() for arg in ("--hp", f"{name}={value
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_csv(tmp_path_factory.mktemp("ckpt-data") / "train" / "data.csv", make_rows(5000)).parent
+    return write_csv(tmp_path_factory.mktemp("ckpt-data") / "train" / "data.csv", make_rows(2000)).parent
 
 
 def _cmd(tiny_bert: Path, data: Path, out: Path, ckpt: Path) -> list[str]:
@@ -58,7 +58,7 @@ def test_sigterm_checkpoints_and_the_rerun_ends_where_an_uninterrupted_run_does(
         tiny_bert: Path, data: Path, tmp_path: Path, uninterrupted: Path) -> None:
     cmd = _cmd(tiny_bert, data, tmp_path / "model", tmp_path / "ckpt")
     proc = run_until(cmd, "epoch=1 ")  # epoch 1 is done: epoch 2 is under way
-    time.sleep(0.7)  # into epoch 2 (500 steps, about 2 s)
+    time.sleep(0.7)  # into epoch 2 (200 steps, about 2 s)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]

@@ -27,11 +27,20 @@ def no_dropout_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
                            attention_probs_dropout_prob=0.0)
 
 
-def train(model: Path, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def start(model: Path, data: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "textfit", "train", "--train", str(data), "--model-id", str(model),
            "--output", str(out), *HP, *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def train(model: Path, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return finish(start(model, data, out, *extra))
 
 
 def test_the_batch_is_split_across_workers() -> None:
@@ -72,9 +81,11 @@ def test_two_workers_match_one(no_dropout_bert: Path, tmp_path: Path, recipe: st
     """The small-data recipe too: each worker embeds its share for the probe, and all fit the same one."""
     data = write_csv(tmp_path / "train" / "data.csv", make_rows(52)).parent
     extra = ("--hp", f"training_recipe={recipe}", "--hp", "validation_split_ratio=0.2")
-    one = train(no_dropout_bert, data, tmp_path / "one", *extra)
+    # side by side: one thread each, so the job of one process computes as it would alone
+    started = start(no_dropout_bert, data, tmp_path / "one", *extra), start(no_dropout_bert, data, tmp_path / "two",
+                                                                          "--nproc-per-node", "2", *extra)
+    one, two = (finish(p) for p in started)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = train(no_dropout_bert, data, tmp_path / "two", "--nproc-per-node", "2", *extra)
     assert two.returncode == 0, two.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "train", "two"]  # one artifact
     assert two.stderr.count("Epoch 1/3") == 1  # only rank 0 logs the metric lines

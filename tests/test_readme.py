@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from pathlib import Path
@@ -42,7 +41,11 @@ def test_the_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert example is not None
     root = README.parent
     monkeypatch.chdir(tmp_path)
-    os.symlink(root / "examples", tmp_path / "examples")
+    # the example's own data, cut to 280 rows: still the fine-tuning recipe (over 100 training rows a class), in
+    # two thirds of the time
+    rows = (root / "examples" / "reviews" / "data.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (tmp_path / "examples" / "reviews").mkdir(parents=True)
+    (tmp_path / "examples" / "reviews" / "data.csv").write_text("".join(rows[:280]), encoding="utf-8")
     namespace: dict[str, object] = {}
     exec(compile(example.group(1), "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
     assert (tmp_path / "model" / "textfit.json").is_file() and (tmp_path / "runs" / "api-model").is_dir()

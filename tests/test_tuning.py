@@ -137,7 +137,7 @@ def test_a_killed_study_resumes(tiny_bert: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "textfit", "tune", "--train", str(tmp_path / "train"), "--model-id", str(tiny_bert),
            "--output", str(tmp_path / "t"), "--max-jobs", "4", "--strategy", "random", "--early-stopping", "off",
            "--ranges", str(tmp_path / "ranges.json"), "--hp", "batch_size=8", "--hp", "precision=fp32",
-           "--hp", "epochs=3", "--seed", "1"]
+           "--hp", "epochs=3", "--seed", "1", "--heartbeat-grace", "2"]  # the rerun waits out 2 s, not 6
     first = run_until(cmd, "Trial 1: val_accuracy")
     assert first.stderr is not None
     for line in first.stderr:  # trial 2 has started: kill it inside its first epochs
@@ -279,7 +279,7 @@ def test_a_dead_workers_trial_is_reclaimed_by_another(postgres: str, tiny_bert: 
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    write_csv(tmp_path / "train" / "data.csv", make_rows(1500))
+    write_csv(tmp_path / "train" / "data.csv", make_rows(600))
     (tmp_path / "ranges.json").write_text(json.dumps({"ContinuousParameterRanges": [
         {"Name": "learning_rate", "MinValue": "1e-3", "MaxValue": "1e-1", "ScalingType": "Logarithmic"}]}))
     cmd = [sys.executable, "-m", "textfit", "tune", "--train", str(tmp_path / "train"), "--model-id", str(tiny_bert),

@@ -421,9 +421,10 @@ def _reclaim_interrupted(job: TuningJob) -> int:
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return 0
+    grace = job.heartbeat_grace or GRACE["local"]
     log.info("Resuming: %d trial(s) interrupted by an earlier run will be run again (once their heartbeat "
-             "lapses, within %d s)", len(running), GRACE["local"])
-    deadline = time.monotonic() + (job.heartbeat_grace or GRACE["local"]) + HEARTBEAT["local"] + 5
+             "lapses, within %d s)", len(running), grace)
+    deadline = time.monotonic() + grace + HEARTBEAT["local"] + 5
     while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and time.monotonic() < deadline:
         with _experimental():
             optuna.storages.fail_stale_trials(study)
