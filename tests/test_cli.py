@@ -193,3 +193,37 @@ def test_a_report_that_fails_after_training_keeps_the_model(tiny_bert: Path, cha
 
     assert TextClassifier.load(out).predict(["good great film"]) == ["1"]
     assert not (out / "confusion_matrix.png").exists() and (out / "validation_report.json").is_file()
+
+
+EXIT_PROBE = """
+import atexit, sys, threading, time
+from pathlib import Path
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+def late():
+    time.sleep(0.5)
+    (out / "thread").write_text("done")
+if sys.argv[2] == "thread":
+    threading.Thread(target=late).start()  # a non-daemon thread still at work when the command ends
+sys.argv = ["textfit", *sys.argv[3:]]
+from textfit.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize("thread", ["thread", "none"])
+def test_the_fast_exit_keeps_what_an_exit_must_do(tmp_path: Path, thread: str) -> None:
+    """`textfit` exits without unloading its modules, but atexit handlers run, stdout arrives whole, the exit
+    code is the command's, and a non-daemon thread is waited for."""
+    import subprocess
+
+    listing = subprocess.run([sys.executable, "-c", EXIT_PROBE, str(tmp_path), thread, "models", "list"],
+                             capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").exists() == (thread == "thread")
+    rows = listing.stdout.strip().splitlines()
+    assert len(rows) > 38 and rows[-1].endswith("embedded"), rows[-3:]  # the whole zoo, its last line whole
+    failed = subprocess.run([sys.executable, "-c", EXIT_PROBE, str(tmp_path), "none", "predict", "--model",
+                             str(tmp_path / "absent"), "--text", "x"], capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and failed.stderr.startswith("error: "), failed.stderr[-2000:]

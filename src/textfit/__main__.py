@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from textfit.cli import run
 
-from textfit.cli import main
-
-sys.exit(main())
+run()
