@@ -194,9 +194,10 @@ def _postgres_bin(name: str) -> str | None:
     return shutil.which(name)
 
 
-@pytest.fixture
-def postgres(tmp_path: Path) -> object:
-    """A throwaway PostgreSQL server on 127.0.0.1 (as the postgres user when the tests run as root)."""
+@pytest.fixture(scope="module")
+def postgres() -> object:
+    """A throwaway PostgreSQL server on 127.0.0.1 (as the postgres user when the tests run as root), shared by
+    this module's tests: each names its own study."""
     import socket
 
     initdb, server = _postgres_bin("initdb"), _postgres_bin("postgres")
