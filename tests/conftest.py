@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist each worker gets one thread, and so do the jobs its tests start (they inherit the
+    # variable): the workers split the cores instead of each spreading over all of them and fighting.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 POSITIVE = ["good", "great", "lovely", "superb", "happy", "wonderful"]
 NEGATIVE = ["bad", "awful", "terrible", "poor", "sad", "horrible"]
 NEUTRAL = ["the", "film", "was", "very", "a", "movie", "it", "and", "plot", "quite", "really", "acting"]
