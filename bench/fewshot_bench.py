@@ -121,7 +121,7 @@ def run_textfit(train: list[tuple[int, str]], test: list[tuple[int, str]], names
     clf, seconds = fit_textfit(train, names, hyperparameters, steps)
     predicted = clf.predict([t for _, t in test])
     return {"accuracy": _accuracy(predicted, test, names), "seconds": seconds,
-            "recipe": clf.manifest_["training_recipe"]["name"]}
+            "recipe": clf.manifest_["training_recipe"]["name"], "long_texts": clf.long_texts_}
 
 
 def run_textfit_window(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int
@@ -131,7 +131,7 @@ def run_textfit_window(train: list[tuple[int, str]], test: list[tuple[int, str]]
     with SageMaker's truncation, what the `textfit` method scores."""
     clf, seconds = fit_textfit(train, names)
     texts = [t for _, t in test]
-    truncated = _accuracy(clf.predict(texts), test, names)
+    truncated = _accuracy(clf.predict(texts, long_texts="truncate"), test, names)
     start = time.perf_counter()
     proba = clf.predict_proba(texts, long_texts="window")
     predict_seconds = time.perf_counter() - start

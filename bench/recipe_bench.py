@@ -222,7 +222,8 @@ def run(train: list[tuple[int, str]], dev: list[tuple[int, str]], names: list[st
             raise RuntimeError("the optimizer's parameters are not the fitted model's: cannot score averages")
         with torch.no_grad():
             torch._foreach_copy_(params, chosen)
-    predicted = clf.predict([t for _, t in dev])
+    # Truncated, as every recorded run scored its development rows (the recipe is what is compared here).
+    predicted = clf.predict([t for _, t in dev], long_texts="truncate")
     return {"accuracy": _accuracy(predicted, dev, names), "seconds": seconds,
             "recipe": clf.manifest_["training_recipe"]["name"]}
 

@@ -71,7 +71,7 @@ def run_textfit(train: Path, test: Path, epochs: int, seq: int, extra: dict[str,
     seconds = sum(m["seconds"] for m in clf.history_)
     rows = clf.manifest_["data"]["train"]["rows"]
     test_ch = read_channel(test)
-    predicted = clf.predict(test_ch.texts)
+    predicted = clf.predict(test_ch.texts, long_texts="truncate")  # scored as the Trainer's model is: 128 tokens
     tokens = _tokens(clf.tokenizer_, read_channel(train).texts, seq)
     return {"examples_per_s": rows * len(clf.history_) / seconds, "seconds_per_epoch": seconds / len(clf.history_),
             "tokens_per_s": tokens * len(clf.history_) / seconds, "fit_seconds": fit_seconds,

@@ -25,7 +25,7 @@ def test_the_19_sagemaker_hyperparameters_and_defaults() -> None:
         assert getattr(hp, name) == default, name
     extras = {f.name for f in fields(Hyperparameters)} - set(SAGEMAKER_DEFAULTS)
     assert extras == {"max_seq_length", "seed", "precision", "class_weights", "calibrate", "multi_label",
-                      "label_delimiter", "freeze_token_embeddings", "training_recipe"}
+                      "label_delimiter", "freeze_token_embeddings", "training_recipe", "long_texts"}
     assert hp.max_seq_length == 128
     assert hp.freeze_token_embeddings is True  # textfit keeps a pretrained token table (README: Speed)
 

@@ -23,6 +23,10 @@ BUCKET_WINDOW = 50
 CHARS_PER_TOKEN = 16
 CLIP_GROWTH = 8
 MAX_CHARS_PER_TOKEN = 1024
+# A text read as windows counts its first MAX_WINDOWS windows (about 6,000 tokens at 128 a window: BBC News's
+# longest article has 4,300), cut first to what they can hold at CHARS_PER_TOKEN: a 6 MB request then costs what
+# a long report does, not 15,000 windows.
+MAX_WINDOWS = 64
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,8 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequen
            count_truncated: bool = True) -> Encoded:
     """Tokenize all texts in one call (the fast tokenizer parallelises it), truncated to max_length tokens.
 
-    With `window_overlap`, a text longer than max_length becomes several overlapping windows instead,
-    each `window_overlap` tokens into the previous one; `owners` maps windows back to texts.
+    With `window_overlap`, a text longer than max_length becomes several overlapping windows instead (at most
+    MAX_WINDOWS), each `window_overlap` tokens into the previous one; `owners` maps windows back to texts.
     `token_types`: whether the model takes token_type_ids (default: whether the tokenizer makes them).
     `count_truncated`: count the texts longer than max_length (one more tokenization of the full rows; a
     server answering requests has no use for the count, so it skips it).
@@ -103,9 +107,16 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequen
         ids, truncated = _tokenize_window(tokenizer, texts, max_length, count_truncated)
         return Encoded(ids, None if labels is None else list(labels), pad_id, has_types, truncated=truncated,
                        n_labels=n_labels)
-    enc = tokenizer(texts, truncation=True, max_length=max_length, stride=window_overlap, padding=False,
-                    return_overflowing_tokens=True)
-    return Encoded(list(enc["input_ids"]), None, pad_id, has_types, list(enc["overflow_to_sample_mapping"]))
+    budget = max_length * MAX_WINDOWS * CHARS_PER_TOKEN
+    enc = tokenizer([t[:budget] for t in texts], truncation=True, max_length=max_length, stride=window_overlap,
+                    padding=False, return_overflowing_tokens=True)
+    ids: list[list[int]] = []
+    owners: list[int] = []
+    for row, owner in zip(enc["input_ids"], enc["overflow_to_sample_mapping"]):
+        if len(owners) < MAX_WINDOWS or owners[-MAX_WINDOWS] != owner:  # a text's windows come in a row
+            ids.append(row)
+            owners.append(owner)
+    return Encoded(ids, None, pad_id, has_types, owners)
 
 
 def _tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:

@@ -89,8 +89,7 @@ Kept epoch: loss {best.get('loss', float('nan')):.4f}, accuracy {best.get('accur
 ## Intended use
 
 Classifying texts like those of the training data into the classes above. The model has seen only that data: check
-it on data of your own before relying on it, and mind texts longer than {hp.get('max_seq_length', '128')} tokens,
-which are truncated (or use windows: `long_texts="window"`).
+it on data of your own before relying on it. {_long_texts(hp)}
 
 ## How to load
 
@@ -115,3 +114,14 @@ classifier = pipeline("text-classification", model="path/to/this/folder")
 classifier("some text")
 ```
 """
+
+
+def _long_texts(hp: dict[str, str]) -> str:
+    length = hp.get("max_seq_length", "128")
+    if hp.get("long_texts") == "window":
+        from textfit.batching import MAX_WINDOWS
+
+        return (f"A text longer than {length} tokens is read as overlapping windows of {length} tokens (up to {MAX_WINDOWS}) "
+                f"whose probabilities are averaged; `long_texts=\"truncate\"` reads only its first {length} tokens.")
+    return (f"Only the first {length} tokens of a text count; `long_texts=\"window\"` reads a longer one as "
+            f"overlapping windows.")

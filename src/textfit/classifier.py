@@ -160,8 +160,32 @@ def _position_checked(hp: Hyperparameters, config: Any, given: Mapping[str, obje
 def _log_truncated(data: batching.Encoded, max_length: int, what: str) -> None:
     if data.truncated:
         log.info("%d of %d %s texts are longer than max_seq_length=%d tokens and were truncated (only their "
-                 "first %d tokens count; predict with --long-texts window to use all of a text)", data.truncated,
-                 len(data), what, max_length, max_length)
+                 "first %d tokens count in training)", data.truncated, len(data), what, max_length, max_length)
+
+
+# long_texts=auto reads texts as windows when at least this share of the training texts is longer than
+# max_seq_length: then long texts are what the model will be asked about, and their truncated tails held words it
+# never read (BBC News at 64 rows a class, every article truncated: 0.9590 with windows against 0.9545 truncated,
+# docs/benchmarks.md). A few long texts among short ones keep SageMaker's truncation and its serving cost.
+LONG_TEXT_SHARE = 0.25
+
+
+def _long_texts(hp: Hyperparameters, data: batching.Encoded) -> Hyperparameters:
+    """The hyperparameters with long_texts=auto resolved from the training texts' lengths, and the choice logged."""
+    if hp.long_texts != "auto":
+        return hp
+    share = data.truncated / max(1, len(data))
+    choice = "window" if share >= LONG_TEXT_SHARE else "truncate"
+    if choice == "window":
+        log.info("long_texts: window (%.0f%% of the training texts are longer than max_seq_length=%d tokens, at "
+                 "least %.0f%%): predictions read a longer text as overlapping windows, up to %d of them, and "
+                 "average them; long_texts=truncate reads only the first %d tokens, at a window's cost",
+                 100 * share, hp.max_seq_length, 100 * LONG_TEXT_SHARE, batching.MAX_WINDOWS, hp.max_seq_length)
+    else:
+        log.info("long_texts: truncate (%.0f%% of the training texts are longer than max_seq_length=%d tokens, "
+                 "under %.0f%%): predictions read the first %d tokens of a text", 100 * share, hp.max_seq_length,
+                 100 * LONG_TEXT_SHARE, hp.max_seq_length)
+    return hp.with_values(long_texts=choice)
 
 
 @dataclass(frozen=True)
@@ -318,6 +342,7 @@ class TextClassifier:
         val_data = batching.encode(tokenizer, x_val, hp.max_seq_length, y_val, token_types=types,
                                    n_labels=n_labels) if x_val else None
         _log_truncated(train_data, hp.max_seq_length, "training")
+        hp = _long_texts(hp, train_data)
         log.info("Classes (%d): %s", len(start.classes.names), ", ".join(start.classes.names))
         if recipe.name == recipes.FEWSHOT and recipe.new_head and isinstance(model, architectures.MeanPooled):
             recipes.fit_probe(model, train_data, hp, training.class_weights(
@@ -370,8 +395,11 @@ class TextClassifier:
                      "0.5, %.4f at these", ", ".join(f"{c} {t:.3f}" for c, t in zip(self.classes_, self.thresholds_)),
                      at_half.micro_f1, report.micro_f1)
             return {**report.as_dict(), "micro_f1_at_0.5": at_half.micro_f1, "class_weights": self.hyperparameters_.class_weights}
+        # The report is of the served computation: windows where the model reads long texts so. The temperature
+        # is fitted on the logits of the texts' first max_seq_length tokens, and applies to every window alike.
         logits = self.predict_logits(texts)
-        before = metrics.report(labels, _softmax(logits), self.classes_)
+        prefix_only = self.long_texts_ == "truncate"
+        before = metrics.report(labels, _softmax(logits) if prefix_only else self.predict_proba(texts), self.classes_)
         calibration = None
         if self.hyperparameters_.calibrate:
             temperature, held_out = _cross_fitted_temperature(logits, np.asarray(labels), self.hyperparameters_.seed)
@@ -385,7 +413,8 @@ class TextClassifier:
                      "temperature was not fitted on)", temperature, before.expected_calibration_error,
                      after.expected_calibration_error)
             self.manifest_["calibration"] = calibration
-            before = metrics.report(labels, _softmax(logits / temperature), self.classes_)
+            before = metrics.report(labels, _softmax(logits / temperature) if prefix_only else self.predict_proba(texts),
+                                    self.classes_)
         return {**before.as_dict(), "class_weights": self.hyperparameters_.class_weights, "calibration": calibration}
 
     # ------------------------------------------------------------------------------------------ fitted state
@@ -406,6 +435,8 @@ class TextClassifier:
         self.validation_report_: dict[str, Any] | None = None
         self.multi_label_ = self.hyperparameters_.multi_label
         self.label_delimiter_ = self.hyperparameters_.label_delimiter
+        # An artifact from before long_texts (its hyperparameters lack it, so it parses as auto) truncated.
+        self.long_texts_ = "truncate" if self.hyperparameters_.long_texts == "auto" else self.hyperparameters_.long_texts
         stored = manifest.get("thresholds") or {}
         self.thresholds_ = [float(stored.get(c, 0.5)) for c in self.classes_] if self.multi_label_ else None
 
@@ -431,18 +462,20 @@ class TextClassifier:
             rows[batch.rows] = self.runner_(batch.inputs)
         return rows, data
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64, *, long_texts: str = "truncate",
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64, *, long_texts: str | None = None,
                       counts: dict[str, int] | None = None) -> np.ndarray:
         """Probabilities, one row per text, columns in the order of `classes_`.
 
         Args:
             texts: the texts; they are batched by length and padded per batch.
-            long_texts: "truncate" (SageMaker's behaviour) cuts texts at max_seq_length tokens; "window"
-                classifies overlapping windows of a longer text and averages their probabilities,
-                weighted by window length.
+            long_texts: "truncate" cuts texts at max_seq_length tokens; "window" classifies overlapping windows
+                of a longer text (up to 64) and averages their probabilities, weighted by window length (for a
+                multi-label model, the most confident window per label); None: the model's `long_texts_`, chosen
+                in training (hyperparameter long_texts).
             counts: if given, "truncated" is increased by the number of texts cut at max_seq_length tokens.
         """
         self._check_fitted()
+        long_texts = self.long_texts_ if long_texts is None else long_texts
         if long_texts not in ("truncate", "window"):
             raise DataError(f"long_texts={long_texts!r} is not valid; use truncate or window")
         if not isinstance(texts, str) and len(texts) == 0:
@@ -462,7 +495,7 @@ class TextClassifier:
         np.add.at(out, data.owners, _softmax(logits) * weights[:, None])
         return out / out.sum(axis=1, keepdims=True)
 
-    def classify(self, texts: Sequence[str], *, long_texts: str = "truncate") -> list[dict[str, Any]]:
+    def classify(self, texts: Sequence[str], *, long_texts: str | None = None) -> list[dict[str, Any]]:
         """Per text, SageMaker's verbose answer: probabilities over all classes, the labels, the predicted label.
 
         >>> textfit.load("model/").classify(["a lovely film"])  # doctest: +SKIP
@@ -479,10 +512,11 @@ class TextClassifier:
                 return i
         return self.classes_.index(text) if text in self.classes_ else None
 
-    def predict(self, texts: Sequence[str]) -> list[Any]:
+    def predict(self, texts: Sequence[str], *, long_texts: str | None = None) -> list[Any]:
         """The most probable class of each text (its name where the data gave names); for a multi-label model,
-        the list of labels each text has (each label's probability above its threshold)."""
-        proba = self.predict_proba(texts)
+        the list of labels each text has (each label's probability above its threshold). `long_texts`: as in
+        predict_proba."""
+        proba = self.predict_proba(texts, long_texts=long_texts)
         if self.multi_label_:
             chosen = proba > np.asarray(self.thresholds_)[None, :]
             return [[c for c, on in zip(self.classes_, row) if on] for row in chosen]

@@ -334,8 +334,9 @@ def _inference_options(parser: argparse.ArgumentParser, default_backend: str) ->
     parser.add_argument("--backend", choices=["torch", "onnx"], default=default_backend,
                         help=f"inference engine (default: {default_backend})")
     parser.add_argument("--quantized", action="store_true", help="with onnx: the int8 model (faster, less exact)")
-    parser.add_argument("--long-texts", choices=["truncate", "window"], default="truncate",
-                        help="texts over max_seq_length: truncate (SageMaker) or average overlapping windows")
+    parser.add_argument("--long-texts", choices=["truncate", "window"], default=None,
+                        help="texts over max_seq_length: truncate, or average overlapping windows (default: what the "
+                             "model chose in training, its long_texts hyperparameter)")
 
 
 def build_parser() -> argparse.ArgumentParser:

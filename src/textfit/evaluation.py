@@ -41,7 +41,7 @@ def _true_label_matrix(channel: Channel, clf: TextClassifier) -> np.ndarray:
 
 
 def evaluate_multi_label(clf: TextClassifier, data: str | Path, output: str | Path | None = None, *,
-                         long_texts: str = "truncate", counts: dict[str, int] | None = None
+                         long_texts: str | None = None, counts: dict[str, int] | None = None
                          ) -> metrics.MultiLabelReport:
     """Every quality number of a multi-label model on a labelled channel, at the model's thresholds."""
     channel = read_channel(data, multi_label=True, delimiter=clf.label_delimiter_)
@@ -58,7 +58,7 @@ def evaluate_multi_label(clf: TextClassifier, data: str | Path, output: str | Pa
 
 
 def evaluate(clf: TextClassifier, data: str | Path, output: str | Path | None = None, *,
-             long_texts: str = "truncate", counts: dict[str, int] | None = None) -> metrics.Report:
+             long_texts: str | None = None, counts: dict[str, int] | None = None) -> metrics.Report:
     """Every quality number of `clf` on a labelled channel; with `output`, metrics.json and PNG plots there.
 
     Raises:

@@ -20,6 +20,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "nesterov", "rmsprop", "adagrad", "adadelt
 REINITIALIZE = ("Auto", "True", "False")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RECIPES = ("auto", "finetune", "fewshot")
+LONG_TEXTS = ("auto", "truncate", "window")
 
 # Other spellings seen in SageMaker's material (README: Hyperparameters, aliases): the JumpStart scripts'
 # `train_only_top_layer`, the tuning page's `eps`, and the v1.x dashed names. Dashes are normalised first.
@@ -100,6 +101,11 @@ class Hyperparameters:
     """textfit extra: finetune (fine-tune the encoder with its own head), fewshot (for small data: a head on the
     mean of the token vectors, fitted as a linear probe, then a fixed budget of fine-tuning steps on every row),
     or auto (fewshot when the training data has few rows per class; README: Small data)."""
+    long_texts: str = field(default="auto", metadata={"choices": LONG_TEXTS, "extra": True})
+    """textfit extra: how the trained model reads a text longer than max_seq_length tokens when it predicts:
+    truncate (its first max_seq_length tokens alone count), window (overlapping windows of max_seq_length tokens,
+    their probabilities averaged), or auto (window when at least a quarter of the training texts were longer,
+    truncate otherwise). The artifact records the choice; `--long-texts` overrides it per command."""
 
     def __post_init__(self) -> None:
         problems = [p for f in fields(self) if (p := _check_range(f.name, getattr(self, f.name), f.metadata))]
@@ -194,7 +200,7 @@ def _parse_value(name: str, raw: object) -> Any:
         return text.lower() if text.lower() in ("none", "balanced") else text
     if name == "reinitialize_top_layer":  # SageMaker spells these "Auto"/"True"/"False"; accept any case
         return {c.lower(): c for c in REINITIALIZE}.get(text.lower(), text)
-    return text.lower() if name in ("optimizer", "precision", "training_recipe") else text
+    return text.lower() if name in ("optimizer", "precision", "training_recipe", "long_texts") else text
 
 
 def canonical_name(name: str) -> str | None:

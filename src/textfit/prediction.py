@@ -140,7 +140,7 @@ def _is_header(classifier: TextClassifier, chunk: list[InputRecord]) -> bool:
 
 
 def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out: IO[str], *,
-                 long_texts: str = "truncate", progress: Any = None) -> PredictionSummary:
+                 long_texts: str | None = None, progress: Any = None) -> PredictionSummary:
     """Write one JSON line per record, in input order; with labels in the input, count the correct ones."""
     summary, counts = PredictionSummary(), {"truncated": 0}
     for n, chunk in enumerate(_chunks(records, CHUNK)):
@@ -182,7 +182,7 @@ def _shard(records: Iterator[InputRecord], start: int, stop: int) -> Iterator[In
 
 
 def _predict_shard(model: str, path: str, fmt: str, start: int, stop: int, part: str, backend: str,
-                   quantized: bool, long_texts: str, threads: int) -> tuple[int, int, int, int]:
+                   quantized: bool, long_texts: str | None, threads: int) -> tuple[int, int, int, int]:
     """One worker process: its contiguous range of records, to its own part file."""
     import torch
 
@@ -196,7 +196,7 @@ def _predict_shard(model: str, path: str, fmt: str, start: int, stop: int, part:
 
 
 def predict_file_parallel(model: str, path: Path, fmt: str, out: IO[str], workers: int, *, backend: str = "torch",
-                          quantized: bool = False, long_texts: str = "truncate") -> PredictionSummary:
+                          quantized: bool = False, long_texts: str | None = None) -> PredictionSummary:
     """Shard a large input over worker processes (contiguous ranges of records) and write one output in order."""
     import concurrent.futures
     import multiprocessing

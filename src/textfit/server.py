@@ -44,7 +44,8 @@ class ServeSettings:
     body_timeout_s: float = 30.0
     """Seconds a client may take to send a request body; then 408."""
     default_accept: str = "application/json"
-    long_texts: str = "truncate"
+    long_texts: str | None = None
+    """truncate or window; None: what the model chose in training (its long_texts hyperparameter)."""
     batch_strategy: str = "MULTI_RECORD"
     max_concurrent_transforms: int = 4
     metrics: bool = True
