@@ -190,10 +190,11 @@ def chunked(rows: list[tuple[int, str]], pieces: int, tokens: int = MAX_LENGTH -
         first, taken = 0, 0
         while first < len(offsets) and taken < pieces:
             end = min(first + tokens, len(offsets))  # exclusive
-            cut = end
-            while end < len(offsets) and cut > first + 1 and offsets[cut][0] == offsets[cut - 1][1]:
-                cut -= 1  # token `cut` goes on with the word before it: cut before that word instead
-            end = cut if cut > first + 1 else end
+            if end < len(offsets):  # not the text's last piece: cut between words where one ends in reach
+                cut = end
+                while cut > first + 1 and offsets[cut][0] == offsets[cut - 1][1]:
+                    cut -= 1  # token `cut` goes on with the word before it: cut before that word instead
+                end = cut if cut > first + 1 else end
             out.append((label, text[offsets[first][0]:offsets[end - 1][1]]))
             first, taken = end, taken + 1
     return out

@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -114,6 +115,18 @@ def wait_for_ping(url: str, timeout: float = 60) -> None:
         except httpx.TransportError:
             pass
         time.sleep(0.1)
+
+
+def start_textfit(*args: str) -> subprocess.Popen[str]:
+    """`python -m textfit ARGS` in the background on one thread: jobs started side by side share the cores."""
+    return subprocess.Popen([sys.executable, "-m", "textfit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Wait for a command from start_textfit: its exit code and its whole output."""
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def run_until(cmd: list[str], marker: str, timeout: float = 120) -> subprocess.Popen[str]:

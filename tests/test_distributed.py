@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import build_tiny_bert, make_rows, write_csv
+from tests.conftest import build_tiny_bert, finish, make_rows, start_textfit, write_csv
 from textfit.distributed import World, my_rows, split_message
 
 # 52 rows, batch 10: the split leaves 42 training rows, so the last global batch (2 rows) gives each worker one
@@ -28,15 +28,7 @@ def no_dropout_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start(model: Path, data: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "textfit", "train", "--train", str(data), "--model-id", str(model),
-           "--output", str(out), *HP, *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
-    out, err = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return start_textfit("train", "--train", str(data), "--model-id", str(model), "--output", str(out), *HP, *extra)
 
 
 def train(model: Path, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -238,22 +238,16 @@ def test_tuning_maximises_micro_f1(tiny_bert: Path, tmp_path: Path) -> None:
 
 
 def test_two_workers_match_one_process(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import build_tiny_bert
+    from tests.conftest import build_tiny_bert, finish, start_textfit
 
     model = build_tiny_bert(tmp_path / "bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     data = write(tmp_path / "d" / "data.csv", make_multi_rows(52))
-    cmd = [sys.executable, "-m", "textfit", "train", "--train", str(data), "--model-id", str(model),
-           *[a for k, v in {**HP, "epochs": "3", "batch_size": "10", "dropout_rate": "0"}.items()
-             for a in ("--hp", f"{k}={v}")]]
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}  # one thread each: the two jobs run side by side
-    procs = [subprocess.Popen([*cmd, "--output", str(tmp_path / name), *workers], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env)
-             for name, workers in (("one", []), ("two", ["--nproc-per-node", "2"]))]
-    errors = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errors
+    args = ["train", "--train", str(data), "--model-id", str(model),
+            *[a for k, v in {**HP, "epochs": "3", "batch_size": "10", "dropout_rate": "0"}.items()
+              for a in ("--hp", f"{k}={v}")]]
+    runs = [finish(p) for p in [start_textfit(*args, "--output", str(tmp_path / name), *workers)
+                                for name, workers in (("one", []), ("two", ["--nproc-per-node", "2"]))]]
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
     a = json.loads((tmp_path / "one" / "textfit.json").read_text())
     b = json.loads((tmp_path / "two" / "textfit.json").read_text())
     for x, y in zip(a["epochs"], b["epochs"], strict=True):

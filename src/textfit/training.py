@@ -207,18 +207,19 @@ def evaluate(model: nn.Module, data: Encoded, batch_size: int, device: torch.dev
     for group in batching.plan_batches(lengths, batch_size * 2, shuffle=False):
         mine = [rows[i] for i in group]
         if features is not None:
-            batch = Batch(mine, {}, data.label_tensor(mine).to(device))
+            labels = data.label_tensor(mine).to(device)
             with autocast(device, dtype):
                 logits = architectures.head(model, features[mine])
         else:
             batch = batching.collate(data, mine).to(device)
+            labels = batch.labels  # type: ignore[assignment]
             with autocast(device, dtype):
                 logits = model(**batch.inputs).logits
-        loss, right = batch_loss(logits, batch.labels)  # type: ignore[arg-type]
+        loss, right = batch_loss(logits, labels)
         total += float(loss)
         correct += right
         if data.n_labels:
-            predicted, truth = (logits > 0).cpu(), (batch.labels > 0.5).cpu()  # type: ignore[union-attr]
+            predicted, truth = (logits > 0).cpu(), (labels > 0.5).cpu()
             counts += torch.stack([(predicted & truth).sum(0), (predicted & ~truth).sum(0),
                                    (~predicted & truth).sum(0)]).double()
     sums = distributed.all_sum([total, correct, len(rows), *counts.flatten().tolist()], device)
