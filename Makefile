@@ -33,11 +33,12 @@ demo: $(STAMP)
 		--text "The delivery was slow and the box arrived broken." \
 		--text "Honestly, the sequel was a pain to watch."
 
-# One pytest-xdist worker a core, each test and each job it starts on one thread (tests/conftest.py): most of
-# the suite is process start-up and tiny models, which leave the second core idle in a serial run.
+# One pytest-xdist worker a core, each test and each job it starts on one thread, whole modules handed out
+# longest first (tests/conftest.py): most of the suite is process start-up and tiny models, which leave the
+# second core idle in a serial run.
 TEST_WORKERS ?= auto
 test: $(DEV_STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check src tests bench

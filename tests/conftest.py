@@ -19,6 +19,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # variable): the workers split the cores instead of each spreading over all of them and fighting.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# The modules that take longest (their tests start training jobs), longest first. `make test` hands out whole
+# modules (--dist loadscope: a module's fixtures are built once) in collection order, so these go out first and
+# no minute-long module starts last while the other worker has nothing left to do.
+LONGEST_FIRST = ("test_checkpoints.py", "test_hostile.py", "test_tuning.py", "test_distributed.py",
+                 "test_recipes.py", "test_multilabel.py", "test_readme.py", "test_end_to_end.py", "test_server.py",
+                 "test_prediction.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 POSITIVE = ["good", "great", "lovely", "superb", "happy", "wonderful"]
 NEGATIVE = ["bad", "awful", "terrible", "poor", "sad", "horrible"]
 NEUTRAL = ["the", "film", "was", "very", "a", "movie", "it", "and", "plot", "quite", "really", "acting"]
