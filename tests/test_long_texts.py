@@ -16,6 +16,7 @@ from tests.conftest import FAST, NEGATIVE, NEUTRAL, POSITIVE, write_csv
 from textfit import TextClassifier, batching
 from textfit.classifier import LONG_TEXT_SHARE, _long_texts
 from textfit.hyperparameters import Hyperparameters
+from textfit.recipes import FEWSHOT_BELOW_ROWS_PER_CLASS
 from textfit.server import ServeSettings, create_app
 
 # 16 tokens a window: the rows below (24 words) are all longer, the short ones (6 words) none.
@@ -87,12 +88,16 @@ def test_auto_is_logged_and_keeps_truncation_for_short_texts(tiny_bert: Path, tm
     assert "long_texts: " not in caplog.text
 
 
-@pytest.mark.parametrize(("long", "expected"), [(0, "truncate"), (24, "truncate"), (25, "window"), (100, "window")])
-def test_the_share_of_long_training_texts_decides(long: int, expected: str) -> None:
-    assert LONG_TEXT_SHARE == 0.25
+@pytest.mark.parametrize(("long", "per_class", "expected"),
+                         [(0, 50, "truncate"), (24, 50, "truncate"), (25, 50, "window"), (100, 99, "window"),
+                          (100, 100, "truncate"), (25, 1000, "truncate")])
+def test_the_share_of_long_texts_and_the_size_decide(long: int, per_class: float, expected: str) -> None:
+    """Windows for small sets of long texts; a large set keeps truncation (measured lower with windows)."""
+    assert LONG_TEXT_SHARE == 0.25 and FEWSHOT_BELOW_ROWS_PER_CLASS == 100
     data = batching.Encoded([[1, 2]] * 100, [0] * 100, 0, False, truncated=long)
-    assert _long_texts(Hyperparameters(), data).long_texts == expected
-    assert _long_texts(Hyperparameters(long_texts="truncate"), data).long_texts == "truncate"
+    assert _long_texts(Hyperparameters(), data, per_class).long_texts == expected
+    assert _long_texts(Hyperparameters(long_texts="truncate"), data, per_class).long_texts == "truncate"
+    assert _long_texts(Hyperparameters(long_texts="window"), data, per_class).long_texts == "window"
 
 
 def test_an_artifact_from_before_long_texts_truncates(windowed: Path, tmp_path: Path) -> None:

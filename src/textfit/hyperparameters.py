@@ -104,8 +104,9 @@ class Hyperparameters:
     long_texts: str = field(default="auto", metadata={"choices": LONG_TEXTS, "extra": True})
     """textfit extra: how the trained model reads a text longer than max_seq_length tokens when it predicts:
     truncate (its first max_seq_length tokens alone count), window (overlapping windows of max_seq_length tokens,
-    their probabilities averaged), or auto (window when at least a quarter of the training texts were longer,
-    truncate otherwise). The artifact records the choice; `--long-texts` overrides it per command."""
+    their probabilities averaged), or auto (window when at least a quarter of the training texts were longer and
+    the set has fewer than 100 rows a class, truncate otherwise). The artifact records the choice;
+    `--long-texts` overrides it per command."""
 
     def __post_init__(self) -> None:
         problems = [p for f in fields(self) if (p := _check_range(f.name, getattr(self, f.name), f.metadata))]
