@@ -5,8 +5,9 @@
 Fine-tunes the embedded all-MiniLM-L6-v2 with the defaults (`textfit train` with no hyperparameters, or only
 `--epochs`) on all of a set's training rows (BBC News: 1,781 articles, bench/bbc.py; Debian: the package
 descriptions of fewshot_bench.py) and scores the held-out test rows with the same model both ways: truncated at
-max_seq_length tokens, and as overlapping windows (`long_texts`). Prints what `long_texts=auto` chose, the
-share of long training rows, each accuracy and the seconds each prediction took.
+max_seq_length tokens, and as overlapping windows (`long_texts`). Prints how many windows the test rows make and
+the longest row's tokens, what `long_texts=auto` chose, the share of long training rows, each accuracy and the
+seconds each prediction took.
 """
 
 from __future__ import annotations
@@ -29,9 +30,16 @@ def main() -> None:
 
     from fewshot_bench import SETS
 
-    from textfit import TextClassifier
+    from textfit import TextClassifier, batching
+    from textfit.checkpoint import load_tokenizer
+    from textfit.zoo import resolve_model
 
     train, test, names = SETS[args.set]()
+    tokenizer = load_tokenizer(resolve_model(None).path)
+    windows = batching.encode(tokenizer, [t for _, t in test], 128, window_overlap=32)
+    longest = max(len(ids) for ids in tokenizer([t for _, t in test], verbose=False)["input_ids"])
+    print(f"{args.set}: the {len(test)} test rows are {len(windows)} windows of 128 tokens "
+          f"({len(windows) / len(test):.1f} a row); the longest row has {longest} tokens")
     hyperparameters = {"epochs": str(args.epochs)} if args.epochs else {}
     start = time.perf_counter()
     clf = TextClassifier(hyperparameters=hyperparameters).fit([t for _, t in train], [names[y] for y, _ in train])

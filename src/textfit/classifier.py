@@ -405,8 +405,9 @@ class TextClassifier:
             return {**report.as_dict(), "micro_f1_at_0.5": at_half.micro_f1, "class_weights": self.hyperparameters_.class_weights}
         # The report is of the served computation: windows where the model reads long texts so. The temperature
         # is fitted on the logits of the texts' first max_seq_length tokens, and applies to every window alike.
-        logits = self.predict_logits(texts)
         prefix_only = self.long_texts_ == "truncate"
+        # The first windows' logits: the served probabilities of a truncating model, and what a temperature fits.
+        logits = self.predict_logits(texts) if prefix_only or self.hyperparameters_.calibrate else None
         before = metrics.report(labels, _softmax(logits) if prefix_only else self.predict_proba(texts), self.classes_)
         calibration = None
         if self.hyperparameters_.calibrate:
