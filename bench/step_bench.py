@@ -1,7 +1,7 @@
 """One training step of all-MiniLM-L6-v2, lever by lever: what each CPU path in src/textfit/kernels.py,
 training.py and optimizers.py buys (docs/benchmarks.md, "What each lever bought").
 
-    python bench/step_bench.py [--tokens 14,128] [--steps 8] [--only fp32,frozen] [--interleave]
+    python bench/step_bench.py [--tokens 14,128] [--steps 8] [--only fp32,frozen] [--interleave | --parts]
 
 Each configuration runs in its own process (the allocator setting holds for a process, and peak RSS is the
 process's): batch 32 of random token ids, the model in training mode (dropout on), forward, backward, gradient
@@ -10,6 +10,9 @@ clipping and an AdamW step. Prints milliseconds a step, system-time milliseconds
 --interleave runs the chosen configurations in one process instead, a step of each in turn, and prints the
 median and fastest step of each: on a shared machine whose speed drifts by 10-20% between runs, the way to
 compare two levers. They must share the process-wide settings (dropout and allocator); no peak RSS then.
+
+--parts prints, for each configuration, the median milliseconds of a step's parts (forward with the loss,
+backward, gradient clipping, optimizer step): what a step's length costs against what its parameter count does.
 """
 
 from __future__ import annotations
@@ -75,29 +78,48 @@ def _stepper(torch: object, model: object, name: str, tokens: int) -> object:
     ids = torch.randint(1000, 20000, (32, tokens))
     labels = torch.randint(0, 6, (32,))
 
-    def step() -> float:
+    def step(parts: list[float] | None = None) -> float:
+        """Seconds of one step; `parts`, when given, gets those of forward, backward, clipping and AdamW."""
         model.set_attn_implementation(implementation)
         table.requires_grad_(embeddings)
         cut = architectures.first_position_only(model) if first_only else contextlib.nullcontext()
-        start = time.perf_counter()
+        marks = [time.perf_counter()]
         with cut:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            marks.append(time.perf_counter())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            marks.append(time.perf_counter())
             torch.nn.utils.clip_grad_norm_(trained, 1.0)
+            marks.append(time.perf_counter())
             optimizer.step()
-        return time.perf_counter() - start
+        marks.append(time.perf_counter())
+        if parts is not None:
+            parts[:] = [b - a for a, b in zip(marks, marks[1:])]
+        return marks[-1] - marks[0]
 
     return step
 
 
-def child(name: str, tokens: int, steps: int) -> None:
+PARTS = ("forward", "backward", "clipping", "optimizer")
+
+
+def child(name: str, tokens: int, steps: int, parts: bool = False) -> None:
     torch, model = _setup([name])
     step = _stepper(torch, model, name, tokens)
     for _ in range(2):
         step()
+    if parts:
+        split: list[float] = []
+        times = []
+        for _ in range(steps):
+            step(split)
+            times.append(list(split))
+        print("RESULT " + json.dumps({part: statistics.median(t[i] for t in times) * 1000
+                                      for i, part in enumerate(PARTS)}))
+        return
     start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(steps):
         step()
@@ -131,25 +153,30 @@ def main() -> None:
     parser.add_argument("--child-tokens", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--interleave", action="store_true", help="the configurations in one process, a step "
                         "of each in turn")
+    parser.add_argument("--parts", action="store_true", help="the median of each part of a step")
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.child_tokens, args.steps)
+        return child(args.child, args.child_tokens, args.steps, args.parts)
     chosen = [n for n in CONFIGS if not args.only or any(word in n for word in args.only.split(","))]
     if args.interleave:
         print(f"{'configuration':<40} {'tokens':>6} {'median ms':>8} {'min ms':>8}")
         for tokens in (int(t) for t in args.tokens.split(",")):
             interleaved(chosen, tokens, args.steps)
         return None
-    print(f"{'configuration':<40} {'tokens':>6} {'ms/step':>8} {'sys ms':>7} {'peak MB':>8}")
+    columns = [f"{part:>9}" for part in PARTS] if args.parts else [f"{'ms/step':>8} {'sys ms':>7} {'peak MB':>8}"]
+    print(f"{'configuration':<40} {'tokens':>6} " + " ".join(columns))
     for tokens in (int(t) for t in args.tokens.split(",")):
         for name in chosen:
             proc = subprocess.run([sys.executable, __file__, "--child", name, "--child-tokens", str(tokens),
-                                   "--steps", str(args.steps)], capture_output=True, text=True, check=False)
+                                   "--steps", str(args.steps)] + (["--parts"] if args.parts else []),
+                                  capture_output=True, text=True, check=False)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if not lines:
                 raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
             r = json.loads(lines[-1].removeprefix("RESULT "))
-            print(f"{name:<40} {tokens:>6} {r['ms']:>8.1f} {r['sys_ms']:>7.1f} {r['peak_mb']:>8.0f}", flush=True)
+            values = ([f"{r[part]:>9.1f}" for part in PARTS] if args.parts
+                      else [f"{r['ms']:>8.1f} {r['sys_ms']:>7.1f} {r['peak_mb']:>8.0f}"])
+            print(f"{name:<40} {tokens:>6} " + " ".join(values), flush=True)
 
 
 if __name__ == "__main__":
