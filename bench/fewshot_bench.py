@@ -24,7 +24,8 @@ Also (not in the default grid): finetune, textfit with its fine-tuning recipe fo
 defaults with the head started from the class means (as past recipes.PROBE_MAX_CELLS) instead of the probe;
 textfit-80-steps, textfit's defaults with the recipe's earlier budget of 80 fine-tuning steps; textfit-window,
 textfit's defaults predicting long texts as overlapping windows (`long_texts="window"`), with the same model's
-truncated accuracy beside it.
+truncated accuracy beside it; fewshot-forced, textfit with its small-data recipe forced
+(`training_recipe=fewshot`) at any size, scored both ways too.
 Training seconds are wall-clock for fitting, from the raw texts (the frozen baseline's embedding of the training
 rows included). Each result is appended to --results as it comes, and a run skips what that file already holds,
 so a long grid can be run in parts; the table is printed from the file. Each row names its data by a hash of
@@ -138,6 +139,16 @@ def run_textfit_window(train: list[tuple[int, str]], test: list[tuple[int, str]]
     predicted = [clf.classes_[i] for i in proba.argmax(axis=1)]
     return {"accuracy": _accuracy(predicted, test, names), "truncated": truncated, "seconds": seconds,
             "predict_seconds": predict_seconds}
+
+
+def run_fewshot_forced(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int
+                       ) -> dict[str, object]:
+    """textfit with its small-data recipe forced whatever the size (`training_recipe=fewshot`), scored with
+    windows (`accuracy`) and truncated, as textfit-window: where the small-data line should be drawn."""
+    clf, seconds = fit_textfit(train, names, {"training_recipe": "fewshot"})
+    texts = [t for _, t in test]
+    return {"accuracy": _accuracy(clf.predict(texts, long_texts="window"), test, names),
+            "truncated": _accuracy(clf.predict(texts, long_texts="truncate"), test, names), "seconds": seconds}
 
 
 def run_finetune(train: list[tuple[int, str]], test: list[tuple[int, str]], names: list[str], seed: int
@@ -259,7 +270,7 @@ def run_tfidf(train: list[tuple[int, str]], test: list[tuple[int, str]], names: 
 METHODS = {"textfit": run_textfit, "setfit": run_setfit, "frozen": run_frozen, "tfidf": run_tfidf,
            "finetune": run_finetune, "classmeans": run_classmeans, "trained-embeddings": run_trained_embeddings,
            "frozen-embeddings": run_frozen_embeddings, "textfit-80-steps": run_textfit_80_steps,
-           "textfit-window": run_textfit_window}
+           "textfit-window": run_textfit_window, "fewshot-forced": run_fewshot_forced}
 
 
 def _key(row: dict[str, object]) -> tuple[object, ...]:

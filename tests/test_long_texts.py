@@ -14,9 +14,8 @@ from starlette.testclient import TestClient
 
 from tests.conftest import FAST, NEGATIVE, NEUTRAL, POSITIVE, write_csv
 from textfit import TextClassifier, batching
-from textfit.classifier import LONG_TEXT_SHARE, _long_texts
+from textfit.classifier import LONG_TEXT_SHARE, WINDOW_BELOW_ROWS_PER_CLASS, _long_texts
 from textfit.hyperparameters import Hyperparameters
-from textfit.recipes import FEWSHOT_BELOW_ROWS_PER_CLASS
 from textfit.server import ServeSettings, create_app
 
 # 16 tokens a window: the rows below (24 words) are all longer, the short ones (6 words) none.
@@ -93,7 +92,7 @@ def test_auto_is_logged_and_keeps_truncation_for_short_texts(tiny_bert: Path, tm
                           (100, 100, "truncate"), (25, 1000, "truncate")])
 def test_the_share_of_long_texts_and_the_size_decide(long: int, per_class: float, expected: str) -> None:
     """Windows for small sets of long texts; a large set keeps truncation (measured lower with windows)."""
-    assert LONG_TEXT_SHARE == 0.25 and FEWSHOT_BELOW_ROWS_PER_CLASS == 100
+    assert LONG_TEXT_SHARE == 0.25 and WINDOW_BELOW_ROWS_PER_CLASS == 100
     data = batching.Encoded([[1, 2]] * 100, [0] * 100, 0, False, truncated=long)
     assert _long_texts(Hyperparameters(), data, per_class).long_texts == expected
     assert _long_texts(Hyperparameters(long_texts="truncate"), data, per_class).long_texts == "truncate"

@@ -43,9 +43,10 @@ def test_auto_rule_counts_rows_per_class() -> None:
     # the step budget sets the epochs: 40 rows in batches of 16 are 3 steps an epoch
     assert small.hp.epochs == -(-recipes.FEWSHOT_STEPS // 3)
     assert (small.hp.optimizer, small.hp.learning_rate, small.hp.batch_size) == ("adamw", 3e-5, 16)
-    edge = recipes.choose(hp, set(), 100 * 5 - 1, 5, validation=False, new_head=True)
+    assert recipes.FEWSHOT_BELOW_ROWS_PER_CLASS == 200
+    edge = recipes.choose(hp, set(), 200 * 5 - 1, 5, validation=False, new_head=True)
     assert edge.name == "fewshot"
-    large = recipes.choose(hp, set(), 100 * 5, 5, validation=False, new_head=True)
+    large = recipes.choose(hp, set(), 200 * 5, 5, validation=False, new_head=True)
     assert large.name == "finetune" and large.hp == hp and large.hold_out
 
 
@@ -68,7 +69,7 @@ def test_auto_chooses_fewshot_on_a_small_channel_and_says_why(tiny_bert: Path, t
                                                                caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="textfit"):
         clf = TextClassifier(str(tiny_bert), {**AUTO, "epochs": "2"}).fit(_channel(tmp_path / "small", 40))
-    assert "Training recipe: fewshot (auto: 40 training rows for 2 classes (20 a class, fewer than 100))" in caplog.text
+    assert "Training recipe: fewshot (auto: 40 training rows for 2 classes (20 a class, fewer than 200))" in caplog.text
     assert "Not used by the small-data recipe: dropout_rate" in caplog.text
     assert "Linear probe on the frozen encoder's features" in caplog.text
     assert clf.manifest_["training_recipe"]["name"] == "fewshot"
@@ -91,11 +92,11 @@ def test_sagemakers_tuner_gets_its_validation_metric_from_the_small_data_recipe(
 def test_auto_chooses_finetune_on_a_large_channel(tiny_bert: Path, tmp_path: Path,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="textfit"):
-        clf = TextClassifier(str(tiny_bert), {**AUTO, "epochs": "1"}).fit(_channel(tmp_path / "large", 240))
-    assert "Training recipe: finetune (auto: 120 training rows a class)" in caplog.text
+        clf = TextClassifier(str(tiny_bert), {**AUTO, "epochs": "1"}).fit(_channel(tmp_path / "large", 400))
+    assert "Training recipe: finetune (auto: 200 training rows a class)" in caplog.text
     assert "small-data" not in caplog.text
     assert clf.manifest_["training_recipe"]["name"] == "finetune"
-    assert clf.manifest_["data"]["train"]["rows"] == 192  # the 20% split, as SageMaker holds out
+    assert clf.manifest_["data"]["train"]["rows"] == 320  # the 20% split, as SageMaker holds out
     assert not isinstance(clf.model_, architectures.MeanPooled)
     assert "textfit_pooling" not in clf.model_.config.to_dict()
 
@@ -290,7 +291,7 @@ def test_fewshot_trains_further_keeps_its_head_kind_and_a_new_finetune_head_drop
     further = TextClassifier(hyperparameters={**AUTO, "epochs": "1"}, init_model=folder).fit(more)
     assert isinstance(further.model_, architectures.MeanPooled)
     assert further.manifest_["training_recipe"] == {"name": "fewshot", "reason": "auto: 24 training rows for 2 "
-                                                    "classes (12 a class, fewer than 100)", "head": "mean of the token vectors"}
+                                                    "classes (12 a class, fewer than 200)", "head": "mean of the token vectors"}
     own = TextClassifier(hyperparameters={**FAST, "epochs": "1", "reinitialize_top_layer": "True"},
                          init_model=folder).fit(more)
     assert not isinstance(own.model_, architectures.MeanPooled)

@@ -164,12 +164,15 @@ def _log_truncated(data: batching.Encoded, max_length: int, what: str) -> None:
 
 
 # long_texts=auto reads texts as windows when at least this share of the training texts is longer than
-# max_seq_length and the training set is small (the small-data rule of recipes.py). Then long texts are what the
-# model will be asked about, and their truncated tails held words it never read: on BBC News at 64 rows a class
-# (every article longer) the same models scored 0.9577 with windows against 0.9545 truncated over ten samples, and
-# +0.30 points at 32. A model fine-tuned on all 1,781 articles scored 0.9505 with windows against 0.9550 (one
-# run), so larger sets keep truncation, as do a few long texts among short ones (docs/benchmarks.md).
+# max_seq_length and the training set has fewer than WINDOW_BELOW_ROWS_PER_CLASS rows a class. Then long texts
+# are what the model will be asked about, and their truncated tails held words it never read: on BBC News (every
+# article longer) the same models scored higher with windows at 8, 16, 32 and 64 rows a class (+0.95, +0.27,
+# +0.14, +0.32 points over 5-10 samples). At 128 a class windows no longer paid for their cost (+0.05 points with
+# the small-data recipe, at 5 windows an article), and models fine-tuned on 128 a class or on all 1,781 articles
+# scored lower with them (-0.32 points; 0.9505 against 0.9550): larger sets keep truncation, as do a few long
+# texts among short ones (docs/benchmarks.md).
 LONG_TEXT_SHARE = 0.25
+WINDOW_BELOW_ROWS_PER_CLASS = 100
 
 
 def _long_texts(hp: Hyperparameters, data: batching.Encoded, per_class: float) -> Hyperparameters:
@@ -184,10 +187,10 @@ def _long_texts(hp: Hyperparameters, data: batching.Encoded, per_class: float) -
         log.info("long_texts: truncate (%s, under %.0f%%): predictions read the first %d tokens of a text", longer,
                  100 * LONG_TEXT_SHARE, hp.max_seq_length)
         return hp.with_values(long_texts="truncate")
-    if per_class >= recipes.FEWSHOT_BELOW_ROWS_PER_CLASS:
-        log.info("long_texts: truncate (%s, but %.0f training rows a class, %d or more: a model fine-tuned on that "
-                 "many first windows scored lower reading whole texts); long_texts=window reads them whole",
-                 longer, per_class, recipes.FEWSHOT_BELOW_ROWS_PER_CLASS)
+    if per_class >= WINDOW_BELOW_ROWS_PER_CLASS:
+        log.info("long_texts: truncate (%s, but %.0f training rows a class, %d or more: models trained on that "
+                 "many first windows scored no higher reading whole texts); long_texts=window reads them whole",
+                 longer, per_class, WINDOW_BELOW_ROWS_PER_CLASS)
         return hp.with_values(long_texts="truncate")
     log.info("long_texts: window (%s, at least %.0f%%, and %.0f training rows a class): predictions read a longer "
              "text as overlapping windows, up to %d of them, and average them; long_texts=truncate reads only the "
