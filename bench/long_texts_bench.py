@@ -44,7 +44,8 @@ def main() -> None:
     start = time.perf_counter()
     clf = TextClassifier(hyperparameters=hyperparameters).fit([t for _, t in train], [names[y] for y, _ in train])
     fit_seconds = time.perf_counter() - start
-    texts, truth = [t for _, t in test], np.array([y for y, _ in test])
+    texts = [t for _, t in test]
+    truth = np.array([clf.classes_.index(names[y]) for y, _ in test])
     share = clf.manifest_["data"]["train"]["truncated_texts"] / clf.manifest_["data"]["train"]["rows"]
     print(f"{args.set}: {len(train)} training rows ({100 * share:.0f}% longer than "
           f"{clf.hyperparameters_.max_seq_length} tokens), {len(test)} test rows; long_texts=auto chose "
@@ -53,8 +54,7 @@ def main() -> None:
         start = time.perf_counter()
         proba = clf.predict_proba(texts, long_texts=way)
         seconds = time.perf_counter() - start
-        index = [clf.classes_.index(names[y]) for y in truth]
-        accuracy = float(np.mean(proba.argmax(axis=1) == np.array(index)))
+        accuracy = float(np.mean(proba.argmax(axis=1) == truth))
         print(f"  {way:<8} test accuracy {accuracy:.4f}, predicted in {seconds:.1f} s")
 
 

@@ -353,7 +353,7 @@ class TextClassifier:
         val_data = batching.encode(tokenizer, x_val, hp.max_seq_length, y_val, token_types=types,
                                    n_labels=n_labels) if x_val else None
         _log_truncated(train_data, hp.max_seq_length, "training")
-        hp = _long_texts(hp, train_data, len(train_ch.texts) / max(1, len(start.classes.names)))
+        hp = _long_texts(hp, train_data, recipes.rows_per_class(len(train_ch.texts), len(start.classes.names)))
         log.info("Classes (%d): %s", len(start.classes.names), ", ".join(start.classes.names))
         if recipe.name == recipes.FEWSHOT and recipe.new_head and isinstance(model, architectures.MeanPooled):
             recipes.fit_probe(model, train_data, hp, training.class_weights(

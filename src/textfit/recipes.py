@@ -80,7 +80,8 @@ class Recipe:
     """Whether the recipe builds its head (a mean-pooled one for fewshot) rather than keeping a trained one."""
 
 
-def _rows_per_class(n_rows: int, n_classes: int) -> float:
+def rows_per_class(n_rows: int, n_classes: int) -> float:
+    """Training rows a class, on average: what both small-data lines (the recipe's, long_texts') are drawn on."""
     return n_rows / max(n_classes, 1)
 
 
@@ -92,7 +93,7 @@ def choose(hp: Hyperparameters, given: Collection[str], n_rows: int, n_classes: 
     validation channel was given; `new_head`: whether a new head is built (a fresh model, or
     reinitialize_top_layer on an artifact).
     """
-    per_class = _rows_per_class(n_rows, n_classes)
+    per_class = rows_per_class(n_rows, n_classes)
     if hp.training_recipe == FINETUNE:
         return Recipe(FINETUNE, "training_recipe=finetune", hp, True, new_head)
     if hp.training_recipe == FEWSHOT:
