@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import resource
 import statistics
@@ -27,22 +28,61 @@ import sys
 import time
 
 # name: (precision, attention, dropout, optimizer kernel, keep freed memory, token embeddings trained,
-#        last layer's tail on the first position only)
+#        last layer's tail on the first position only, bf16 copies of the linear layers' weights)
 CONFIGS = {
-    "transformers defaults, bf16": ("bf16", "sdpa", "native", "foreach", False, True, False),
-    "+ fused AdamW": ("bf16", "sdpa", "native", "fused", False, True, False),
-    "+ eager attention": ("bf16", "eager", "native", "fused", False, True, False),
-    "+ faster dropout mask": ("bf16", "eager", "fast", "fused", False, True, False),
-    "+ freed memory kept (bf16)": ("bf16", "eager", "fast", "fused", True, True, False),
-    "+ token embeddings frozen (bf16)": ("bf16", "eager", "fast", "fused", True, False, False),
-    "+ last layer on [CLS] only (bf16)": ("bf16", "eager", "fast", "fused", True, False, True),
-    "recomputing attention, bf16": ("bf16", "recompute", "fast", "fused", True, True, False),
-    "transformers defaults, fp32": ("fp32", "sdpa", "native", "fused", True, True, False),
-    "eager attention, fp32": ("fp32", "eager", "fast", "fused", True, True, False),
-    "recomputing attention (fp32)": ("fp32", "recompute", "fast", "fused", True, True, False),
-    "+ token embeddings frozen (fp32)": ("fp32", "recompute", "fast", "fused", True, False, False),
-    "+ last layer on [CLS] only (fp32)": ("fp32", "recompute", "fast", "fused", True, False, True),
+    "transformers defaults, bf16": ("bf16", "sdpa", "native", "foreach", False, True, False, False),
+    "+ fused AdamW": ("bf16", "sdpa", "native", "fused", False, True, False, False),
+    "+ eager attention": ("bf16", "eager", "native", "fused", False, True, False, False),
+    "+ faster dropout mask": ("bf16", "eager", "fast", "fused", False, True, False, False),
+    "+ freed memory kept (bf16)": ("bf16", "eager", "fast", "fused", True, True, False, False),
+    "+ token embeddings frozen (bf16)": ("bf16", "eager", "fast", "fused", True, False, False, False),
+    "+ last layer on [CLS] only (bf16)": ("bf16", "eager", "fast", "fused", True, False, True, False),
+    "+ bf16 weight copies (bf16)": ("bf16", "eager", "fast", "fused", True, False, True, True),
+    "recomputing attention, bf16": ("bf16", "recompute", "fast", "fused", True, True, False, False),
+    "transformers defaults, fp32": ("fp32", "sdpa", "native", "fused", True, True, False, False),
+    "eager attention, fp32": ("fp32", "eager", "fast", "fused", True, True, False, False),
+    "recomputing attention (fp32)": ("fp32", "recompute", "fast", "fused", True, True, False, False),
+    "+ token embeddings frozen (fp32)": ("fp32", "recompute", "fast", "fused", True, False, False, False),
+    "+ last layer on [CLS] only (fp32)": ("fp32", "recompute", "fast", "fused", True, False, True, False),
 }
+
+
+class WeightCopies:
+    """A lever measured and not kept (docs/benchmarks.md): bf16 copies of the trained nn.Linear weights and
+    biases, which the linear layers compute with in the steps, instead of autocast's casts at every forward pass
+    (and of the gradients back in the backward). The backward leaves bf16 gradients on the copies;
+    `gradients_to_weights` casts them onto the fp32 weights (exact), `refresh` casts the weights into the copies
+    after the optimizer step. Same numbers as autocast: the layers compute on the same bf16 values."""
+
+    def __init__(self, model: object) -> None:
+        import torch
+
+        self.torch, self.layers, self.weights, self.copies = torch, [], [], []
+        for module in model.modules():
+            if type(module) is torch.nn.Linear and module.weight.requires_grad:
+                self.layers.append((module, self._copy(module.weight),
+                                    None if module.bias is None else self._copy(module.bias)))
+
+    def _copy(self, weight: object) -> object:
+        self.weights.append(weight)
+        self.copies.append(weight.detach().to(self.torch.bfloat16).requires_grad_())
+        return self.copies[-1]
+
+    def __enter__(self) -> None:
+        for module, weight, bias in self.layers:
+            module.forward = functools.partial(self.torch.nn.functional.linear, weight=weight, bias=bias)
+
+    def __exit__(self, *exc: object) -> None:
+        for module, _, _ in self.layers:
+            del module.forward
+
+    def gradients_to_weights(self) -> None:
+        for weight, copy in zip(self.weights, self.copies):
+            weight.grad, copy.grad = copy.grad.float(), None
+
+    def refresh(self) -> None:
+        with self.torch.no_grad():
+            self.torch._foreach_copy_(self.copies, self.weights)
 
 
 def _setup(names: list[str]) -> tuple[object, object]:
@@ -70,11 +110,13 @@ def _stepper(torch: object, model: object, name: str, tokens: int) -> object:
     """One timed training step of configuration `name` on `model`, as a function returning its seconds."""
     from textfit import architectures, kernels
 
-    precision, attention, _, kernel, _, embeddings, first_only = CONFIGS[name]
+    precision, attention, _, kernel, _, embeddings, first_only, copied = CONFIGS[name]
     table = model.get_input_embeddings().weight
     trained = [p for p in model.parameters() if p is not table or embeddings]
     optimizer = torch.optim.AdamW(trained, lr=1e-5, **{kernel: True})
     implementation = kernels.register_attention() if attention == "recompute" else attention
+    table.requires_grad_(embeddings)  # before the copies, which are made of the trained weights only
+    copies = WeightCopies(model) if copied else None
     ids = torch.randint(1000, 20000, (32, tokens))
     labels = torch.randint(0, 6, (32,))
 
@@ -84,17 +126,21 @@ def _stepper(torch: object, model: object, name: str, tokens: int) -> object:
         table.requires_grad_(embeddings)
         cut = architectures.first_position_only(model) if first_only else contextlib.nullcontext()
         marks = [time.perf_counter()]
-        with cut:
+        with cut, copies or contextlib.nullcontext():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
             marks.append(time.perf_counter())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if copies:
+                copies.gradients_to_weights()
             marks.append(time.perf_counter())
             torch.nn.utils.clip_grad_norm_(trained, 1.0)
             marks.append(time.perf_counter())
             optimizer.step()
+            if copies:
+                copies.refresh()
         marks.append(time.perf_counter())
         if parts is not None:
             parts[:] = [b - a for a, b in zip(marks, marks[1:])]
