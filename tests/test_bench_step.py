@@ -8,6 +8,7 @@ import copy
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
@@ -57,3 +58,30 @@ def test_weight_copies_train_the_same_weights_as_autocast(tiny_bert: Path) -> No
         assert torch.equal(p, q), name
         assert p.dtype == torch.float32
     assert not torch.equal(model.classifier.weight, before[-2])  # the steps did move the weights
+
+
+def test_folded_clipping_steps_as_clip_then_step_does(tiny_bert: Path) -> None:
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2).eval()
+    twin = copy.deepcopy(model)
+    ids = torch.randint(5, model.config.vocab_size, (8, 11))
+    labels = torch.tensor([0, 1] * 4)
+    trained, twins = list(model.parameters()), list(twin.parameters())
+    folded = step_bench.FoldedClipping(twins)
+    norms = []
+    for net, params in ((model, trained), (twin, twins)):
+        # eps as large as the gradients: the update then depends on their scale, which the clipping sets
+        optimizer = torch.optim.AdamW(params, lr=1e-2, eps=1.0, fused=True)
+        with folded if net is twin else contextlib.nullcontext():
+            loss = torch.nn.functional.cross_entropy(net(input_ids=ids).logits * 50, labels)  # a norm past 1
+            loss.backward()
+            if net is twin:
+                norms.append(float(torch.linalg.vector_norm(torch.stack([folded.norms[i] for i in range(len(twins))]))))
+                folded.step(optimizer, 1.0)
+            else:
+                norms.append(float(torch.nn.utils.clip_grad_norm_(params, 1.0)))
+                optimizer.step()
+    assert norms[0] == pytest.approx(norms[1], rel=1e-6) and norms[0] > 1  # clipping applied
+    assert not hasattr(optimizer, "grad_scale")
+    for (name, p), q in zip(model.named_parameters(), twins):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
