@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -90,6 +92,57 @@ def test_tarball_links_are_refused(tmp_path: Path) -> None:
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     with pytest.raises(ArtifactError, match="links are not allowed"):
         artifact.safe_extract(_tar_with(tmp_path, link), tmp_path / "dest")
+
+
+def _bomb(path: Path, size: int) -> Path:
+    """A tarball whose one entry declares `size` bytes of zeros and holds none of them: a few hundred bytes on
+    disk, like a gzip bomb's, which extraction would have to inflate to find the next header."""
+    member = tarfile.TarInfo("model.safetensors")
+    member.size = size
+    with gzip.open(path, "wb") as f:
+        f.write(member.tobuf(format=tarfile.PAX_FORMAT))
+    return path
+
+
+def test_a_tarball_past_the_size_bound_is_refused_at_its_first_header(tmp_path: Path) -> None:
+    tarball = _bomb(tmp_path / "bomb.tar.gz", 1 << 50)  # a petabyte, which no disk here has
+    assert tarball.stat().st_size < 1024
+    with pytest.raises(ArtifactError, match="refusing to extract: its files come to more than"):
+        artifact.safe_extract(tarball, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists() or not any((tmp_path / "dest").iterdir())
+
+
+def test_a_tarball_larger_than_the_free_disk_is_refused_before_anything_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tarball = tmp_path / "m.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for name in ("config.json", "model.safetensors"):
+            member = tarfile.TarInfo(name)
+            member.size = 3000
+            tar.addfile(member, io.BytesIO(b"\0" * 3000))
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(artifact.shutil, "disk_usage",
+                        lambda path: usage._replace(free=artifact.KEEP_FREE_BYTES + 5000))
+    with pytest.raises(ArtifactError, match=r"free in .*free some space or extract it yourself"):
+        artifact.safe_extract(tarball, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists() or not any((tmp_path / "dest").iterdir())
+    monkeypatch.setattr(artifact.shutil, "disk_usage",
+                        lambda path: usage._replace(free=artifact.KEEP_FREE_BYTES + 6000))
+    artifact.safe_extract(tarball, tmp_path / "dest")  # exactly the room there is
+    assert (tmp_path / "dest" / "model.safetensors").stat().st_size == 3000
+
+
+def test_a_tarball_of_too_many_entries_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(artifact, "MAX_MEMBERS", 3)
+    tarball = tmp_path / "m.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for i in range(4):
+            tar.addfile(tarfile.TarInfo(f"f{i}"))
+    with pytest.raises(ArtifactError, match="more than 3 entries"):
+        artifact.safe_extract(tarball, tmp_path / "dest")
+    monkeypatch.setattr(artifact, "MAX_MEMBERS", 4)
+    artifact.safe_extract(tarball, tmp_path / "dest")
+    assert len(list((tmp_path / "dest").iterdir())) == 4
 
 
 def test_a_damaged_tarball_is_a_clear_error(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ connections. Each case checks the exact answer and that a normal request is stil
 from __future__ import annotations
 
 import concurrent.futures
+import gzip
 import json
 import os
 import shutil
@@ -170,6 +171,15 @@ def test_a_truncated_tarball_is_one_line(tiny_artifact: Path, tmp_path: Path) ->
     (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])
     one_error_line(textfit("predict", "--model", str(tmp_path / "cut.tar.gz"), "--text", GOOD), "cut.tar.gz",
                    "complete .tar.gz")
+
+
+def test_a_tarball_bomb_is_one_line_and_inflates_nothing(tmp_path: Path) -> None:
+    member = tarfile.TarInfo("model.safetensors")
+    member.size = 1 << 50  # a petabyte of zeros declared in a few hundred bytes
+    with gzip.open(tmp_path / "bomb.tar.gz", "wb") as f:
+        f.write(member.tobuf(format=tarfile.PAX_FORMAT))
+    one_error_line(textfit("predict", "--model", str(tmp_path / "bomb.tar.gz"), "--text", GOOD), "bomb.tar.gz",
+                   "refusing to extract")
 
 
 def test_a_server_whose_model_cannot_load_exits_with_the_reason(tiny_artifact: Path, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The model artifact: a plain folder of safetensors and JSON, written atomically, read safely.
 
 The folder is a Hugging Face checkpoint (`pipeline("text-classification", model=DIR)` loads it as it is)
-plus textfit's labels file and manifest. Tarballs are extracted with no path outside the target and no links.
+plus textfit's labels file and manifest. Tarballs are extracted with no path outside the target, no links, and
+bounded: in entries, and in bytes by the disk's free space.
 """
 
 from __future__ import annotations
@@ -152,10 +153,33 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _safe_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
-    members = []
+MAX_MEMBERS = 10_000
+"""Entries a model tarball may hold: a model folder has a few dozen files."""
+MAX_EXTRACTED_BYTES = 64 << 30
+"""What a model tarball may extract to, at most (an XLM-R XL classifier with its ONNX graphs is about 30 GB)."""
+KEEP_FREE_BYTES = 1 << 30
+"""Disk space an extraction leaves free: a tarball whose files would take more is refused before any is written."""
+
+
+def _safe_members(tar: tarfile.TarFile, dest: Path, tarball: Path) -> list[tarfile.TarInfo]:
+    """The members, vetted before anything is written. Read one header at a time, so that a tarball built to
+    exhaust the disk (a few kilobytes of gzip inflating to terabytes) or the memory (millions of entries) is
+    refused at its first entry past the bounds, without inflating the rest."""
+    members: list[tarfile.TarInfo] = []
     root = dest.resolve()
-    for member in tar.getmembers():
+    where = _existing_ancestor(dest)
+    free = shutil.disk_usage(where).free - KEEP_FREE_BYTES
+    room = min(MAX_EXTRACTED_BYTES, free)
+    why = (f"the {_gb(free)} free in {where}, keeping {_gb(KEEP_FREE_BYTES)}; free some space or extract it "
+           "yourself and pass the folder" if free < MAX_EXTRACTED_BYTES else "the most a model tarball may hold")
+    total = 0
+    for member in tar:
+        if len(members) == MAX_MEMBERS:
+            raise ArtifactError(f"{tarball}: refusing to extract more than {MAX_MEMBERS:,} entries; a model "
+                                "tarball holds a model folder's few dozen files")
+        total += member.size
+        if total > room:
+            raise ArtifactError(f"{tarball}: refusing to extract: its files come to more than {_gb(room)}, {why}")
         target = (dest / member.name).resolve()
         if member.issym() or member.islnk():
             raise ArtifactError(f"refusing to extract {member.name!r}: links are not allowed in a model tarball")
@@ -175,7 +199,7 @@ def safe_extract(tarball: Path, dest: Path) -> None:
     """
     try:
         with tarfile.open(tarball) as tar:
-            members = _safe_members(tar, dest)
+            members = _safe_members(tar, dest, tarball)
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(dest, members=members, filter="data")
             else:  # pragma: no cover - Python before 3.11.4: the vetting above is the filter
@@ -183,6 +207,10 @@ def safe_extract(tarball: Path, dest: Path) -> None:
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ArtifactError(f"{tarball}: cannot read the tarball ({type(exc).__name__}: {exc or 'truncated'}); "
                             "check that it is a complete .tar.gz") from None
+
+
+def _gb(n: int) -> str:
+    return f"{max(n, 0) / (1 << 30):.1f} GiB"
 
 
 def _model_root(folder: Path) -> Path:
