@@ -130,7 +130,10 @@ def test_stratified_split_keeps_class_shares_and_is_reproducible() -> None:
 def test_too_few_rows_for_the_split() -> None:
     with pytest.raises(DataError, match="3 rows are too few to hold out validation_split_ratio=0.1"):
         stratified_split([0, 1, 1], 0.1, seed=0, path=Path("d.csv"))
-    with pytest.raises(DataError, match="too few"):
+    with pytest.raises(DataError, match="raise validation_split_ratio"):
+        stratified_split([0, 1, 1], 0.1, seed=0, path=Path("d.csv"))
+    with pytest.raises(DataError, match="of 4 rows leaves 0 to train on, fewer than the 2 classes; lower "
+                                        "validation_split_ratio"):
         stratified_split([0, 1, 0, 1], 0.9, seed=0, path=Path("d.csv"))
 
 

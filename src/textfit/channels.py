@@ -346,10 +346,16 @@ def stratified_split(labels: list[int], ratio: float, seed: int, *, path: Path) 
     """Row indices (train, validation): each class keeps its share in both, reproducibly for a seed."""
     counts = Counter(labels)
     n_val = round(ratio * len(labels))
-    if n_val < 1 or len(labels) - n_val < len(counts):
+    if n_val < 1:
         raise DataError(
             f"{path}: {len(labels)} rows are too few to hold out validation_split_ratio={ratio} "
-            f"for validation; add rows, raise validation_split_ratio, or pass a validation channel"
+            f"for validation (not one row); add rows, raise validation_split_ratio, or pass a validation channel"
+        )
+    if len(labels) - n_val < len(counts):
+        raise DataError(
+            f"{path}: validation_split_ratio={ratio} of {len(labels)} rows leaves {len(labels) - n_val} to train "
+            f"on, fewer than the {len(counts)} classes; lower validation_split_ratio, add rows, or pass a "
+            "validation channel"
         )
     quota = _quotas(counts, n_val)
     rng = random.Random(seed)
