@@ -31,7 +31,8 @@ def test_train_then_predict(tiny_bert: Path, channel: Path, tmp_path: Path, caps
     assert json.loads((out / "textfit.json").read_text())["hyperparameters"]["epochs"] == "4"  # --hp wins over the file
     assert main(["predict", "--model", str(out), "--text", "good great film", "--text", "awful bad"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [set(r) for r in records] == [{"probabilities", "labels", "predicted_label"}] * 2
+    assert [set(r) for r in records] == [{"probabilities", "labels", "predicted_label", "line"}] * 2
+    assert [r["line"] for r in records] == [1, 2]  # with --text, the text's place among them
     assert records[0]["labels"] == ["0", "1"] and records[0]["predicted_label"] == "1"
 
 

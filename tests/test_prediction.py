@@ -58,6 +58,22 @@ def test_predict_file_streams_in_order_and_scores_labels(tiny_artifact: Path, tm
     assert summary.correct == sum(r["label"] == r["predicted_label"] for r in records)
 
 
+def test_each_record_names_its_input_line_past_blank_lines_and_a_header(tiny_artifact: Path,
+                                                                         tmp_path: Path) -> None:
+    from textfit import TextClassifier
+
+    clf = TextClassifier.load(tiny_artifact)
+    (tmp_path / "in.csv").write_text('label,text\n1,good film\n\n0,"bad\nfilm"\n\n\n1,lovely\n', encoding="utf-8")
+    out = io.StringIO()
+    predict_file(clf, read_records(tmp_path / "in.csv"), out)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["line"], r["label"]) for r in records] == [(2, "1"), (4, "0"), (8, "1")]
+    (tmp_path / "in.txt").write_text("good\n\n  \nbad\n", encoding="utf-8")
+    out = io.StringIO()
+    predict_file(clf, read_records(tmp_path / "in.txt"), out)
+    assert [json.loads(line)["line"] for line in out.getvalue().splitlines()] == [1, 4]
+
+
 def test_predict_file_streams(tiny_artifact: Path) -> None:
     """Records are pulled a chunk at a time: the first output is written before the input is exhausted."""
     from textfit import TextClassifier
@@ -93,6 +109,7 @@ def test_predict_with_workers_writes_one_output_in_order(tiny_artifact: Path, tm
     one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
     two = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
     assert len(two) == 301
+    assert [r["line"] for r in two] == [r["line"] for r in one] == list(range(1, 302))
     np.testing.assert_allclose([r["probabilities"] for r in two], [r["probabilities"] for r in one], atol=1e-5)
 
 

@@ -1,7 +1,8 @@
 """Batch prediction of files (`textfit predict --input`): streamed, in input order, optionally over processes.
 
 Records are read and predicted CHUNK at a time, so memory stays flat however long the file is; each output line
-is the verbose response record of inference.py, plus the true label where the input has one.
+is the verbose response record of inference.py, plus the true label where the input has one and the input line
+the record starts on (blank lines and a header row give no record).
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out
                     single = None if index is None else classifier.classes_[index]
                     result["label"] = single if single is not None else rec.label
                     summary.correct += int(single == result["predicted_label"])
+            result["line"] = rec.line  # blank lines and a header row have no record: this says which line it is
             out.write(json.dumps(result, ensure_ascii=False) + "\n")
         summary.records += len(chunk)
         if progress is not None:
