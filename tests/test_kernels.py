@@ -37,6 +37,17 @@ def test_dropout_follows_the_seed_and_keeps_the_shape_and_dtype() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_applies_its_mask_in_one_pass_with_the_numbers_of_two(dtype: torch.dtype) -> None:
+    torch.manual_seed(3)
+    x = torch.randn(6, 40, 33).to(dtype).transpose(0, 1)  # not contiguous, as attention's views are
+    keep, scale = kernels.keep_mask(x.shape, 0.1)
+    y = kernels._apply(x, keep, scale)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert torch.equal(y, torch.mul(x, keep).mul_(scale))  # bit for bit what multiplying twice gives
+    assert 0 < int((y == 0).sum()) < y.numel()
+
+
 def test_dropout_is_the_identity_where_it_should_be() -> None:
     x = torch.randn(100)
     assert torch.equal(kernels.dropout(x, 0.5, training=False), x)

@@ -7,7 +7,8 @@ all-MiniLM-L6-v2 in training mode, batch 32, 2 cores, bf16:
 - Dropout draws one Bernoulli sample per element from torch's CPU generator (about 4.5 ns each): at 128 tokens
   the attention probabilities alone are 6.3 million elements a layer, and dropout took 216 of a 685 ms step.
   `dropout` below draws 64 random bits per 4 elements and compares 16-bit integers: 17 ms instead of 38 ms
-  for the forward and backward pass of that tensor, 603 instead of 751 ms a step.
+  for the forward and backward pass of that tensor, 603 instead of 751 ms a step. The mask and the scale are
+  applied in one pass (`_apply`), not two: about 3% of a step at 128 tokens, the same numbers.
 - glibc hands allocations above its mmap threshold back to the kernel when they are freed, so every step
   re-faults the embedding table's gradient (47 MB) page by page: 21 ms of system time a step at 14 tokens.
   `keep_freed_memory` raises the thresholds, so freed blocks are reused: 102 -> 89 ms a step, for about 40 MB
@@ -60,17 +61,24 @@ def _random_bits(count: int) -> np.ndarray:
     return np.random.SFC64(seed).random_raw(count).view(np.int64)
 
 
+def _apply(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    """x * keep * scale in one pass over x (0 + scale * x * keep: the same rounding as multiplying the kept
+    values by the scale, so the same numbers as x * keep then * scale): at 32 x 128 x 384 in bf16 379 against
+    602 us for the two passes."""
+    return torch.addcmul(x.new_zeros(()), x, keep, value=scale)
+
+
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
         keep, ctx.scale = keep_mask(x.shape, p)
         ctx.save_for_backward(keep)
-        return torch.mul(x, keep).mul_(ctx.scale)
+        return _apply(x, keep, ctx.scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (keep,) = ctx.saved_tensors
-        return torch.mul(grad, keep).mul_(ctx.scale), None
+        return _apply(grad, keep, ctx.scale), None
 
 
 _native_dropout = torch.nn.functional.dropout
