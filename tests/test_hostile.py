@@ -173,6 +173,52 @@ def test_a_truncated_tarball_is_one_line(tiny_artifact: Path, tmp_path: Path) ->
                    "complete .tar.gz")
 
 
+DEEP = '{"a": ' * 50_000 + "1" + "}" * 50_000
+"""JSON nested past Python's recursion limit: json.loads raises RecursionError, not a JSONDecodeError."""
+
+
+def _main_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Run the CLI in this process: exit code 2 and one error line, no traceback."""
+    from textfit.cli import main
+
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json", "tokenizer.json", artifact.LABELS,
+                                  artifact.MANIFEST])
+def test_json_nested_past_the_recursion_limit_in_a_model_file_is_one_line(
+        tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    folder = tmp_path / "deep"
+    shutil.copytree(tiny_artifact, folder)
+    (folder / name).write_text(DEEP)
+    if name != artifact.MANIFEST:  # the digests recomputed, as an attacker would: the parse must fail cleanly
+        _redigest(folder)
+    line = _main_error(capsys, "predict", "--model", str(folder), "--text", GOOD)
+    assert str(folder) in line
+
+
+def test_json_nested_past_the_recursion_limit_in_an_input_is_one_line(
+        tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "hp.json").write_text(DEEP)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "data.csv").write_text(f"1,{GOOD}\n0,{BAD}\n")
+    assert "hp.json: the JSON nests too deeply" in _main_error(
+        capsys, "train", "--train", str(tmp_path / "train"), "--hyperparameters", str(tmp_path / "hp.json"),
+        "--output", str(tmp_path / "out"))
+    (tmp_path / "train" / "labels_info.json").write_text(DEEP)
+    assert "labels_info.json: the JSON nests too deeply" in _main_error(
+        capsys, "train", "--train", str(tmp_path / "train"), "--output", str(tmp_path / "out"))
+    (tmp_path / "in.jsonl").write_text(f'"{GOOD}"\n{DEEP}\n')
+    assert "in.jsonl, line 2: the JSON nests too deeply" in _main_error(
+        capsys, "predict", "--model", str(tiny_artifact), "--input", str(tmp_path / "in.jsonl"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_tarball_bomb_is_one_line_and_inflates_nothing(tmp_path: Path) -> None:
     member = tarfile.TarInfo("model.safetensors")
     member.size = 1 << 50  # a petabyte of zeros declared in a few hundred bytes

@@ -49,6 +49,21 @@ def test_bad_data_writes_the_failure_file_and_no_model(tiny_bert: Path, tmp_path
     assert list((root / "model").iterdir()) == []
 
 
+@pytest.mark.parametrize(("content", "reason"), [
+    (b'{"epochs": ', "Expecting value"),
+    (b'{"epochs": "\xff"}', "can't decode byte 0xff"),
+    (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "maximum recursion depth"),
+])
+def test_an_unreadable_hyperparameters_file_is_the_failure_reason(tiny_bert: Path, tmp_path: Path, content: bytes,
+                                                                  reason: str) -> None:
+    root = container(tmp_path / "ml", tiny_bert)
+    (root / "input" / "config" / "hyperparameters.json").write_bytes(content)
+    assert main(["sagemaker", "train", "--prefix", str(root)]) == 2
+    failure = (root / "output" / "failure").read_text()
+    assert "hyperparameters.json: cannot read the hyperparameters" in failure and reason in failure
+    assert list((root / "model").iterdir()) == []
+
+
 def test_a_missing_training_channel(tmp_path: Path) -> None:
     (tmp_path / "ml").mkdir()
     assert main(["sagemaker", "train", "--prefix", str(tmp_path / "ml")]) == 2

@@ -131,7 +131,7 @@ def is_fine_tuned(folder: Path) -> bool:
 def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ArtifactError(f"{path}: unreadable ({exc}); the artifact is damaged, train it again") from None
     if not isinstance(data, dict):
         raise ArtifactError(f"{path}: expected a JSON object; the artifact is damaged, train it again")

@@ -188,6 +188,9 @@ def _names(path: Path) -> dict[str, str]:
         data = json.loads(names_file.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{names_file}: not valid JSON ({exc}); write an object such as {{\"0\": \"negative\"}}") from None
+    except RecursionError:  # nesting deeper than Python's recursion limit
+        raise DataError(f"{names_file}: the JSON nests too deeply; write an object such as "
+                        "{\"0\": \"negative\"}") from None
     if isinstance(data, dict) and isinstance(data.get("labels"), list):
         data = data["labels"]  # the list form: class names in index order
     if isinstance(data, list):

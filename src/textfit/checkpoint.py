@@ -42,7 +42,7 @@ def check_architecture_known(path: str) -> str | None:
         return None
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ArtifactError(f"{config_file}: unreadable ({exc}); the checkpoint is damaged") from None
     if not isinstance(config, dict):
         raise ArtifactError(f"{config_file}: expected a JSON object; the checkpoint is damaged")
@@ -62,7 +62,7 @@ def load_config(path: str, allow_network: bool = False) -> Any:
     check_architecture_known(path)
     try:
         return AutoConfig.from_pretrained(path, local_files_only=not allow_network, **SAFE)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ArtifactError(f"{path}: cannot read config.json ({_first_line(exc)}); the checkpoint is damaged") from None
 
 
@@ -72,7 +72,7 @@ def load_tokenizer(path: str, allow_network: bool = False) -> Any:
     check_architecture_known(path)
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=not allow_network, **SAFE)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ArtifactError(f"{path}: cannot load the tokenizer ({_first_line(exc)}); "
                             "the folder needs its tokenizer files") from None
 

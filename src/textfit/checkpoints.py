@@ -119,7 +119,7 @@ def position(folder: Path | None) -> tuple[int, int] | None:
     try:
         loop = json.loads((folder / STATE).read_text(encoding="utf-8"))["loop"] if folder else None
         return (int(loop["epoch"]), int(loop["step"])) if loop else None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
@@ -166,7 +166,7 @@ class Checkpointer:
         try:
             meta = json.loads((self.folder / STATE).read_text(encoding="utf-8"))
             tensors = load_file(str(self.folder / TENSORS))
-        except (OSError, ValueError, SafetensorError) as exc:
+        except (OSError, ValueError, RecursionError, SafetensorError) as exc:
             raise TextfitError(f"{self.folder}: the checkpoint is damaged ({exc}); delete the folder to start "
                                "over") from None
         if meta.get("fingerprint") != self.fingerprint:

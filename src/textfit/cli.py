@@ -41,6 +41,8 @@ def _read_json_file(path: str, what: str, example: str) -> dict[str, object]:
     except json.JSONDecodeError as exc:
         raise HyperparameterError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}); "
                                   f"write an object such as {example}") from None
+    except RecursionError:  # nesting deeper than Python's recursion limit
+        raise HyperparameterError(f"{path}: the JSON nests too deeply; write a flat object such as {example}") from None
     if not isinstance(data, dict):
         raise HyperparameterError(f"{path}: expected a JSON object such as {example}")
     return data

@@ -67,6 +67,9 @@ def _jsonl_records(lines: Iterator[str], path: Path) -> Iterator[InputRecord]:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}, line {n}: not valid JSON ({exc.msg}); write one JSON value a line") from None
+        except RecursionError:  # nesting deeper than Python's recursion limit
+            raise DataError(f'{path}, line {n}: the JSON nests too deeply; write a string or {{"text": "..."}}'
+                            ) from None
         if isinstance(item, str):
             yield InputRecord(item, None, n)
         elif isinstance(item, dict) and isinstance(item.get("text"), str):

@@ -101,7 +101,7 @@ class TrainingJob:
 def _read_json(path: Path, what: str) -> object:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON syntax, bytes that are not UTF-8
         raise TextfitError(f"{path}: cannot read the {what} ({exc})") from None
 
 
