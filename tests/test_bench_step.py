@@ -53,7 +53,7 @@ def test_weight_copies_train_the_same_weights_as_autocast(tiny_bert: Path) -> No
     before = [p.detach().clone() for p in model.parameters()]
 
     assert _train(model, None) == _train(twin, copies)
-    assert not any(hasattr(module, "forward") and "forward" in vars(module) for module in twin.modules())
+    assert not any("forward" in vars(module) for module in twin.modules())  # the layers' own forward again
     for (name, p), q in zip(model.named_parameters(), twin.parameters()):
         assert torch.equal(p, q), name
         assert p.dtype == torch.float32

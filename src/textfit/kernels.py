@@ -62,9 +62,8 @@ def _random_bits(count: int) -> np.ndarray:
 
 
 def _apply(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-    """x * keep * scale in one pass over x (0 + scale * x * keep: the same rounding as multiplying the kept
-    values by the scale, so the same numbers as x * keep then * scale): at 32 x 128 x 384 in bf16 379 against
-    602 us for the two passes."""
+    """x * keep * scale in one pass over x instead of two (0 + scale * x * keep: the same rounding as
+    multiplying the kept values by the scale, so the same numbers as x * keep then * scale)."""
     return torch.addcmul(x.new_zeros(()), x, keep, value=scale)
 
 

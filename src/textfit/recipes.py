@@ -43,8 +43,9 @@ FINETUNE = "finetune"
 # on test rows over 5 samples (docs/benchmarks.md): ahead of fine-tuning on BBC News at 32 rows a class (0.944
 # against 0.908) and at 64 (0.954 against 0.932); at 128 still ahead on BBC News (0.962 against 0.952) and on
 # Debian descriptions (0.889 against 0.877), where fine-tuning scored below the recipe's 64-a-class models; at
-# 192 ahead on BBC News (0.964 against 0.955), at 256 fine-tuning is ahead (0.966 against 0.962; 3 samples each). So fine-tuning takes over from 200 a
-# class, where its 20% split holds 40 rows a class to pick an epoch: the recipe SageMaker's users know.
+# 192 ahead on BBC News (0.964 against 0.955), at 256 fine-tuning is ahead (0.966 against 0.962; 3 samples
+# each). So fine-tuning takes over from 200 a class, where its 20% split holds 40 rows a class to pick an epoch:
+# the recipe SageMaker's users know.
 FEWSHOT_BELOW_ROWS_PER_CLASS = 200
 # The fine-tuning budget in optimizer steps, whatever the number of rows: many passes over 40 rows, a few over
 # 400 (the epochs are derived from it unless given). Measured against 80 on development rows, never the test
