@@ -194,10 +194,14 @@ def _postgres_bin(name: str) -> str | None:
     return shutil.which(name)
 
 
+PG_PASSWORD = "textfit-pg-secret"
+
+
 @pytest.fixture(scope="module")
 def postgres() -> object:
     """A throwaway PostgreSQL server on 127.0.0.1 (as the postgres user when the tests run as root), shared by
-    this module's tests: each names its own study."""
+    this module's tests: each names its own study. Connections over TCP need the password (in the URL), so a
+    wrong one can be tested."""
     import socket
 
     initdb, server = _postgres_bin("initdb"), _postgres_bin("postgres")
@@ -216,20 +220,22 @@ def postgres() -> object:
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         shutil.chown(data, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True,
-                   capture_output=True)
+    (root / "password").write_text(PG_PASSWORD + "\n")
+    (root / "password").chmod(0o644)
+    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth-local=trust",
+                    "--auth-host=scram-sha-256", f"--pwfile={root / 'password'}"], check=True, capture_output=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([*as_user, server, "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(data)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    url = f"postgresql+psycopg://postgres:{PG_PASSWORD}@127.0.0.1:{port}/postgres"
     import psycopg
 
     deadline = time.monotonic() + 30
     while True:
         try:
-            psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres").close()
+            psycopg.connect(f"host=127.0.0.1 port={port} user=postgres password={PG_PASSWORD} dbname=postgres").close()
             break
         except psycopg.OperationalError:
             if time.monotonic() > deadline:
@@ -306,3 +312,176 @@ def test_a_dead_workers_trial_is_reclaimed_by_another(postgres: str, tiny_bert: 
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = [t for t in complete if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 1]
     assert len(retry) == 1 and retry[0].params == failed[0].params
+
+
+# ------------------------------------------------------------------- a storage that cannot be used: one line
+
+
+def _free_port() -> int:
+    """A port on 127.0.0.1 with nothing listening: bound, then closed."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tune_cli(channel: Path, tmp_path: Path, storage: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from textfit.cli import main
+
+    capsys.readouterr()
+    code = main(["tune", "--train", str(channel), "--output", str(tmp_path / "t"), "--storage", storage,
+                 "--max-jobs", "1"])
+    return code, capsys.readouterr().err
+
+
+def _one_error_line(code: int, err: str, *expected: str) -> str:
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        ("postgresql://u:secret-pw@127.0.0.1:{refused}/db",
+         ["--storage postgresql://u:***@127.0.0.1:{refused}/db: cannot connect (connection refused); check the host "
+          "and port, and that the server is running"]),
+        ("not a url", ["--storage not a url: not a database URL; expected e.g. postgresql://"]),
+        ("postgresql://u:secret-pw@127.0.0.1:port/db", ["not a database URL (its port is not a number)"]),
+        ("foo://u:secret-pw@127.0.0.1/db", ["--storage foo://u:***@127.0.0.1/db: unknown database scheme 'foo'"]),
+        ("postgres://u:secret-pw@127.0.0.1/db", ["unknown database scheme 'postgres'; write postgresql://"]),
+        ("postgresql+nodriver://u:secret-pw@127.0.0.1/db", ["postgresql has no driver 'nodriver'"]),
+        ("sqlite:////no/such/folder/study.db", ["cannot open the SQLite file (unable to open database file)"]),
+    ],
+)
+def test_an_unusable_storage_is_one_line_before_any_trial(storage: str, expected: list[str], channel: Path,
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    port = _free_port()
+    code, err = _tune_cli(channel, tmp_path, storage.format(refused=port), capsys)
+    _one_error_line(code, err, *(e.format(refused=port) for e in expected))
+    assert "secret-pw" not in err
+    assert not (tmp_path / "t").exists()  # nothing was written
+
+
+def test_a_storage_driver_not_installed(channel: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("MySQLdb") is not None:
+        pytest.skip("mysqlclient is installed here")
+    code, err = _tune_cli(channel, tmp_path, "mysql+mysqldb://u:secret-pw@127.0.0.1/db", capsys)
+    _one_error_line(code, err, "its driver 'mysqldb' is not installed (No module named 'MySQLdb')")
+    assert "secret-pw" not in err
+
+
+def test_wrong_credentials_and_a_missing_database(postgres: str, channel: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres)
+    for changed, expected in [
+        (url.set(password="wrong-pw-123"), 'cannot connect (password authentication failed for user "postgres"); '
+                                           "check the user name and password"),
+        (url.set(username="nobody", password="wrong-pw-123"), 'password authentication failed for user "nobody"'),
+        (url.set(database="no_such_db"), 'the database does not exist (database "no_such_db" does not exist)'),
+    ]:
+        code, err = _tune_cli(channel, tmp_path, changed.render_as_string(hide_password=False), capsys)
+        line = _one_error_line(code, err, expected, f"@127.0.0.1:{url.port}/")
+        assert "wrong-pw-123" not in line and PG_PASSWORD not in line and ":***@" in line
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_server_that_accepts_and_never_answers_times_out(channel: Path, tmp_path: Path) -> None:
+    """TCP accepts (the listening socket's backlog), nothing ever answers: the configured timeout, one line."""
+    import socket
+
+    from textfit.tuning import StorageError
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(StorageError) as info:
+            tune(channel, output=tmp_path / "t", storage=f"postgresql://u:secret-pw@127.0.0.1:{port}/db",
+                 storage_timeout=2)
+        elapsed = time.monotonic() - start
+    assert 1.5 < elapsed < 5, elapsed
+    message = str(info.value)
+    assert "\n" not in message and "secret-pw" not in message
+    assert message.startswith(f"--storage postgresql://u:***@127.0.0.1:{port}/db: cannot connect (no answer within "
+                              "2 s)"), message
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_query_that_waits_on_a_lock_times_out(postgres: str, channel: Path, tmp_path: Path) -> None:
+    """Connected, but the server does not answer a statement (another session holds a lock on Optuna's table):
+    the statement timeout stops it, in one line."""
+    import optuna
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from textfit.tuning import StorageError
+
+    optuna.storages.RDBStorage(postgres).engine.dispose()  # the schema exists
+    url = make_url(postgres)
+    with psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
+                         dbname=url.database) as holder:
+        holder.execute("LOCK TABLE version_info IN ACCESS EXCLUSIVE MODE")  # held until the block's rollback
+        start = time.monotonic()
+        with pytest.raises(StorageError) as info:
+            tune(channel, output=tmp_path / "t", storage=postgres, storage_timeout=2)
+        elapsed = time.monotonic() - start
+        holder.rollback()
+    assert elapsed < 6, elapsed
+    message = str(info.value)
+    assert "\n" not in message and PG_PASSWORD not in message
+    assert "no answer within 2 s (canceling statement due to statement timeout)" in message, message
+
+
+def test_the_storage_timeout_reaches_the_driver_and_the_urls_own_settings_win() -> None:
+    from sqlalchemy.engine import make_url
+
+    from textfit.tuning import _engine_kwargs, _masked
+
+    args = _engine_kwargs(make_url("postgresql+psycopg://u:p@h/db"), 2.5)["connect_args"]
+    assert args["connect_timeout"] == 3 and args["options"] == "-c statement_timeout=2500"
+    args = _engine_kwargs(make_url("postgresql://u:p@h/db?connect_timeout=30&options=-c%20search_path%3Dx"), 2)
+    assert "connect_timeout" not in args["connect_args"]
+    assert args["connect_args"]["options"] == "-c statement_timeout=2000 -c search_path=x"
+    assert _engine_kwargs(make_url("sqlite:///study.db"), 4) == {"connect_args": {"timeout": 4.0}}
+    assert _masked("postgresql://u:p@ss/word@h:5/db?password=x&a=1") == "postgresql://u:***@h:5/db?password=***&a=1"
+    assert _masked("postgresql://h:5432/db") == "postgresql://h:5432/db"
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
+def test_the_storage_timeout_must_be_positive(timeout: float, channel: Path, tmp_path: Path) -> None:
+    with pytest.raises(HyperparameterError, match="storage timeout"):
+        tune(channel, output=tmp_path / "t", storage_timeout=timeout)
+
+
+def test_sigterm_while_connecting_exits_cleanly(channel: Path, tmp_path: Path) -> None:
+    """SIGTERM while `textfit tune` waits for a storage that never answers: the CLI's one line and 128 + 15."""
+    import signal
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(120)
+        port = silent.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "textfit", "tune", "--train", str(channel), "--output",
+                                 str(tmp_path / "t"), "--storage", f"postgresql://u:p@127.0.0.1:{port}/db"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        connection, _ = silent.accept()  # the client is connecting: it waits for an answer that never comes
+        with connection:
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.splitlines() == ["stopped by SIGTERM: nothing was written"], err
+    assert out == "" and not (tmp_path / "t").exists()

@@ -12,6 +12,7 @@ import csv
 import logging
 import math
 import multiprocessing
+import re
 import shutil
 import socket
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from textfit import artifact
-from textfit.errors import HyperparameterError
+from textfit.errors import HyperparameterError, TextfitError
 from textfit.hyperparameters import FIELDS, canonical_name, parse_hyperparameters
 
 log = logging.getLogger("textfit")
@@ -30,6 +31,8 @@ log = logging.getLogger("textfit")
 STRATEGIES = ("bayesian", "random", "grid")
 OBJECTIVES = ("val_accuracy", "val_f1_micro", "val_f1_macro")
 SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
+# Seconds the storage may take to connect, or to answer a statement, before the run stops with one line.
+STORAGE_TIMEOUT = 10.0
 
 # README, Tune: the recommended ranges of SageMaker's tuning page for this algorithm.
 DEFAULT_RANGES: dict[str, list[dict[str, Any]]] = {
@@ -188,6 +191,8 @@ class TuningJob:
     """Seconds without a heartbeat after which a running trial counts as dead (default: GRACE by storage)."""
     objective: str = "val_accuracy"
     """The metric maximised: val_accuracy, or for multi-label models val_f1_micro or val_f1_macro."""
+    storage_timeout: float = STORAGE_TIMEOUT
+    """Seconds the storage may take to connect or to answer a statement."""
 
 
 def _sampler(job: TuningJob, salt: int = 0) -> Any:
@@ -241,17 +246,226 @@ def _kind(job: TuningJob) -> str:
     return "local" if job.storage.startswith("sqlite:") else "shared"
 
 
-def _storage(job: TuningJob) -> Any:
-    """Optuna's RDB storage with heartbeats: a trial whose worker died (killed run, lost machine) is failed
-    once its heartbeat is stale and retried with the same hyperparameters (RetryHeartbeatStaleTrialCallback)."""
+class StorageError(TextfitError):
+    """The tuning storage (--storage) cannot be used: a malformed URL, an unknown scheme or a driver not installed,
+    a server that refuses, does not answer, rejects the credentials or lacks the database."""
+
+
+def _default_storage(output: str | Path) -> str:
+    return f"sqlite:///{(Path(output) / 'study.db').resolve()}"
+
+
+def _masked(url: str) -> str:
+    """The URL as a message may show it: the password (in the user part, or a password= query value) as ***.
+    Masked up to the last "@" before the query: a password may hold an "@" or a "/" its user left unescaped."""
+    url = re.sub(r"(//[^:/@]*:)[^?]*@", r"\1***@", url, count=1)
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
+
+
+def _label(job: TuningJob) -> str:
+    if job.storage == _default_storage(job.output):
+        return f"the study database {job.storage}"
+    return f"--storage {_masked(job.storage)}"
+
+
+def _url(job: TuningJob) -> Any:
+    """The storage URL parsed, its dialect known; a malformed URL or an unknown scheme is a StorageError."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    example = "e.g. postgresql://USER:PASSWORD@HOST:5432/DATABASE or sqlite:///PATH/study.db"
+    try:
+        url = make_url(job.storage)
+    except ArgumentError:
+        raise StorageError(f"{_label(job)}: not a database URL; expected {example}") from None
+    except ValueError:  # SQLAlchemy parses the port with int()
+        raise StorageError(f"{_label(job)}: not a database URL (its port is not a number); expected {example}"
+                           ) from None
+    try:
+        url.get_dialect()  # loads the dialect (not the driver): an unknown scheme or driver name fails here
+    except ArgumentError:
+        raise _storage_error(job, _unknown_scheme(url)) from None
+    return url
+
+
+def _unknown_scheme(url: Any) -> str:
+    from sqlalchemy.dialects import registry
+    from sqlalchemy.exc import ArgumentError
+
+    backend = url.get_backend_name()
+    try:
+        registry.load(backend)
+    except ArgumentError:
+        hint = "; write postgresql://" if backend == "postgres" else ""
+        return (f"unknown database scheme {url.drivername!r}{hint} (SQLAlchemy knows e.g. postgresql://, "
+                "mysql+pymysql://, sqlite:///)")
+    return (f"{backend} has no driver {url.get_driver_name()!r} in SQLAlchemy; name an installed one "
+            f"({backend}+DRIVER://) or leave it out for the default")
+
+
+def _engine_kwargs(url: Any, timeout: float) -> dict[str, Any]:
+    """Timeouts for the driver, so that a storage that does not answer fails in `timeout` seconds, not never:
+    PostgreSQL's connect_timeout (whole seconds, at least 2: libpq's rule) and statement_timeout; MySQL's
+    connect, read and write timeouts; SQLite's wait for a lock. What the URL's own query sets is kept."""
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    seconds, ms = max(1, math.ceil(timeout)), max(1, math.ceil(timeout * 1000))
+    args: dict[str, Any] = {}
+    if backend == "postgresql" and driver in ("psycopg", "psycopg2", "psycopg2cffi"):
+        # statement_timeout: the server cancels a statement that waits (on a lock, a busy server) that long
+        options = f"-c statement_timeout={ms}"
+        args = {"connect_timeout": _pg_connect_seconds(timeout),
+                "options": f"{options} {url.query['options']}" if "options" in url.query else options}
+        if _libpq_version(driver) >= 120000:  # older libpq refuses the parameter
+            args["tcp_user_timeout"] = ms  # the connection drops when the server's host stops acknowledging
+    elif backend in ("mysql", "mariadb") and driver in ("mysqldb", "pymysql"):
+        args = {"connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds}
+    elif backend == "sqlite" and driver == "pysqlite":
+        args = {"timeout": float(timeout)}
+    args = {k: v for k, v in args.items() if k not in url.query or k == "options"}
+    return {"connect_args": args} if args else {}
+
+
+def _pg_connect_seconds(timeout: float) -> int:
+    """libpq's connect_timeout: whole seconds, at least 2."""
+    return max(2, math.ceil(timeout))
+
+
+def _libpq_version(driver: str) -> int:
+    """The libpq under a PostgreSQL driver, as 170002 for 17.2; 0 when unknown."""
+    try:
+        if driver == "psycopg":
+            import psycopg
+
+            return int(psycopg.pq.version())
+        if driver == "psycopg2":
+            import psycopg2.extensions
+
+            return int(psycopg2.extensions.libpq_version())
+    except Exception:  # the driver is missing or broken: opening the storage says so
+        pass
+    return 0
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The SQLAlchemy or driver error under Optuna's StorageInternalError, or the driver's ImportError under
+    Optuna's own (both raised "from" it)."""
     import optuna
 
+    if isinstance(exc, (optuna.exceptions.StorageInternalError, ImportError)) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
+
+
+def _detail(exc: BaseException) -> str:
+    """The driver's own message, first line, without its framing (psycopg's "connection failed: connection to
+    server at ..., port N failed:", the server's "FATAL:")."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    line = next((x.strip() for x in text.splitlines() if x.strip()), type(exc).__name__)
+    line = re.sub(r"^\(\S+\)\s*", "", line)  # SQLAlchemy's "(module.Error)" prefix, where there is no orig
+    line = re.sub(r"^connection failed:\s*", "", line)
+    line = re.sub(r'^connection to server (at|on) .*? failed:\s*', "", line)
+    line = re.sub(r"^(FATAL|ERROR):\s*", "", line)
+    return line[:1].lower() + line[1:]
+
+
+def _storage_error(job: TuningJob, exc: BaseException | str) -> StorageError:
+    """One line for a storage that cannot be used: what, in the words of the driver, and what to check."""
+    label = _label(job)
+    if isinstance(exc, str):
+        return StorageError(f"{label}: {exc}")
+    exc = _root(exc)
+    if isinstance(exc, ImportError):
+        url = _url(job)
+        backend, driver = url.get_backend_name(), url.get_driver_name()
+        return StorageError(f"{label}: its driver {driver!r} is not installed ({exc}); install it, or name an "
+                            f"installed driver in the scheme ({backend}+DRIVER://)")
+    detail = _detail(exc)
+    low = detail.lower()
+    connecting = getattr(exc, "statement", "") is None  # SQLAlchemy's DBAPIError of a connect has no statement
+    t = f"{job.storage_timeout:g}"
+    if "timeout expired" in low or "timed out" in low or (connecting and "timeout" in low):
+        if job.storage.startswith("postgresql"):
+            t = str(_pg_connect_seconds(job.storage_timeout))
+        why = (f"cannot connect (no answer within {t} s); check the host and port, and that the server there is "
+               "a database server that is up")
+    elif "statement timeout" in low or "canceling statement" in low or "lock wait timeout" in low:
+        why = (f"no answer within {t} s ({detail}); the database is busy or locked by another session, or "
+               "raise the storage timeout")
+    elif "connection refused" in low:
+        why = f"cannot connect ({detail}); check the host and port, and that the server is running"
+    elif "password authentication failed" in low or "access denied" in low or "authentication failed" in low:
+        why = f"cannot connect ({detail}); check the user name and password"
+    elif re.search(r"database .* does not exist|unknown database", low):
+        why = f"the database does not exist ({detail}); create it, or name an existing one"
+    elif re.search(r"role .* does not exist", low):
+        why = f"cannot connect ({detail}); check the user name"
+    elif "resolve host" in low or "translate host name" in low or "name or service not known" in low:
+        why = f"cannot connect ({detail}); check the host name"
+    elif "pg_hba.conf" in low:
+        why = f"the server refuses this client ({detail}); allow it in the server's pg_hba.conf"
+    elif "unable to open database file" in low:
+        why = f"cannot open the SQLite file ({detail}); check that its folder exists and is writable"
+    elif "permission denied" in low:
+        why = f"the user may not use this database ({detail}); grant it the rights to create tables there"
+    elif connecting:
+        why = f"cannot connect ({detail})"
+    else:
+        why = f"cannot use it ({detail})"
+    return StorageError(f"{label}: {why}")
+
+
+def _transient(exc: BaseException) -> bool:
+    """An error that a moment's wait may cure: workers started together race to create the schema and the
+    study (the loser finds them made on its next try). Not a failed connect, a timeout or missing rights."""
+    from sqlalchemy.exc import DBAPIError
+
+    exc = _root(exc)
+    if not isinstance(exc, DBAPIError) or exc.statement is None:
+        return False
+    low = _detail(exc).lower()
+    return not any(word in low for word in ("timeout", "canceling statement", "permission denied"))
+
+
+def _is_storage_failure(exc: BaseException) -> bool:
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(exc, (SQLAlchemyError, optuna.exceptions.StorageInternalError))
+
+
+def _storage(job: TuningJob) -> Any:
+    """Optuna's RDB storage with heartbeats: a trial whose worker died (killed run, lost machine) is failed
+    once its heartbeat is stale and retried with the same hyperparameters (RetryHeartbeatStaleTrialCallback).
+
+    Raises:
+        StorageError: the storage cannot be used (one line saying why), within job.storage_timeout seconds.
+    """
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url = _url(job)
     kind = _kind(job)
     grace = job.heartbeat_grace or GRACE[kind]
-    with _experimental():
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
-        return optuna.storages.RDBStorage(job.storage, heartbeat_interval=min(HEARTBEAT[kind], max(1, grace // 3)),
-                                          grace_period=grace, heartbeat_stale_trial_callback=retry)
+    for attempt in range(5):
+        # made, then initialised (it connects, creates the schema): an engine whose initialisation failed is
+        # disposed of, not left with open connections for the garbage collector
+        storage = optuna.storages.RDBStorage.__new__(optuna.storages.RDBStorage)
+        try:
+            with _experimental():
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+                storage.__init__(job.storage, engine_kwargs=_engine_kwargs(url, job.storage_timeout),
+                                 heartbeat_interval=min(HEARTBEAT[kind], max(1, grace // 3)),
+                                 grace_period=grace, heartbeat_stale_trial_callback=retry)
+            return storage
+        except BaseException as exc:
+            if getattr(storage, "engine", None) is not None:
+                storage.engine.dispose()
+            if not isinstance(exc, (ImportError, SQLAlchemyError, optuna.exceptions.StorageInternalError)):
+                raise  # SIGTERM's exception among them: as it is
+            if attempt == 4 or not _transient(exc):
+                raise _storage_error(job, exc) from exc
+        time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _study(job: TuningJob) -> Any:
@@ -259,15 +473,17 @@ def _study(job: TuningJob) -> Any:
     from sqlalchemy.exc import SQLAlchemyError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _storage(job)
     for attempt in range(5):
         try:
-            return optuna.create_study(study_name=job.study_name, storage=_storage(job), direction="maximize",
+            return optuna.create_study(study_name=job.study_name, storage=storage, direction="maximize",
                                        sampler=_sampler(job), pruner=_pruner(job), load_if_exists=True)
-        except SQLAlchemyError:
-            # Workers started together race to create the schema; the loser finds it made on its next try.
-            if attempt == 4:
-                raise
-            time.sleep(0.5 + attempt)
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            # Workers started together race to create the study; the loser finds it made on its next try.
+            if attempt == 4 or not _transient(exc):
+                storage.engine.dispose()
+                raise _storage_error(job, exc) from exc
+        time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
 
 
@@ -514,16 +730,22 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
          storage: str | None = None, study_name: str = "textfit", strategy: str = "bayesian",
          early_stopping: str = "auto", seed: int = 0, keep_trials: bool = False,
          initial: list[Mapping[str, object]] | None = None, start_from_defaults: bool = False,
-         prune_from_epoch: int = 2, heartbeat_grace: int | None = None, objective: str = "val_accuracy"
-         ) -> TuningResult:
+         prune_from_epoch: int = 2, heartbeat_grace: int | None = None, objective: str = "val_accuracy",
+         storage_timeout: float | None = None) -> TuningResult:
     """Search hyperparameters to maximise val_accuracy; the best trial's model is copied to OUTPUT/best.
 
     Running the same command again resumes the study where it stopped. `initial` configurations (values for
     some of the ranges) run first, in order, before the strategy takes over; `start_from_defaults` puts the
     model's own defaults first (those inside the ranges), so the search never ends below them.
 
+    `storage` is an RDB URL that workers share (default: SQLite in `output`); it is opened before anything is
+    written or trained. `storage_timeout` (seconds, default STORAGE_TIMEOUT: 10) bounds how long it may take to
+    connect or to answer a statement.
+
     Raises:
         HyperparameterError: invalid ranges, strategy or job counts, before any trial starts.
+        StorageError: the storage cannot be used (malformed URL, unknown scheme or driver, refused or silent
+            server, wrong credentials, missing database), before any trial starts.
     """
     from textfit.channels import read_channel
     from textfit.sagemaker import thread_budget
@@ -535,6 +757,9 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
         raise HyperparameterError(f"early stopping {early_stopping!r} is not auto or off")
     if max_jobs < 1 or not 1 <= max_parallel_jobs <= max_jobs:
         raise HyperparameterError("need max_jobs >= 1 and 1 <= max_parallel_jobs <= max_jobs")
+    timeout = STORAGE_TIMEOUT if storage_timeout is None else storage_timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise HyperparameterError(f"storage timeout {storage_timeout!r} must be a positive number of seconds")
     fixed = {k: str(v) for k, v in (hyperparameters or {}).items()}
     multi = bool(parse_hyperparameters(fixed).get("multi_label", False))  # bad fixed values fail now
     if objective not in OBJECTIVES:
@@ -551,17 +776,24 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
     if validation is not None:
         read_channel(validation, multi_label=multi, delimiter=delimiter)
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     default_opt = parse_hyperparameters(defaults_for(model_id)).get("optimizer", "adam")
     job = TuningJob(str(train), None if validation is None else str(validation), model_id, str(out), parsed, fixed,
-                    storage or f"sqlite:///{(out / 'study.db').resolve()}", study_name, strategy, early_stopping,
+                    storage or _default_storage(out), study_name, strategy, early_stopping,
                     max_jobs, seed, max(1, thread_budget() // max_parallel_jobs), str(default_opt),
-                    typed_initial, prune_from_epoch, heartbeat_grace, objective)
+                    typed_initial, prune_from_epoch, heartbeat_grace, objective, float(timeout))
+    if storage is not None:  # a shared storage that cannot be used fails now, before the output folder is made
+        _storage(job).engine.dispose()
+    out.mkdir(parents=True, exist_ok=True)
     if storage is None:
         _reclaim_interrupted(job)
     start = time.perf_counter()
-    _run(job, max_parallel_jobs)
-    return _finish(job, out, keep_trials, time.perf_counter() - start)
+    try:
+        _run(job, max_parallel_jobs)
+        return _finish(job, out, keep_trials, time.perf_counter() - start)
+    except Exception as exc:
+        if _is_storage_failure(exc):  # the storage went away or stopped answering during the run
+            raise _storage_error(job, exc) from exc
+        raise
 
 
 def _run(job: TuningJob, parallel: int) -> None:
