@@ -42,8 +42,13 @@ def test_another_separator_is_named_with_the_fix(tmp_path: Path, separator: str,
     write(tmp_path, f"pos{separator}great film\nneg{separator}dull\n")
     with pytest.raises(DataError) as info:
         read_channel(tmp_path)
+    assert str(info.value) == (f"{tmp_path / 'data.csv'}: 2 rows have one column (lines 1, 2): the columns seem "
+                               f"separated by {name}: data.csv separates the label from the text by a comma, "
+                               'as in 1,"a text"')
+    write(tmp_path, f"pos{separator}great film\n")
+    with pytest.raises(DataError) as info:
+        read_channel(tmp_path)
     assert f"line 1: expected 2 columns (label,text) but found 1; the columns seem separated by {name}" in str(info.value)
-    assert "line 2" in str(info.value)
 
 
 def test_a_one_column_row_of_prose_is_not_taken_for_another_separator(tmp_path: Path) -> None:
@@ -147,3 +152,65 @@ def test_a_field_of_any_size_is_read(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text('0,"unterminated\n1,text\n')
     with pytest.raises(DataError, match=r"bad.csv, line \d+: malformed CSV"):
         read_channel(tmp_path / "bad.csv")
+
+
+def _train_error(capsys: pytest.CaptureFixture[str], tmp_path: Path, content: str) -> list[str]:
+    """`textfit train` on a data.csv: exit code 2, nothing written, and the lines it printed on stderr."""
+    from textfit.cli import main
+
+    (tmp_path / "data").mkdir(exist_ok=True)
+    write(tmp_path / "data", content)
+    assert main(["train", "--train", str(tmp_path / "data"), "--output", str(tmp_path / "model")]) == 2
+    assert not (tmp_path / "model").exists()
+    return capsys.readouterr().err.splitlines()
+
+
+def test_many_one_column_rows_are_one_line_with_the_count_and_the_first_lines(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = "".join(f"{i % 2},a text {i}\n" if i % 3 else f"a text {i} with no label\n" for i in range(1, 121))
+    assert _train_error(capsys, tmp_path, rows) == [
+        f"error: {tmp_path / 'data' / 'data.csv'}: 40 rows have one column (lines 3, 6, 9, ...): each row needs label,text"]
+
+
+def test_many_three_column_rows_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = "0,good\n" + "".join(f"1,bad,and worse {i}\n" for i in range(40))
+    assert _train_error(capsys, tmp_path, rows) == [
+        f"error: {tmp_path / 'data' / 'data.csv'}: 40 rows have 3 columns (lines 2, 3, 4, ...): quote a text that contains "
+        'commas: 1,"like, this"']
+
+
+def test_mixed_labels_are_one_line_naming_the_fewer_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = "".join(f"{i % 3},a text {i}\n" for i in range(30)) + "".join(f"x{i},a text\n" for i in range(7))
+    assert _train_error(capsys, tmp_path, rows) == [
+        f"error: {tmp_path / 'data' / 'data.csv'}: 7 rows have a label that is not an integer (lines 31, 32, 33, ...): labels "
+        "must be all integers (class indices) or all class names"]
+    rows = "".join(f"name{i % 3},a text {i}\n" for i in range(30)) + "4,a text\n7,another\n"
+    assert _train_error(capsys, tmp_path, rows) == [
+        f"error: {tmp_path / 'data' / 'data.csv'}: 2 rows have an integer label among class names (lines 31, 32): labels "
+        "must be all integers (class indices) or all class names"]
+
+
+def test_many_empty_texts_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = "0,good\n1,bad\n" + "".join(f"{i % 2},  \n" for i in range(25))
+    assert _train_error(capsys, tmp_path, rows) == [
+        f"error: {tmp_path / 'data' / 'data.csv'}: 25 rows have an empty text (lines 3, 4, 5, ...): remove them or give "
+        "them a text"]
+
+
+def test_a_mix_of_kinds_is_one_line_the_most_common_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = ("0,good\n" + "1,a,b\n" + "0,\n" + "".join(f"lonely {i}\n" for i in range(5)) + "1,c,d,e\n"
+            + "0,fine\n")
+    assert _train_error(capsys, tmp_path, rows) == [
+        f"error: {tmp_path / 'data' / 'data.csv'}: 5 rows have one column (lines 4, 5, 6, ...): each row needs label,text; "
+        "and 3 other problems (first at line 2)"]
+    assert _train_error(capsys, tmp_path, "0,good\nlonely\n1,a,b\n1,fine\n") == [
+        f"error: {tmp_path / 'data' / 'data.csv'}, line 2: expected 2 columns (label,text) but found 1; quote a text that "
+        'contains commas: 1,"like, this"; and 1 other problem (line 3)']
+
+
+def test_a_header_of_column_names_is_refused_whatever_the_labels(tmp_path: Path) -> None:
+    write(tmp_path, "label,text\nsport,a match\npolitics,a vote\n")
+    with pytest.raises(DataError, match=r"line 1: this looks like a header row \('label' is a column name\)"):
+        read_channel(tmp_path)
+    write(tmp_path, "y,a yes\nn,a no\ny,another yes\n")  # a class named like a column, used again: data
+    assert read_channel(tmp_path).labels == ["y", "n", "y"]

@@ -173,6 +173,25 @@ def test_a_truncated_tarball_is_one_line(tiny_artifact: Path, tmp_path: Path) ->
                    "complete .tar.gz")
 
 
+@pytest.mark.parametrize(("content", "said"), [
+    (b"this is no tarball at all\n", "the file is not a tarball (gzip, bz2, xz or plain tar); pass a model folder or "
+                                     "the model.tar.gz written by textfit train"),
+    (b"", "the file is not a tarball (gzip, bz2, xz or plain tar); pass a model folder or the model.tar.gz "
+          "written by textfit train"),
+    (gzip.compress(b"a gzip file of no tar archive", mtime=0), "a gzip file that holds no tar archive, or only the "
+                                                               "start of one; check that it is a complete .tar.gz "
+                                                               "written by textfit train, or pass a model folder"),
+], ids=["text", "empty", "gzip-of-no-tar"])
+def test_a_model_that_is_no_tarball_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes,
+                                                said: str) -> None:
+    """tarfile's message lists each decompression it tried, a line each: the user sees one line."""
+    from textfit.cli import main
+
+    (tmp_path / "x.tar.gz").write_bytes(content)
+    assert main(["predict", "--model", str(tmp_path / "x.tar.gz"), "--text", GOOD]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'x.tar.gz'}: cannot read the tarball: {said}\n"
+
+
 DEEP = '{"a": ' * 50_000 + "1" + "}" * 50_000
 """JSON nested past Python's recursion limit: json.loads raises RecursionError, not a JSONDecodeError."""
 

@@ -143,3 +143,36 @@ def test_a_header_row_is_recognised_as_train_does(tiny_artifact: Path, tmp_path:
     assert "line 1 looks like a header row" in caplog.text
     (tmp_path / "plain.csv").write_text("2,good great film\n1,good film\n0,bad awful plot\n")  # 2: unknown, no header
     assert predict_file(clf, read_records(tmp_path / "plain.csv"), io.StringIO()).records == 3
+
+
+def test_a_lone_text_header_is_skipped_as_train_decides_headers(tiny_artifact: Path, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from textfit import TextClassifier
+
+    clf = TextClassifier.load(tiny_artifact)
+    (tmp_path / "in.csv").write_text("text\nhello\nworld\n")
+    out = io.StringIO()
+    summary = predict_file(clf, read_records(tmp_path / "in.csv"), out)
+    assert summary.records == 2 and [json.loads(line)["line"] for line in out.getvalue().splitlines()] == [2, 3]
+    assert "line 1 looks like a header row ('text' is a column name); it is skipped" in caplog.text
+    (tmp_path / "in.txt").write_text("text\nhello\nworld\n")  # plain lines have no header: every line is a text
+    assert predict_file(clf, read_records(tmp_path / "in.txt"), io.StringIO()).records == 3
+    (tmp_path / "one.csv").write_text("hello\nworld\n")  # a first text that names no column is a text
+    assert predict_file(clf, read_records(tmp_path / "one.csv"), io.StringIO()).records == 2
+
+
+def test_predict_of_a_one_column_csv_with_a_header_through_the_cli(tiny_artifact: Path, tmp_path: Path) -> None:
+    from textfit.cli import main
+
+    (tmp_path / "in.csv").write_text("text\nhello\nworld\n")
+    assert main(["-q", "predict", "--model", str(tiny_artifact), "--input", str(tmp_path / "in.csv"),
+                 "--output", str(tmp_path / "out.jsonl")]) == 0
+    assert [json.loads(line)["line"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [2, 3]
+
+
+def test_a_header_of_names_over_name_labels_is_skipped(tiny_artifact: Path, tmp_path: Path) -> None:
+    from textfit import TextClassifier
+
+    clf = TextClassifier.load(tiny_artifact)
+    (tmp_path / "in.csv").write_text("label,text\npos,good great film\nneg,bad awful plot\n")
+    assert predict_file(clf, read_records(tmp_path / "in.csv"), io.StringIO()).records == 2

@@ -195,17 +195,31 @@ def safe_extract(tarball: Path, dest: Path) -> None:
     """Extract a model tarball: regular files and folders only, every path inside `dest`.
 
     The members are vetted here on every Python; where tarfile has extraction filters (3.11.4 and later) the
-    "data" filter applies as well.
+    "data" filter applies as well. Whatever is wrong with the file is one line: tarfile's message for a file no
+    decompression opens lists each one tried, a line each.
     """
     try:
-        with tarfile.open(tarball) as tar:
+        with contextlib.ExitStack() as stack:
+            try:
+                tar = stack.enter_context(tarfile.open(tarball))
+            except tarfile.ReadError:
+                with open(tarball, "rb") as f:
+                    head = f.read(6)
+                compressed = next((name for magic, name in ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"),
+                                                            (b"\xfd7zXZ\x00", "xz")) if head.startswith(magic)), None)
+                what = ("the file is not a tarball (gzip, bz2, xz or plain tar); pass a model folder or the "
+                        "model.tar.gz written by textfit train" if compressed is None else
+                        f"a {compressed} file that holds no tar archive, or only the start of one; check that it is "
+                        "a complete .tar.gz written by textfit train, or pass a model folder")
+                raise ArtifactError(f"{tarball}: cannot read the tarball: {what}") from None
             members = _safe_members(tar, dest, tarball)
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(dest, members=members, filter="data")
             else:  # pragma: no cover - Python before 3.11.4: the vetting above is the filter
                 tar.extractall(dest, members=members)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise ArtifactError(f"{tarball}: cannot read the tarball ({type(exc).__name__}: {exc or 'truncated'}); "
+        reason = " ".join(str(exc).split()) or "truncated"
+        raise ArtifactError(f"{tarball}: cannot read the tarball ({type(exc).__name__}: {reason}); "
                             "check that it is a complete .tar.gz") from None
 
 

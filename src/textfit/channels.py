@@ -17,13 +17,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from textfit.errors import DataError
 
 DATA_FILE = "data.csv"
 LABELS_FILE = "labels_info.json"
-MAX_ERRORS_SHOWN = 5
+MAX_LINES_SHOWN = 3
+"""Line numbers a message about many bad rows names before `...`."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def _rows(path: Path, text: str) -> tuple[list[str], list[str], list[int]]:
     labels: list[str] = []
     texts: list[str] = []
     lines: list[int] = []
-    problems: list[str] = []
+    problems = Problems(path)
     start = 1
     try:
         for row in reader:
@@ -119,65 +120,130 @@ def _rows(path: Path, text: str) -> tuple[list[str], list[str], list[int]]:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank lines carry nothing
             if len(row) != 2:
-                problems.append(f"line {line}: expected 2 columns (label,text) but found {len(row)}; "
-                                + (_other_separator(row) or 'quote a text that contains commas: 1,"like, this"'))
+                _add_columns_problem(problems, line, row)
                 continue
             if not row[1].strip():
-                problems.append(f"line {line}: the text is empty; remove the row or give it a text")
+                problems.add("empty text", line, "the text is empty; remove the row or give it a text",
+                             rows="have an empty text", fix="remove them or give them a text")
                 continue
             labels.append(row[0].strip())
             texts.append(row[1])
             lines.append(line)
     except csv.Error as exc:
         raise DataError(f"{path}, line {reader.line_num}: malformed CSV ({exc}); check the quotes on that line") from None
-    if problems:
-        raise DataError(_problems(path, problems))
+    problems.raise_any()
     return labels, texts, lines
 
 
+def _add_columns_problem(problems: Problems, line: int, row: list[str]) -> None:
+    """A row without exactly two columns: a label and a text joined by another separator, one column, or more."""
+    separator = _other_separator(row)
+    if separator is not None:
+        fix = (f"the columns seem separated by {separator}: data.csv separates the label from the text by a comma, "
+               'as in 1,"a text"')
+        problems.add(("separator", separator), line, f"expected 2 columns (label,text) but found 1; {fix}",
+                     rows="have one column", fix=fix)
+        return
+    quote = 'quote a text that contains commas: 1,"like, this"'
+    problems.add(("columns", len(row)), line, f"expected 2 columns (label,text) but found {len(row)}; {quote}",
+                 rows="have one column" if len(row) == 1 else f"have {len(row)} columns",
+                 fix="each row needs label,text" if len(row) == 1 else quote)
+
+
 def _other_separator(row: list[str]) -> str | None:
-    """The fix for a one-column row that is a label and a text joined by another separator (a semicolon, as
-    spreadsheets write CSV in many locales, a tab, a bar), or None."""
+    """The separator that seems to join a one-column row's label and text (a semicolon, as spreadsheets write
+    CSV in many locales, a tab, a bar), or None."""
     if len(row) != 1:
         return None
     for separator, name in ((";", "a semicolon"), ("\t", "a tab"), ("|", "a bar")):
         label, found, text = row[0].partition(separator)
         if found and text.strip() and 0 < len(label.strip()) <= 64 and " " not in label.strip():
-            return (f"the columns seem separated by {name}: data.csv separates the label from the text by a comma, "
-                    'as in 1,"a text"')
+            return name
     return None
 
 
-def _problems(path: Path, problems: list[str]) -> str:
-    shown = problems[:MAX_ERRORS_SHOWN]
-    more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-    if len(problems) == 1:
-        return f"{path}, {problems[0]}"
-    return f"{path}: {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in shown) + more
+@dataclass
+class _Kind:
+    detail: str
+    """The whole message for a file with this one problem."""
+    rows: str
+    """What the rows of this kind have, after "40 rows": "have one column"."""
+    fix: str
+    lines: list[int]
+    """The first line numbers, in file order (MAX_LINES_SHOWN of them and one more at most)."""
+    count: int = 1
 
 
-def _typed_labels(path: Path, labels: list[str], lines: list[int]) -> list[int | str]:
+class Problems:
+    """The rules a file's rows break, told in one line however many rows break them: a single problem in full
+    (file, line, what, fix); many as the count of the most common kind with its first line numbers and fix, then
+    how many other problems there are and the line of the first. Each kind keeps its count and first lines, not
+    every row, so memory stays bounded on a file whose every row is wrong."""
+
+    def __init__(self, path: Path, unit: str = "line") -> None:
+        self.path, self.unit = path, unit
+        self._kinds: dict[object, _Kind] = {}
+
+    def add(self, kind: object, line: int, detail: str, *, rows: str, fix: str) -> None:
+        """One bad row: `detail` says what and how to fix it; `rows` and `fix` say it for many rows of this kind."""
+        found = self._kinds.get(kind)
+        if found is None:
+            self._kinds[kind] = _Kind(detail, rows, fix, [line])
+            return
+        found.count += 1
+        if len(found.lines) <= MAX_LINES_SHOWN:
+            found.lines.append(line)
+
+    def __bool__(self) -> bool:
+        return bool(self._kinds)
+
+    def message(self) -> str:
+        kinds = list(self._kinds.values())
+        main = max(kinds, key=lambda kind: kind.count)  # of kinds as common, the first met
+        if main.count == 1:
+            lead = f"{self.path}, {self.unit} {main.lines[0]}: {main.detail}"
+        else:
+            shown = ", ".join(map(str, main.lines[:MAX_LINES_SHOWN])) + (", ..." if main.count > MAX_LINES_SHOWN else "")
+            lead = f"{self.path}: {main.count} rows {main.rows} ({self.unit}s {shown}): {main.fix}"
+        others = sum(kind.count for kind in kinds) - main.count
+        if not others:
+            return lead
+        first = min(kind.lines[0] for kind in kinds if kind is not main)
+        if others == 1:
+            return f"{lead}; and 1 other problem ({self.unit} {first})"
+        return f"{lead}; and {others} other problems (first at {self.unit} {first})"
+
+    def raise_any(self) -> None:
+        if self:
+            raise DataError(self.message())
+
+
+def _typed_labels(path: Path, labels: list[str], lines: list[int], first_text: str, *,
+                  unit: str = "line") -> list[int | str]:
     ints = [is_int(label) for label in labels]
     if all(ints):
         return [int(label) for label in labels]
-    if not ints[0] and len(labels) > 1 and all(ints[1:]):
-        raise DataError(
-            f"{path}, line {lines[0]}: this looks like a header row ({labels[0]!r} is not a label); "
-            "data.csv must have no header: delete the first line"
-        )
+    _no_header(path, labels, lines, first_text, integers=True)
     if not any(ints):
         return list(labels)  # names as labels: textfit's extension
-    bad = [i for i, ok in enumerate(ints) if not ok]
-    return _raise_mixed(path, labels, lines, bad)
+    return _raise_mixed(path, labels, lines, ints, unit)
 
 
-def _raise_mixed(path: Path, labels: list[str], lines: list[int], bad: list[int]) -> list[int | str]:
-    problems = [
-        f"line {lines[i]}: label {labels[i]!r} is not an integer; labels must be all integers "
-        "(class indices) or all class names"
-        for i in bad
-    ]
-    raise DataError(_problems(path, problems))
+def _raise_mixed(path: Path, labels: list[str], lines: list[int], ints: list[bool], unit: str) -> NoReturn:
+    """Integers and names mixed: the rows of the fewer kind are the ones named (the names, if as many)."""
+    names_wrong = sum(ints) * 2 >= len(ints)
+    problems = Problems(path, unit)
+    fix = "labels must be all integers (class indices) or all class names"
+    for label, line, is_integer in zip(labels, lines, ints):
+        if is_integer == names_wrong:
+            continue
+        if names_wrong:
+            problems.add("name", line, f"label {label!r} is not an integer; {fix}",
+                         rows="have a label that is not an integer", fix=fix)
+        else:
+            problems.add("integer", line, f"label {label!r} is an integer among class names; {fix}",
+                         rows="have an integer label among class names", fix=fix)
+    raise DataError(problems.message())  # ints holds both kinds, so the fewer kind has a row
 
 
 def _names(path: Path) -> dict[str, str]:
@@ -200,24 +266,57 @@ def _names(path: Path) -> dict[str, str]:
     return {str(k).strip(): str(v) for k, v in data.items()}
 
 
-HEADER_WORDS = {"label", "labels", "class", "classes", "category", "categories", "tag", "tags", "target", "y"}
+LABEL_HEADERS = frozenset({"label", "labels", "class", "classes", "category", "categories", "tag", "tags", "target",
+                           "y", "topic", "topics", "sentiment"})
+"""Names a label column goes by in a header row."""
+TEXT_HEADERS = frozenset({"text", "texts", "sentence", "sentences", "document", "review", "content", "message",
+                          "comment", "tweet", "body"})
+"""Names a text column goes by in a header row."""
 
 
-def _label_sets(path: Path, labels: list[str], lines: list[int], delimiter: str) -> list[tuple[str, ...]]:
+def header_reason(label: str | None, text: str, later: Sequence[str | None], *, integers: bool = True) -> str | None:
+    """Why the first row of a CSV is a header rather than data, or None: the one rule of `train` (data.csv must
+    have no header) and `predict` (which skips one). `later` holds the labels of the rows after it (None for a
+    row with no label column); a header needs rows after it, and is a row
+
+    - with no label column whose text is a column name (`text`),
+    - whose label is a word where the labels after it are integers (with `integers`: single-label data), or
+    - whose label is a column name (`label`) that no later row uses.
+    """
+    if not later:
+        return None
+    if label is None:
+        return f"{text.strip()!r} is a column name" if text.strip().lower() in TEXT_HEADERS else None
+    label = label.strip()
+    if integers and not is_int(label) and all(other is not None and is_int(other) for other in later):
+        return f"{label!r} is not a label"
+    if label.lower() in LABEL_HEADERS and all(other is None or other.strip() != label for other in later):
+        return f"{label!r} is a column name"
+    return None
+
+
+def _no_header(path: Path, labels: list[str], lines: list[int], first_text: str, *, integers: bool) -> None:
+    reason = header_reason(labels[0], first_text, labels[1:], integers=integers) if labels else None
+    if reason is not None:
+        raise DataError(f"{path}, line {lines[0]}: this looks like a header row ({reason}); "
+                        "data.csv must have no header: delete the first line")
+
+
+def _label_sets(path: Path, labels: list[str], lines: list[int], delimiter: str, first_text: str, *,
+                unit: str = "line") -> list[tuple[str, ...]]:
     """Multi-label rows: each label field split at the delimiter, stripped, a repeated label counted once; an
     empty field is a row with none of the labels."""
-    if labels and labels[0].lower() in HEADER_WORDS:
-        raise DataError(f"{path}, line {lines[0]}: this looks like a header row ({labels[0]!r} is a column name); "
-                        "data.csv must have no header: delete the first line")
-    out, problems = [], []
+    _no_header(path, labels, lines, first_text, integers=False)
+    out, problems = [], Problems(path, unit)
     for field, line in zip(labels, lines):
         parts = [part.strip() for part in field.split(delimiter)] if field.strip() else []
         if any(not part for part in parts):
-            problems.append(f"line {line}: the label field {field!r} has an empty label name between "
-                            f"{delimiter!r} delimiters; remove the extra {delimiter!r}")
+            problems.add("empty name", line, f"the label field {field!r} has an empty label name between "
+                         f"{delimiter!r} delimiters; remove the extra {delimiter!r}",
+                         rows=f"have an empty label name between {delimiter!r} delimiters",
+                         fix=f"remove the extra {delimiter!r}")
         out.append(tuple(dict.fromkeys(parts)))
-    if problems:
-        raise DataError(_problems(path, problems))
+    problems.raise_any()
     return out
 
 
@@ -248,7 +347,8 @@ def read_channel(path: str | Path, *, multi_label: bool = False, delimiter: str 
     return Channel(
         path=file,
         texts=texts,
-        labels=_label_sets(file, labels, lines, delimiter) if multi_label else _typed_labels(file, labels, lines),
+        labels=(_label_sets(file, labels, lines, delimiter, texts[0]) if multi_label
+                else _typed_labels(file, labels, lines, texts[0])),
         lines=lines,
         names=_names(Path(path)),
         fingerprint=hashlib.sha256(raw).hexdigest(),
@@ -271,16 +371,23 @@ def from_memory(texts: Sequence[object], labels: Sequence[object], *, what: str 
     if not texts:
         raise DataError(f"{what}: no texts; give at least two classes of labelled texts")
     where = Path(f"<{what}>")
-    problems = [f"row {i + 1}: the text is {'empty' if isinstance(t, str) else 'not a string'}"
-                for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-    problems += [f"row {i + 1}: label {label!r} is neither an integer nor a string"
-                 for i, label in enumerate(labels) if isinstance(label, bool) or not isinstance(label, (int, str))]
-    if problems:
-        raise DataError(_problems(where, problems))
+    problems = Problems(where, "row")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            what_text = "empty" if isinstance(t, str) else "not a string"
+            problems.add(what_text, i + 1, f"the text is {what_text}", rows=f"have a text that is {what_text}",
+                         fix="give each row a text")
+    for i, label in enumerate(labels):
+        if isinstance(label, bool) or not isinstance(label, (int, str)):
+            problems.add("label type", i + 1, f"label {label!r} is neither an integer nor a string",
+                         rows="have a label that is neither an integer nor a string",
+                         fix="labels must be integers or strings")
+    problems.raise_any()
     rows = [str(label).strip() if not isinstance(label, int) else str(label) for label in labels]
     lines = list(range(1, len(texts) + 1))
     digest = hashlib.sha256(json.dumps([rows, texts], ensure_ascii=False).encode("utf-8")).hexdigest()
-    typed = _label_sets(where, rows, lines, delimiter) if multi_label else _typed_labels(where, rows, lines)
+    typed = (_label_sets(where, rows, lines, delimiter, texts[0], unit="row") if multi_label
+             else _typed_labels(where, rows, lines, texts[0], unit="row"))
     return Channel(path=where, texts=[str(t) for t in texts], labels=typed, lines=lines, names={}, fingerprint=digest)
 
 

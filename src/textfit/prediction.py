@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from textfit.channels import allow_any_field_size, is_int, text_encoding
+from textfit.channels import allow_any_field_size, header_reason, text_encoding
 from textfit.classifier import TextClassifier
 from textfit.errors import DataError
 from textfit.inference import verbose_record
@@ -33,6 +33,8 @@ class InputRecord:
     text: str
     label: str | None
     line: int
+    csv_row: bool = False
+    """A row of a CSV file: the first may be a header."""
 
 
 def _format_of(path: Path, fmt: str) -> str:
@@ -51,9 +53,9 @@ def _csv_records(lines: Iterator[str], path: Path) -> Iterator[InputRecord]:
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
         if len(row) == 1:
-            yield InputRecord(row[0], None, line)
+            yield InputRecord(row[0], None, line, csv_row=True)
         elif len(row) == 2:
-            yield InputRecord(row[1], row[0].strip(), line)
+            yield InputRecord(row[1], row[0].strip(), line, csv_row=True)
         else:
             raise DataError(f"{path}, line {line}: expected a text, or label,text, but found {len(row)} columns; "
                             'quote a text that contains commas: "like, this"')
@@ -127,20 +129,16 @@ class PredictionSummary:
         return self.correct / self.labelled if self.labelled else None
 
 
-HEADER_NAMES = {"label", "labels", "class", "category", "target", "y", "tag", "topic", "sentiment"}
-
-
-def _is_header(classifier: TextClassifier, chunk: list[InputRecord]) -> bool:
-    """The first row of a labelled file is a header when its label is no class of the model, the next rows'
-    labels are, and it cannot be a label: a word where the labels are integers (the rule `train` applies to
-    data.csv), or a column name such as "label" where they are names."""
-    first, rest = chunk[0], [r for r in chunk[1:6] if r.label is not None]
-    if first.line != 1 or first.label is None or classifier.class_index(first.label) is not None or not rest:
-        return False
-    if not all(classifier.class_index(r.label) is not None for r in rest):
-        return False
-    numeric = all(isinstance(v, int) for v in classifier.label_values_)
-    return (numeric and not is_int(first.label)) or first.label.strip().lower() in HEADER_NAMES
+def _header(classifier: TextClassifier, chunk: list[InputRecord]) -> str | None:
+    """Why the first row of a CSV is a header, by the rule `train` applies to data.csv (channels.header_reason,
+    on the rows after it), or None. A label that is a class of the model is data, and so is a multi-label
+    model's label field."""
+    first = chunk[0]
+    if first.line != 1 or not first.csv_row:
+        return None
+    if first.label is not None and (classifier.multi_label_ or classifier.class_index(first.label) is not None):
+        return None
+    return header_reason(first.label, first.text, [r.label for r in chunk[1:6]])
 
 
 def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out: IO[str], *,
@@ -148,9 +146,9 @@ def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out
     """Write one JSON line per record, in input order; with labels in the input, count the correct ones."""
     summary, counts = PredictionSummary(), {"truncated": 0}
     for n, chunk in enumerate(_chunks(records, CHUNK)):
-        if n == 0 and not classifier.multi_label_ and _is_header(classifier, chunk):
-            log.info("line %d looks like a header row (%r is not a class of this model, as the labels of the other "
-                     "rows are); it is skipped", chunk[0].line, chunk[0].label)
+        reason = _header(classifier, chunk) if n == 0 else None
+        if reason is not None:
+            log.info("line %d looks like a header row (%s); it is skipped", chunk[0].line, reason)
             chunk = chunk[1:]
         probs = classifier.predict_proba([r.text for r in chunk], long_texts=long_texts, counts=counts)
         summary.truncated = counts["truncated"]
