@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from textfit import shapes
 from textfit.errors import ArtifactError
+from textfit.shapes import Maybe, require
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -101,11 +103,16 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
     An artifact saved before digests existed has none to check; its files are still checked for presence.
     """
     recorded = manifest.get(DIGESTS)
-    if not isinstance(recorded, dict):
+    if recorded is None:
         return
+    require(manifest, {DIGESTS: dict[str, str]}, folder / MANIFEST, ArtifactError, DAMAGED)
+    outside = [name for name in recorded if Path(name).is_absolute() or ".." in Path(name).parts or not name]
+    if outside:
+        raise ArtifactError(f"{folder / MANIFEST}: field {DIGESTS!r} names {outside[0][:100]!r}, which is not a file "
+                            f"of the model folder; {DAMAGED}")
     problems = []
     for name, expected in sorted(recorded.items()):
-        path = folder / str(name)
+        path = folder / name
         if not path.is_file():
             problems.append(f"{name} is missing")
         elif sha256(path) != expected:
@@ -117,35 +124,58 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
 
 def check_intact(folder: Path) -> dict[str, Any]:
     """The manifest of a model folder whose files are all there and as saved; one error naming what is not."""
-    if (folder / MANIFEST).is_file():
-        verify(folder, read_json(folder / MANIFEST))
+    manifest = read_json(folder / MANIFEST, MANIFEST_SHAPE) if (folder / MANIFEST).is_file() else None
+    if manifest is not None:
+        verify(folder, manifest)
     check_complete(folder)
-    return read_json(folder / MANIFEST)
+    return manifest if manifest is not None else read_json(folder / MANIFEST, MANIFEST_SHAPE)
 
 
 def is_fine_tuned(folder: Path) -> bool:
     manifest = folder / MANIFEST
-    return manifest.is_file() and bool(read_json(manifest).get("fine_tuned"))
+    return manifest.is_file() and bool(read_json(manifest, MANIFEST_SHAPE).get("fine_tuned"))
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ArtifactError(f"{path}: unreadable ({exc}); the artifact is damaged, train it again") from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path}: expected a JSON object; the artifact is damaged, train it again")
-    return data
+DAMAGED = "the artifact is damaged or edited: restore it from its model.tar.gz or train it again"
+
+MANIFEST_SHAPE: dict[str, Any] = {
+    "model_id": Maybe(str | None),
+    "base_model": Maybe(str | None),
+    "architecture": Maybe(str),
+    "initialized_from": Maybe(str | None),
+    "fine_tuned": Maybe(bool),
+    "hyperparameters": Maybe(dict[str, str | int | float | bool]),
+    "training_recipe": Maybe({"name": str, "reason": str, "head": str}),
+    "classes": Maybe({"labels": list[str], "label_values": list[int | str]}),
+    "epochs": Maybe(list[dict[str, float | None]]),
+    "best_epoch": Maybe(int),
+    "stopped_early": Maybe(bool),
+    "data": Maybe(dict[str, Any]),
+    "versions": Maybe(dict[str, str]),
+    "created": Maybe(str),
+    DIGESTS: Maybe(dict[str, str]),
+    "thresholds": Maybe(dict[str, float]),
+    "calibration": Maybe(dict[str, Any] | None),
+    "workers": Maybe(int),
+}
+"""textfit.json: every field textfit writes, of the kind it writes; each may be absent (older artifacts)."""
+
+LABELS_SHAPE = {"labels": list[str], "label_values": list[int | str]}
+"""labels_info.json of an artifact: the class names and the label values, one each per class."""
+
+
+def read_json(path: Path, shape: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON object of the artifact, of `shape` where one is given; one line naming the file and field if not."""
+    return shapes.read(path, shape or {}, ArtifactError, DAMAGED)
 
 
 def read_labels(path: Path) -> dict[str, list[Any]]:
     """labels_info.json as textfit writes it: the class names and the label values, one each per class."""
-    data = read_json(path)
-    names, values = data.get("labels"), data.get("label_values")
-    if not (isinstance(names, list) and isinstance(values, list) and names and len(names) == len(values)
-            and all(isinstance(n, str) for n in names)):
-        raise ArtifactError(f"{path}: expected {{\"labels\": [names...], \"label_values\": [values...]}} of equal "
-                            "length; the artifact is damaged, train it again")
+    data = read_json(path, LABELS_SHAPE)
+    names, values = data["labels"], data["label_values"]
+    if not names or len(names) != len(values):
+        raise ArtifactError(f"{path}: fields 'labels' and 'label_values' hold {len(names)} and {len(values)} "
+                            f"items, expected one each per class (at least one); {DAMAGED}")
     return {"labels": names, "label_values": values}
 
 
@@ -161,10 +191,39 @@ KEEP_FREE_BYTES = 1 << 30
 """Disk space an extraction leaves free: a tarball whose files would take more is refused before any is written."""
 
 
+MAX_NAME_CHARS = 4096
+"""The longest entry name a model tarball may hold (PATH_MAX): a model folder's paths are a few dozen characters."""
+MAX_NAME_PARTS = 32
+"""The most folders deep an entry may be: a model folder's files are at most two deep."""
+MAX_PART_CHARS = 255
+"""The longest name of one file or folder (NAME_MAX)."""
+
+
+def _shown(name: str) -> str:
+    """An entry name for a message: a name built to be huge is cut, so that the message stays one short line."""
+    return repr(name) if len(name) <= 100 else f"{name[:60]!r}... ({len(name):,} characters)"
+
+
+def _name_problem(name: str) -> str | None:
+    """Why an entry name is refused before any path handling (a 100,000-character or 50,000-folder-deep name
+    makes path resolution and folder creation recurse past Python's limit)."""
+    if len(name) > MAX_NAME_CHARS:
+        return f"its name is {len(name):,} characters long, more than {MAX_NAME_CHARS:,}"
+    parts = name.split("/")
+    if len(parts) > MAX_NAME_PARTS:
+        return f"its name is {len(parts):,} folders deep, more than {MAX_NAME_PARTS}"
+    if any(len(part) > MAX_PART_CHARS for part in parts):
+        return f"a part of its name is longer than {MAX_PART_CHARS} characters"
+    if "\0" in name:
+        return "its name holds a NUL character"
+    return None
+
+
 def _safe_members(tar: tarfile.TarFile, dest: Path, tarball: Path) -> list[tarfile.TarInfo]:
     """The members, vetted before anything is written. Read one header at a time, so that a tarball built to
     exhaust the disk (a few kilobytes of gzip inflating to terabytes) or the memory (millions of entries) is
-    refused at its first entry past the bounds, without inflating the rest."""
+    refused at its first entry past the bounds, without inflating the rest. Entry names are bounded in length
+    and depth before any path is built from them."""
     members: list[tarfile.TarInfo] = []
     root = dest.resolve()
     where = _existing_ancestor(dest)
@@ -173,22 +232,33 @@ def _safe_members(tar: tarfile.TarFile, dest: Path, tarball: Path) -> list[tarfi
     why = (f"the {_gb(free)} free in {where}, keeping {_gb(KEEP_FREE_BYTES)}; free some space or extract it "
            "yourself and pass the folder" if free < MAX_EXTRACTED_BYTES else "the most a model tarball may hold")
     total = 0
-    for member in tar:
+    entries = iter(tar)
+    while True:
+        try:
+            member = next(entries, None)
+        except RecursionError:  # tarfile reads a chain of extended headers recursively: thousands exhaust the stack
+            raise ArtifactError(f"{tarball}: refusing to extract: an entry's headers nest past Python's recursion "
+                                "limit; a model tarball holds plain files and folders") from None
+        if member is None:
+            return members
         if len(members) == MAX_MEMBERS:
             raise ArtifactError(f"{tarball}: refusing to extract more than {MAX_MEMBERS:,} entries; a model "
                                 "tarball holds a model folder's few dozen files")
+        if (bad_name := _name_problem(member.name)) is not None:
+            raise ArtifactError(f"{tarball}: refusing to extract {_shown(member.name)}: {bad_name}; a model "
+                                "tarball holds a model folder's files")
         total += member.size
         if total > room:
             raise ArtifactError(f"{tarball}: refusing to extract: its files come to more than {_gb(room)}, {why}")
-        target = (dest / member.name).resolve()
         if member.issym() or member.islnk():
-            raise ArtifactError(f"refusing to extract {member.name!r}: links are not allowed in a model tarball")
+            raise ArtifactError(f"refusing to extract {_shown(member.name)}: links are not allowed in a model "
+                                "tarball")
         if not (member.isfile() or member.isdir()):
-            raise ArtifactError(f"refusing to extract {member.name!r}: only files and folders are allowed")
+            raise ArtifactError(f"refusing to extract {_shown(member.name)}: only files and folders are allowed")
+        target = (dest / member.name).resolve()
         if os.path.isabs(member.name) or (target != root and root not in target.parents):
-            raise ArtifactError(f"refusing to extract {member.name!r}: it points outside the target folder")
+            raise ArtifactError(f"refusing to extract {_shown(member.name)}: it points outside the target folder")
         members.append(member)
-    return members
 
 
 def safe_extract(tarball: Path, dest: Path) -> None:

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from textfit import artifact
+from textfit import artifact, shapes
 from textfit.errors import TextfitError, TrainingInterrupted
+from textfit.shapes import Closed, Maybe
 
 log = logging.getLogger("textfit")
 __all__ = ["Checkpointer", "LoopState", "StopSignal", "TrainingInterrupted", "fingerprint"]
@@ -114,13 +115,56 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+_EPOCH = Closed({"loss": float, "accuracy": float, "val_loss": Maybe(float | None),
+                 "val_accuracy": Maybe(float | None), "seconds": Maybe(float), "steps": Maybe(int),
+                 "val_f1_micro": Maybe(float | None), "val_f1_macro": Maybe(float | None)})
+"""An epoch's metrics as the checkpoint holds them (training.EpochMetrics, passed on as keywords)."""
+SHAPE = {
+    "version": int,
+    "fingerprint": str,
+    "loop": Closed({"epoch": int, "step": int, "totals": list[float], "history": list[_EPOCH], "best_epoch": int,
+                    "wait": int, "es_best": float, "stopped_early": bool}),
+    "optimizer": {"param_groups": list[dict[str, Any]], "scalars": dict[str, Any]},
+    "schedule": dict[str, Any] | None,
+    "scaler": dict[str, Any] | None,
+    "has_best": bool,
+}
+"""checkpoint.json, as `save` writes it (the loop is LoopState's fields)."""
+DAMAGED = "the checkpoint is damaged or edited; delete the folder to start over"
+
+
+def _read_state(folder: Path) -> dict[str, Any]:
+    """checkpoint.json, of the shape `save` writes and with values a loop can resume at; one line if not."""
+    path = folder / STATE
+    meta = shapes.read(path, SHAPE, TextfitError, DAMAGED)
+    if meta["version"] != VERSION:
+        raise TextfitError(f"{path}: field 'version' is {meta['version']}, this textfit writes and reads "
+                           f"{VERSION}; delete the folder to start over")
+    loop = meta["loop"]
+    problems = [f"field 'loop.{name}' is {loop[name]}, expected {least} or more"
+                for name, least in (("epoch", 1), ("step", 0), ("best_epoch", 0), ("wait", 0)) if loop[name] < least]
+    if len(loop["totals"]) != 4:
+        problems.append(f"field 'loop.totals' holds {len(loop['totals'])} numbers, expected 4")
+    if loop["best_epoch"] > len(loop["history"]):
+        problems.append(f"field 'loop.best_epoch' is {loop['best_epoch']}, but 'loop.history' holds "
+                        f"{len(loop['history'])} epochs")
+    bad_keys = [key for key in meta["optimizer"]["scalars"] if not key.partition(".")[0].isdigit()]
+    if bad_keys:
+        problems.append(f"field 'optimizer.scalars' has the key {bad_keys[0]!r}, expected <index>.<name>")
+    if problems:
+        raise TextfitError(f"{path}: {problems[0]}; {DAMAGED}")
+    return meta
+
+
 def position(folder: Path | None) -> tuple[int, int] | None:
     """The epoch and step the checkpoint in `folder` resumes at; None where there is none to read."""
-    try:
-        loop = json.loads((folder / STATE).read_text(encoding="utf-8"))["loop"] if folder else None
-        return (int(loop["epoch"]), int(loop["step"])) if loop else None
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+    if folder is None:
         return None
+    try:
+        loop = _read_state(folder)["loop"]
+    except TextfitError:
+        return None
+    return loop["epoch"], loop["step"]
 
 
 @dataclass
@@ -163,26 +207,44 @@ class Checkpointer:
 
         if not (self.folder / STATE).is_file():
             return None
-        try:
-            meta = json.loads((self.folder / STATE).read_text(encoding="utf-8"))
-            tensors = load_file(str(self.folder / TENSORS))
-        except (OSError, ValueError, RecursionError, SafetensorError) as exc:
-            raise TextfitError(f"{self.folder}: the checkpoint is damaged ({exc}); delete the folder to start "
-                               "over") from None
-        if meta.get("fingerprint") != self.fingerprint:
+        meta = _read_state(self.folder)
+        if meta["fingerprint"] != self.fingerprint:
             raise TextfitError(f"{self.folder} holds a checkpoint of another training run (other data, "
                                "hyperparameters or model); use another --checkpoint-dir, or delete it to start over")
-        device = next(model.parameters()).device
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        _restore_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
-                           meta["optimizer"])
-        if schedule is not None and meta["schedule"] is not None:
-            schedule.load_state_dict(meta["schedule"])
-        if meta["scaler"] is not None:
-            scaler.load_state_dict(meta["scaler"])
-        torch.set_rng_state(tensors["rng.cpu"])
-        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-        if cuda and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda)
+        # the JSON parts are of the kinds this run's own optimizer, schedule and scaler hold, before any is loaded
+        for name, what, used in (("schedule", "learning-rate schedule", schedule is not None),
+                                 ("scaler", "gradient scaler (fp16)", scaler.is_enabled())):
+            if (meta[name] is not None) != used:
+                raise TextfitError(f"{self.folder / STATE}: field {name!r} is {shapes.found(meta[name])}, but this run "
+                                   f"{'has a' if used else 'has no'} {what}; {DAMAGED}")
+        why = (shapes.like(meta["optimizer"]["param_groups"], optimizer.state_dict()["param_groups"],
+                           "optimizer.param_groups")
+               or (shapes.like(meta["schedule"], schedule.state_dict(), "schedule") if schedule is not None else None)
+               or (shapes.like(meta["scaler"], scaler.state_dict(), "scaler") if scaler.is_enabled() else None))
+        if why is not None:
+            raise TextfitError(f"{self.folder / STATE}: {why}; {DAMAGED}")
+        try:
+            tensors = load_file(str(self.folder / TENSORS))
+        except (OSError, ValueError, SafetensorError) as exc:
+            reason = " ".join(str(exc).split())[:300]
+            raise TextfitError(f"{self.folder / TENSORS}: the checkpoint is damaged ({reason}); delete the folder "
+                               "to start over") from None
+        try:
+            device = next(model.parameters()).device
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            _restore_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")},
+                               meta["optimizer"])
+            if schedule is not None:
+                schedule.load_state_dict(meta["schedule"])
+            if meta["scaler"] is not None:
+                scaler.load_state_dict(meta["scaler"])
+            torch.set_rng_state(tensors["rng.cpu"])
+            cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+            if cuda and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(cuda)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise TextfitError(f"{self.folder}: the checkpoint does not fit this run's model or optimizer "
+                               f"({type(exc).__name__}: {reason}); {DAMAGED}") from None
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} if meta["has_best"] else None
         return LoopState(**meta["loop"]), best

@@ -37,6 +37,7 @@ from textfit.channels import (
 from textfit.errors import ArtifactError, DataError, HyperparameterError, ReportError, TextfitError
 from textfit.hyperparameters import Hyperparameters, canonical_name, parse_hyperparameters, resolve
 from textfit.inference import verbose_record
+from textfit.shapes import check_model_files
 from textfit.zoo import defaults_for, resolve_model
 
 log = logging.getLogger("textfit")
@@ -133,11 +134,20 @@ def _as_channel(data: ChannelLike | Sequence[str], labels: Sequence[object] | No
     return from_memory(data, labels, what=what, multi_label=mode.multi_label, delimiter=mode.delimiter)
 
 
+def _saved_hyperparameters(folder: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyperparameters in a saved model's manifest, parsed; a value not as textfit writes it names the file."""
+    try:
+        return parse_hyperparameters(manifest.get("hyperparameters", {}))
+    except HyperparameterError as exc:
+        raise ArtifactError(f"{folder / artifact.MANIFEST}: field 'hyperparameters': {' '.join(str(exc).split())}; "
+                            f"{artifact.DAMAGED}") from None
+
+
 def _mode(given: Mapping[str, object], source: Path | None) -> _Mode:
     """multi_label and label_delimiter as given, else as the model being trained further had them."""
     values = parse_hyperparameters(given)
     if source is not None and (source / artifact.MANIFEST).is_file():
-        earlier = parse_hyperparameters(artifact.read_json(source / artifact.MANIFEST).get("hyperparameters", {}))
+        earlier = _saved_hyperparameters(source, artifact.read_json(source / artifact.MANIFEST, artifact.MANIFEST_SHAPE))
         values = {**{k: earlier[k] for k in ("multi_label", "label_delimiter") if k in earlier}, **values}
     return _Mode(bool(values.get("multi_label", False)), str(values.get("label_delimiter", "|")))
 
@@ -259,7 +269,7 @@ class TextClassifier:
         if fine_tuned and not reinit:
             info = artifact.read_labels(source / artifact.LABELS)  # type: ignore[operator]
             classes = ClassSet(values=list(info["label_values"]), names=list(info["labels"]))
-            earlier = bool(parse_hyperparameters(manifest.get("hyperparameters", {})).get("multi_label", False))
+            earlier = bool(_saved_hyperparameters(source, manifest).get("multi_label", False))  # type: ignore[arg-type]
             if earlier != hp.multi_label:
                 raise HyperparameterError(f"{self.init_model} is a {'multi' if earlier else 'single'}-label model; "
                                           f"train it further with multi_label={earlier}, or build a new head with "
@@ -267,6 +277,7 @@ class TextClassifier:
         else:
             classes = class_set(train)
         allow_network = self.allow_network and not fine_tuned
+        check_model_files(path)  # a local folder's config.json and tokenizer_config.json, before transformers
         hp = _position_checked(hp, checkpoint.load_config(path, allow_network), self.hyperparameters, model_id)
         return _Start(path, model_id, manifest.get("base_model") or path, fine_tuned, reinit, hp, classes,
                       allow_network)
@@ -628,6 +639,8 @@ class TextClassifier:
         with artifact.opened(path) as folder:
             manifest = artifact.check_intact(folder)
             labels = artifact.read_labels(folder / artifact.LABELS)
+            _saved_hyperparameters(folder, manifest)
+            check_model_files(folder)
             config = checkpoint.load_config(str(folder))
             if config.num_labels != len(labels["labels"]):
                 raise ArtifactError(f"{folder}: config.json has {config.num_labels} outputs but "

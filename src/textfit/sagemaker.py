@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from textfit.errors import TextfitError
+from textfit.errors import HyperparameterError, TextfitError
+from textfit.shapes import Maybe, found, require
 
 DEFAULT_PREFIX = "/opt/ml"
 
@@ -98,11 +99,18 @@ class TrainingJob:
         return {k: v for k, v in self.hyperparameters.items() if k != "model_id"}
 
 
-def _read_json(path: Path, what: str) -> object:
+HYPERPARAMETERS_SHAPE = dict[str, str | float | bool]
+"""hyperparameters.json: SageMaker writes every value as a string; a number or a boolean is taken as its text."""
+RESOURCE_SHAPE = {"current_host": Maybe(str), "hosts": Maybe(list[str]), "network_interface_name": Maybe(str)}
+"""resourceconfig.json: the fields textfit reads (the file holds more, which textfit does not use)."""
+
+
+def _read_json(path: Path, what: str, shape: object, error: type[TextfitError], fix: str) -> dict[str, object]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON syntax, bytes that are not UTF-8
-        raise TextfitError(f"{path}: cannot read the {what} ({exc})") from None
+        raise error(f"{path}: cannot read the {what} ({' '.join(str(exc).split())})") from None
+    return require(data, shape, path, error, fix)
 
 
 def _channel(prefix: Path, name: str) -> Path | None:
@@ -126,17 +134,18 @@ def training_job(prefix: str | Path | None = None) -> TrainingJob:
     root = Path(prefix or os.environ.get("SM_BASE_DIR", DEFAULT_PREFIX))
     config = root / "input" / "config"
     hp_file = config / "hyperparameters.json"
-    hyperparameters = _read_json(hp_file, "hyperparameters") if hp_file.is_file() else {}
-    if not isinstance(hyperparameters, dict):
-        raise TextfitError(f"{hp_file}: expected a JSON object of hyperparameters")
+    hyperparameters = _read_json(hp_file, "hyperparameters", HYPERPARAMETERS_SHAPE, HyperparameterError,
+                                 'write an object of strings, such as {"epochs": "3"}') if hp_file.is_file() else {}
     train = _channel(root, "training") or _channel(root, "train")
     if train is None:
         raise TextfitError(f"no training channel: put data.csv in {root / 'input' / 'data' / 'training'} "
                            "(the estimator's fit({'training': 's3://bucket/prefix/'}))")
     resources = config / "resourceconfig.json"
-    resource = _read_json(resources, "resource config") if resources.is_file() else {}
-    hosts = json.loads(os.environ["SM_HOSTS"]) if os.environ.get("SM_HOSTS") else resource.get("hosts", [])  # type: ignore[union-attr]
-    current = os.environ.get("SM_CURRENT_HOST") or resource.get("current_host", "")  # type: ignore[union-attr]
+    resource = _read_json(resources, "resource config", RESOURCE_SHAPE, TextfitError,
+                          'SageMaker writes it as {"current_host": "algo-1", "hosts": ["algo-1"]}'
+                          ) if resources.is_file() else {}
+    hosts = _hosts_variable() if os.environ.get("SM_HOSTS") else resource.get("hosts", [])
+    current = os.environ.get("SM_CURRENT_HOST") or resource.get("current_host", "")
     model_dir = os.environ.get("SM_MODEL_DIR") if prefix is None else None
     return TrainingJob(
         prefix=root,
@@ -150,6 +159,18 @@ def training_job(prefix: str | Path | None = None) -> TrainingJob:
         current_host=current or "localhost",
         checkpoint_dir=root / "checkpoints" if (root / "checkpoints").is_dir() else None,
     )
+
+
+def _hosts_variable() -> list[str]:
+    """SM_HOSTS: a JSON list of host names."""
+    fix = 'set it to a JSON list of host names, such as ["algo-1", "algo-2"]'
+    try:
+        hosts = json.loads(os.environ["SM_HOSTS"])
+    except (ValueError, RecursionError):
+        raise TextfitError(f"SM_HOSTS: not valid JSON; {fix}") from None
+    if not isinstance(hosts, list) or not all(isinstance(host, str) for host in hosts):
+        raise TextfitError(f"SM_HOSTS holds {found(hosts)} that is not a list of strings; {fix}")
+    return hosts
 
 
 def write_failure(prefix: str | Path | None, message: str) -> None:

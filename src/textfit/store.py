@@ -16,6 +16,7 @@ from typing import Any
 from textfit import artifact, checkpoint
 from textfit.artifact import sha256
 from textfit.errors import ModelNotFoundError
+from textfit.shapes import check_config, check_model_files
 from textfit.zoo import STORE_RECORD as RECORD
 from textfit.zoo import ModelSpec, get_spec, store_path
 
@@ -23,7 +24,7 @@ WEIGHT_FILES = ("model.safetensors",)
 
 
 def _architecture(folder: Path) -> dict[str, Any]:
-    config = artifact.read_json(folder / "config.json")
+    config = check_config(folder / "config.json")
     return {
         "layers": config.get("num_hidden_layers", config.get("n_layers")),
         "hidden": config.get("hidden_size", config.get("dim")),
@@ -51,6 +52,7 @@ def _check_loads(folder: Path) -> None:
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise ModelNotFoundError(f"{folder}: no model.safetensors; textfit loads safetensors weights only "
                                  "(convert a pytorch_model.bin with transformers' save_pretrained on a trusted machine)")
+    check_model_files(folder)  # config.json and tokenizer_config.json of the shape transformers reads
     checkpoint.load_config(str(folder))  # refuses an architecture transformers does not know, runs no code
     checkpoint.load_tokenizer(str(folder))
     checkpoint.load_encoder(str(folder))
