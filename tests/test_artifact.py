@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAST
-from textfit import TextClassifier, artifact
+from textfit import TextClassifier, artifact, ownership
 from textfit.errors import ArtifactError
 
 
@@ -20,7 +20,8 @@ def test_exact_file_set(tiny_bert: Path, channel: Path, tmp_path: Path) -> None:
     names = {p.name for p in (tmp_path / "m").iterdir()}
     assert names == {"config.json", "model.safetensors", "labels_info.json", "textfit.json", "tokenizer.json",
                      "tokenizer_config.json", "README.md", "validation_report.json", "training_curves.png",
-                     "confusion_matrix.png", "onnx"}
+                     "confusion_matrix.png", "onnx", ".textfit"}
+    assert ownership.foreign_entries(tmp_path / "m") == []  # the marker names every entry textfit wrote
     assert sorted(p.name for p in (tmp_path / "m" / "onnx").iterdir()) == ["model.onnx"]  # serve starts from it
     manifest = json.loads((tmp_path / "m" / "textfit.json").read_text())
     assert set(manifest["files"]) == {"config.json", "model.safetensors", "labels_info.json", "tokenizer.json",
@@ -53,10 +54,16 @@ def test_an_incomplete_write_is_refused_and_leaves_nothing(tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_output_is_kept_unless_overwrite(tmp_path: Path) -> None:
+def test_existing_output_is_kept_unless_overwrite_and_textfits(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
+    for overwrite in (False, True):  # a folder of the user's: --overwrite does not make it textfit's
+        with pytest.raises(ArtifactError, match=r"holds files textfit did not write \(keep.txt\)"):
+            artifact.check_output(out, overwrite=overwrite)
+    (out / "keep.txt").unlink()
+    (out / "config.json").write_text("{}")
+    ownership.mark(out, ownership.ARTIFACT)
     with pytest.raises(ArtifactError, match="exists and is not empty; choose another --output or pass --overwrite"):
         artifact.check_output(out, overwrite=False)
     artifact.check_output(out, overwrite=True)
@@ -159,6 +166,7 @@ def test_stale_temporaries_of_killed_runs_are_removed(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".out.tmp-{dead.stdout.strip()}-abc"
     stale.mkdir()
+    ownership.mark(stale, ownership.ARTIFACT)  # staged folders are marked as textfit's from the start
     (stale / "config.json").write_text("{}")
     live = tmp_path / f".out.tmp-{os.getpid()}-xyz"  # this process's own: kept
     live.mkdir()

@@ -106,7 +106,7 @@ def test_a_non_empty_output_is_refused_before_training(tiny_bert: Path, channel:
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "notes.txt").write_text("keep me")
     assert run(tiny_bert, "--train", str(channel), "--output", str(tmp_path / "o")) == 2
-    assert "pass --overwrite" in capsys.readouterr().err
+    assert "holds files textfit did not write (notes.txt)" in capsys.readouterr().err
     assert (tmp_path / "o" / "notes.txt").read_text() == "keep me"
 
 

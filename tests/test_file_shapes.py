@@ -411,3 +411,16 @@ def test_a_hyperparameter_of_a_wrong_type_in_the_file_is_one_line(tiny_bert: Pat
     assert code == 2 and "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and field in errors[0], err
+
+
+@pytest.mark.parametrize("value", [None, [3], {"n": 3}])
+def test_a_hyperparameters_file_value_of_the_wrong_type_is_one_line(
+        value: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hp = tmp_path / "hp.json"
+    hp.write_text(json.dumps({"batch_size": "8", "epochs": value}))
+    write_csv(tmp_path / "train" / "data.csv", make_rows(16))
+    assert main(["train", "--train", str(tmp_path / "train"), "--hyperparameters", str(hp),
+                 "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {hp}: field 'epochs'"), err
+    assert not (tmp_path / "out").exists()

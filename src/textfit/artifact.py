@@ -287,7 +287,7 @@ def safe_extract(tarball: Path, dest: Path) -> None:
                 tar.extractall(dest, members=members, filter="data")
             else:  # pragma: no cover - Python before 3.11.4: the vetting above is the filter
                 tar.extractall(dest, members=members)
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error, RecursionError) as exc:  # Recursion: chained headers
         reason = " ".join(str(exc).split()) or "truncated"
         raise ArtifactError(f"{tarball}: cannot read the tarball ({type(exc).__name__}: {reason}); "
                             "check that it is a complete .tar.gz") from None
@@ -330,13 +330,23 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def check_output(output: Path, overwrite: bool, *, inputs: tuple[Path, ...] = (), needed_bytes: int = 0) -> None:
-    """Fail before training, not after it, when the output folder cannot be written: not a folder, not empty,
-    inside the training data, in a folder this user cannot write, or on a disk without room for the model."""
+def check_output(output: Path, overwrite: bool, *, inputs: tuple[Path, ...] = (), needed_bytes: int = 0,
+                 tarball: Path | None = None) -> None:
+    """Fail before training, not after it, when the output folder cannot be written: not a folder, holding
+    anything but an earlier textfit artifact (that one only with --overwrite), inside the training data, in a
+    folder this user cannot write, or on a disk without room for the model. With `tarball`, the same for the
+    tarball written beside it."""
+    from textfit import ownership
+
     if output.exists() and not output.is_dir():
         raise ArtifactError(f"{output}: exists and is not a folder; choose another --output")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ArtifactError(f"{output}: the folder exists and is not empty; choose another --output or pass --overwrite")
+    if output.is_dir() and any(output.iterdir()):
+        if not overwrite and ownership.owner(output) is not None:
+            raise ArtifactError(f"{output}: the folder exists and is not empty; choose another --output or pass "
+                                "--overwrite")
+        ownership.check_writable(output, ownership.ARTIFACT, "--output", replace=overwrite)
+    if tarball is not None:
+        check_tarball_output(tarball, overwrite)
     target = output.resolve()
     for data in inputs:
         folder = data.resolve()
@@ -356,23 +366,66 @@ def check_output(output: Path, overwrite: bool, *, inputs: tuple[Path, ...] = ()
                             f"{free / 1e6:.0f} MB free; free some space or choose another --output")
 
 
+def _is_textfit_tarball(path: Path) -> bool:
+    """A model.tar.gz that textfit wrote: its entries include the manifest (or the ownership marker, first)."""
+    from textfit import ownership
+
+    try:
+        with tarfile.open(path) as tar:
+            for count, member in enumerate(tar):
+                if member.name in (ownership.MARKER, MANIFEST):
+                    return True
+                if count > 200:
+                    return False
+    except (tarfile.TarError, OSError, EOFError, zlib.error, RecursionError):
+        return False
+    return False
+
+
+def check_tarball_output(tarball: Path, overwrite: bool) -> None:
+    """The tarball beside an artifact replaces only an earlier textfit tarball, and only with --overwrite."""
+    if not tarball.exists() and not tarball.is_symlink():
+        return
+    if not tarball.is_file() or tarball.is_symlink() or not _is_textfit_tarball(tarball):
+        raise ArtifactError(f"{tarball}: exists and is not a model tarball textfit wrote; move it or choose another "
+                            "--output")
+    if not overwrite:
+        raise ArtifactError(f"{tarball}: exists; choose another --output or pass --overwrite to replace it")
+
+
 def _move_into_place(tmp: Path, output: Path) -> None:
-    if output.is_dir() and not any(output.iterdir()):
-        try:
+    """Put the staged folder where `output` is. An existing folder is replaced only when everything in it is
+    textfit's (the callers check that before any work; this is the last guard): nothing else is ever removed."""
+    from textfit import ownership
+
+    if not output.exists() and not output.is_symlink():
+        os.replace(tmp, output)
+        return
+    if output.is_symlink() or not output.is_dir():
+        raise ArtifactError(f"{output}: exists and is not a folder; nothing was replaced, choose another place")
+    foreign = ownership.foreign_entries(output)
+    if foreign:
+        raise ArtifactError(f"{output}: holds {', '.join(foreign[:3])}, which textfit did not write; nothing was "
+                            "replaced, move them out or choose another place")
+    if not any(output.iterdir()):
+        with contextlib.suppress(OSError):  # a mount point (SageMaker's /opt/ml/model) cannot be replaced
             os.replace(tmp, output)  # rename(2) replaces an empty folder atomically
             return
-        except OSError:  # a mount point (SageMaker's /opt/ml/model) cannot be replaced: fill it instead
-            for item in tmp.iterdir():
-                shutil.move(str(item), output / item.name)
-            tmp.rmdir()
+    else:
+        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-{os.getpid()}-", dir=output.parent))
+        try:
+            os.replace(output, old / output.name)
+        except OSError:
+            old.rmdir()
+        else:
+            os.replace(tmp, output)
+            shutil.rmtree(old, ignore_errors=True)
             return
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-        os.replace(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    os.replace(tmp, output)
+    for item in output.iterdir():  # fill the folder in place: textfit's own entries out, the new ones in
+        shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+    for item in tmp.iterdir():
+        shutil.move(str(item), output / item.name)
+    tmp.rmdir()
 
 
 def _umask() -> int:
@@ -394,10 +447,17 @@ def _ordinary_modes(path: Path) -> None:
 
 def _remove_stale(target: Path) -> None:
     """Temporary siblings left by runs that were killed while writing `target` (their process is gone)."""
+    from textfit import ownership
+
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         pid = stale.name.removeprefix(f".{target.name}.tmp-").split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            if ownership.owner(stale) is not None:  # staged folders are marked from the start
+                shutil.rmtree(stale, ignore_errors=True)
+        elif stale.is_file():
+            stale.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -411,22 +471,32 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def staged(target: Path, *, folder: bool = False) -> Iterator[Path]:
+def staged(target: Path, *, folder: bool = False, kind: str | None = None) -> Iterator[Path]:
     """The one way textfit writes an output: into a temporary sibling of `target` (same filesystem, so the final
     rename is atomic), moved into place only when the block succeeds; on failure nothing is left. Temporary
     siblings of killed runs into the same place are removed first.
+
+    A folder is written as one of textfit's of `kind` (ownership.py): marked as such, and it replaces only an
+    existing folder that holds nothing but textfit's files.
     """
+    from textfit import ownership
+
+    if folder and kind is None:
+        raise ValueError("a staged folder needs its kind")
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(target)
     prefix = f".{target.name}.tmp-{os.getpid()}-"
     if folder:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        ownership.mark(tmp, str(kind))  # from the start: a killed run's leftover is known as textfit's
     else:
         handle, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
         os.close(handle)
         tmp = Path(name)
     try:
         yield tmp
+        if folder:
+            ownership.mark(tmp, str(kind))
         _ordinary_modes(tmp)
         if folder:
             _move_into_place(tmp, target)
@@ -439,7 +509,8 @@ def staged(target: Path, *, folder: bool = False) -> Iterator[Path]:
             tmp.unlink()
 
 
-def write_atomically(output: Path, write: Callable[[Path], None], *, overwrite: bool = False) -> None:
+def write_atomically(output: Path, write: Callable[[Path], None], *, overwrite: bool = False,
+                     tarball: Path | None = None) -> None:
     """Write the artifact into a temporary sibling folder, then rename it into place: never a half artifact.
 
     Raises:
@@ -447,15 +518,20 @@ def write_atomically(output: Path, write: Callable[[Path], None], *, overwrite: 
     """
     from safetensors import SafetensorError
 
-    check_output(output, overwrite)
+    check_output(output, overwrite, tarball=tarball)
     try:
-        with staged(output, folder=True) as tmp:
+        with staged(output, folder=True, kind="artifact") as tmp:
             write(tmp)
             check_complete(tmp)
     except (OSError, SafetensorError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ArtifactError(f"{output}: cannot write the model ({reason}); free some space or choose another "
                             "--output") from None
+
+
+def tarball_path(folder: Path) -> Path:
+    """Where `--tar` writes the tarball of an artifact folder: beside it, SageMaker's model.tar.gz form."""
+    return folder.with_name(folder.name + ".tar.gz")
 
 
 def write_tarball(folder: Path, tarball: Path) -> None:

@@ -190,7 +190,7 @@ class Checkpointer:
         meta = {"version": VERSION, "fingerprint": self.fingerprint, "loop": asdict(state), "optimizer": optim_meta,
                 "schedule": schedule.state_dict() if schedule is not None else None,
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None, "has_best": best is not None}
-        with artifact.staged(self.folder, folder=True) as tmp:
+        with artifact.staged(self.folder, folder=True, kind="checkpoint") as tmp:
             # tied weights (an embedding shared with a decoder) are one tensor twice: safetensors wants copies
             save_file({k: v.clone() for k, v in tensors.items()}, str(tmp / TENSORS))
             (tmp / STATE).write_text(json.dumps(meta, default=float), encoding="utf-8")

@@ -23,7 +23,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from textfit import architectures, artifact, batching, checkpoint, checkpoints, export, metrics, recipes, training
+from textfit import (
+    architectures,
+    artifact,
+    batching,
+    checkpoint,
+    checkpoints,
+    export,
+    metrics,
+    ownership,
+    recipes,
+    training,
+)
 from textfit.channels import (
     Channel,
     ClassSet,
@@ -337,6 +348,11 @@ class TextClassifier:
         Raises:
             DataError, HyperparameterError, ModelNotFoundError, ArtifactError: with what to fix.
         """
+        if checkpoint_dir is not None:  # before anything is read: a folder that is not textfit's is never written
+            channels = [("--train", X), ("--validation", validation)]
+            ownership.check_apart(Path(checkpoint_dir), "--checkpoint-dir",
+                                  [(flag, Path(c)) for flag, c in channels if isinstance(c, (str, Path))])
+            ownership.check_writable(Path(checkpoint_dir), ownership.CHECKPOINT, "--checkpoint-dir")
         with contextlib.ExitStack() as stack:
             source = stack.enter_context(artifact.opened(self.init_model)) if self.init_model else None
             mode = _mode(self.hyperparameters, source)
@@ -613,10 +629,11 @@ class TextClassifier:
             failed.extend(self._write_model(folder, onnx))
             failed.extend(self._write_reports(folder))
 
-        artifact.write_atomically(output, write, overwrite=overwrite)
-        if tar:
+        tarball = artifact.tarball_path(output) if tar else None
+        artifact.write_atomically(output, write, overwrite=overwrite, tarball=tarball)
+        if tarball is not None:
             try:
-                artifact.write_tarball(output, output.with_name(output.name + ".tar.gz"))
+                artifact.write_tarball(output, tarball)
             except OSError as exc:
                 failed.append(f"{output.name}.tar.gz could not be written ({exc.strerror or exc})")
         if failed:
@@ -672,6 +689,7 @@ class TextClassifier:
         written = export.quantize_int8(fp32, export.onnx_path(folder, True)) if quantize else fp32
         if (folder / artifact.MANIFEST).is_file():  # a saved artifact: its digests now cover the graphs too
             artifact.refresh_digests(folder)
+            ownership.add_entries(folder, [export.ONNX_DIR])
         return written
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from textfit import artifact, metrics, plots
+from textfit import artifact, metrics, ownership, plots
 from textfit.channels import Channel, read_channel
 from textfit.classifier import TextClassifier
 from textfit.errors import DataError
@@ -44,6 +44,7 @@ def evaluate_multi_label(clf: TextClassifier, data: str | Path, output: str | Pa
                          long_texts: str | None = None, counts: dict[str, int] | None = None
                          ) -> metrics.MultiLabelReport:
     """Every quality number of a multi-label model on a labelled channel, at the model's thresholds."""
+    _check_output(output)
     channel = read_channel(data, multi_label=True, delimiter=clf.label_delimiter_)
     truth = _true_label_matrix(channel, clf)
     proba = clf.predict_proba(channel.texts, long_texts=long_texts, counts=counts)
@@ -54,6 +55,7 @@ def evaluate_multi_label(clf: TextClassifier, data: str | Path, output: str | Pa
         artifact.write_json(folder / "metrics.json", {**result.as_dict(), "data": str(channel.path),
                                                       "data_sha256": channel.fingerprint})
         log.info("Wrote %s", plots.per_label_outcomes(result, folder / "per_label.png"))
+        ownership.mark(folder, ownership.EVALUATION)
     return result
 
 
@@ -64,6 +66,7 @@ def evaluate(clf: TextClassifier, data: str | Path, output: str | Path | None = 
     Raises:
         DataError: the data breaks a rule of the channel format, or holds a label the model does not know.
     """
+    _check_output(output)
     channel = read_channel(data)
     y = np.asarray(true_classes(channel, clf))
     proba = clf.predict_proba(channel.texts, long_texts=long_texts, counts=counts)
@@ -75,6 +78,7 @@ def evaluate(clf: TextClassifier, data: str | Path, output: str | Path | None = 
                                                       "data_sha256": channel.fingerprint})
         for path in plots.report_figures(result, y, proba, folder):
             log.info("Wrote %s", path)
+        ownership.mark(folder, ownership.EVALUATION)
     return result
 
 
@@ -112,3 +116,10 @@ def quantization_report(folder: Path, data: str | Path | None) -> dict[str, Any]
     if truth is None:
         log.info("Pass --data with labelled rows to measure the accuracy cost; probe texts compare engines only")
     return out
+
+
+def _check_output(output: str | Path | None) -> None:
+    """The --output folder is new, empty or an earlier evaluation's: metrics.json and the plots never replace a
+    user's files of the same names."""
+    if output is not None:
+        ownership.check_writable(Path(output), ownership.EVALUATION, "--output")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from textfit import artifact, distributed, remote
+from textfit import artifact, distributed, ownership, remote
 from textfit.classifier import TextClassifier
 from textfit.errors import ReportError, TextfitError
 from textfit.training import EpochMetrics
@@ -102,7 +102,12 @@ def train(train: str | Path, validation: str | Path | None = None, *, model_id: 
         if output is not None and not remote.is_remote(output) and world.is_main:  # before hours of training
             local_inputs = tuple(Path(p) for p in (train, validation) if p is not None and not remote.is_remote(p))
             needed = 0 if model is not None and remote.is_remote(model) else _weights_bytes(model_id, model)
-            artifact.check_output(Path(output), overwrite, inputs=local_inputs, needed_bytes=needed * (2 if tar else 1))
+            artifact.check_output(Path(output), overwrite, inputs=local_inputs, needed_bytes=needed * (2 if tar else 1),
+                                  tarball=artifact.tarball_path(Path(output)) if tar else None)
+        if checkpoint_dir is not None and world.is_main:
+            ownership.check_apart(Path(checkpoint_dir), "--checkpoint-dir", [
+                (flag, Path(p)) for flag, p in (("--train", train), ("--validation", validation), ("--output", output),
+                                                ("--model", model)) if p is not None and not remote.is_remote(p)])
         with contextlib.ExitStack() as stack:
             local = lambda loc: None if loc is None else stack.enter_context(remote.local_copy(loc))  # noqa: E731
             clf = TextClassifier(model_id, hyperparameters, init_model=local(model), allow_network=allow_network)

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from textfit import artifact, checkpoint
+from textfit import artifact, checkpoint, ownership
 from textfit.artifact import sha256
 from textfit.errors import ModelNotFoundError
 from textfit.shapes import check_config, check_model_files
@@ -61,7 +61,8 @@ def _check_loads(folder: Path) -> None:
 def _install(model_id: str, source_folder: Path, origin: str, store: Path | None) -> Path:
     """Copy a checked checkpoint into the store atomically and record its checksum."""
     target = store_path(model_id, store)
-    with artifact.staged(target, folder=True) as tmp:
+    ownership.check_writable(target, ownership.STORE, f"the store entry of {model_id}")
+    with artifact.staged(target, folder=True, kind="store") as tmp:
         for item in source_folder.iterdir():
             if item.is_file():
                 shutil.copy2(item, tmp / item.name)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textfit import artifact
+from textfit import artifact, ownership
 from textfit.errors import HyperparameterError, TextfitError
 from textfit.hyperparameters import FIELDS, canonical_name, parse_hyperparameters
 
@@ -783,7 +783,9 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
                     typed_initial, prune_from_epoch, heartbeat_grace, objective, float(timeout))
     if storage is not None:  # a shared storage that cannot be used fails now, before the output folder is made
         _storage(job).engine.dispose()
+    ownership.check_writable(out, ownership.TUNING, "--output")  # a rerun resumes in its own folder
     out.mkdir(parents=True, exist_ok=True)
+    ownership.mark(out, ownership.TUNING, extra=ownership.TUNING_NAMES)  # before any is written: a killed study's folder is its own
     if storage is None:
         _reclaim_interrupted(job)
     start = time.perf_counter()
@@ -821,14 +823,14 @@ def _finish(job: TuningJob, out: Path, keep_trials: bool, seconds: float) -> Tun
     _plots(rows, out, job.objective)
     source = out / "trials" / f"trial-{best.number}"
     if source.is_dir():
-        with artifact.staged(out / "best", folder=True) as tmp:
+        with artifact.staged(out / "best", folder=True, kind="artifact") as tmp:
             shutil.copytree(source, tmp, dirs_exist_ok=True)
         where = str(out / "best")
     else:  # a shared study: the best trial ran on another worker, which keeps its model
         where = f"{best.user_attrs.get('model', 'another worker')} (trained by another worker)"
     if not keep_trials and (out / "trials").is_dir():
         for folder in (out / "trials").iterdir():
-            if folder.name != source.name:
+            if folder.name != source.name and folder.name.startswith("trial-") and ownership.owner(folder):
                 shutil.rmtree(folder, ignore_errors=True)
     _summary(rows, best.number, job.objective)
     log.info("Best: trial %d, val_accuracy=%.4f, in %.0f s; its model is in %s", best.number, best.value, seconds,
