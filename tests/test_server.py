@@ -235,3 +235,165 @@ def test_settings_from_the_sagemaker_environment(monkeypatch: pytest.MonkeyPatch
     settings = ServeSettings.from_environment(max_batch=8, max_body_bytes=None)
     assert (settings.max_body_bytes, settings.default_accept, settings.max_batch) == (
         2 * 1024 * 1024, "application/jsonlines", 8)
+
+
+# ------------------------------------------------------------------------------------ the documented limits
+
+
+def test_the_readme_limits_are_the_defaults() -> None:
+    """Each row of the README's Serve limits table is the flag's default and the server's own default."""
+    from textfit.cli import build_parser
+    from textfit.connections import ConnectionLimits
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("Limits, each a flag of `textfit serve`:")[1].split("\n\n")[1]
+    rows = {cells[1].strip(" `"): cells[2:] for cells in (line.split("|") for line in table.splitlines()[2:])}
+    first_number = {flag: float(cells[0].replace(",", "").split()[0]) for flag, cells in rows.items()}
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    defaults = {a.option_strings[-1]: a.default for a in serve._actions if a.option_strings}
+    ranges = {a.option_strings[-1]: a.type.describe() for a in serve._actions if hasattr(a.type, "describe")}
+    for flag, cells in rows.items():  # "1 to 1024" of "an integer from 1 to 1024", as --help says it
+        assert ranges[flag].endswith(cells[1].strip()), flag
+    limits, settings = ConnectionLimits(), ServeSettings()
+    assert set(first_number) == {"--max-body-mb", "--body-timeout", "--max-header-kb", "--max-headers",
+                                 "--header-timeout", "--keep-alive", "--max-connections", "--max-queue"}
+    assert first_number["--max-body-mb"] * 1024 * 1024 == settings.max_body_bytes  # the flag's default is the env's
+    assert first_number["--body-timeout"] == defaults["--body-timeout"] == settings.body_timeout_s
+    assert first_number["--max-header-kb"] * 1024 == defaults["--max-header-kb"] * 1024 == limits.max_header_bytes
+    assert first_number["--max-headers"] == defaults["--max-headers"] == limits.max_headers
+    assert first_number["--header-timeout"] == defaults["--header-timeout"] == limits.header_timeout_s
+    assert first_number["--keep-alive"] == defaults["--keep-alive"] == limits.keep_alive_s
+    assert first_number["--max-connections"] == defaults["--max-connections"] == limits.max_connections
+    assert first_number["--max-queue"] == defaults["--max-queue"] == settings.max_queue
+
+
+HEADER_LIMIT, HEADERS_LIMIT, BODY_LIMIT = 64 * 1024, 100, 6 * 1024 * 1024  # the README's defaults
+CONNECTIONS, TIMEOUT, KEEP_ALIVE = 4, 2.0, 1.0  # small, so that the tests reach them quickly
+
+
+@pytest.fixture(scope="module")
+def limited(tiny_artifact: Path) -> Iterator[tuple[str, int]]:
+    """One server for the module's limit tests: header and body limits at their defaults, the rest small."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "SAGEMAKER_MAX_PAYLOAD_IN_MB"}
+    proc = subprocess.Popen([sys.executable, "-m", "textfit", "serve", "--model", str(tiny_artifact), "--port",
+                             str(port), "--backend", "torch", "--max-connections", str(CONNECTIONS),
+                             "--header-timeout", str(TIMEOUT), "--body-timeout", str(TIMEOUT),
+                             "--keep-alive", str(KEEP_ALIVE)], stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_for_ping(url)
+    yield url, port
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def _exchange(port: int, *parts: bytes, pause: float = 0.0, wait: float = 10.0) -> bytes:
+    """Send `parts` (with `pause` between them) on one connection; read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        for i, part in enumerate(parts):
+            if i and pause:
+                time.sleep(pause)
+            s.sendall(part)
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return b"".join(chunks)
+
+
+def _statuses(raw: bytes) -> list[int]:
+    return [int(line.split()[1]) for line in raw.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+
+
+def _head(size: int, path: bytes = b"/ping", close: bool = True) -> bytes:
+    """A GET whose request line and headers, to the blank line that ends them, are `size` bytes."""
+    start = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + (b"Connection: close\r\n" if close else b"") + b"X-Pad: "
+    return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize(("size", "status"), [(HEADER_LIMIT - 1024, 200), (HEADER_LIMIT, 200),
+                                              (HEADER_LIMIT + 1, 431), (HEADER_LIMIT + 1024, 431)])
+def test_the_header_size_limit_is_exact(limited: tuple[str, int], size: int, status: int) -> None:
+    """In one write (the server reads it at once: the limit used to hold only past one read, 100 KiB passed
+    64 KiB) and in two writes apart."""
+    _, port = limited
+    head = _head(size)
+    assert len(head) == size
+    assert _statuses(_exchange(port, head)) == [status]
+    assert _statuses(_exchange(port, head[:1000], head[1000:], pause=0.2)) == [status]
+
+
+def test_a_pipelined_head_over_the_limit_is_431(limited: tuple[str, int]) -> None:
+    _, port = limited
+    assert _statuses(_exchange(port, _head(500, close=False) + _head(HEADER_LIMIT))) == [200, 200]
+    assert _statuses(_exchange(port, _head(500, close=False) + _head(HEADER_LIMIT + 1024))) == [200, 431]
+
+
+@pytest.mark.parametrize(("count", "status"), [(HEADERS_LIMIT, 200), (HEADERS_LIMIT + 1, 431)])
+def test_the_header_count_limit_is_exact(limited: tuple[str, int], count: int, status: int) -> None:
+    _, port = limited
+    fields = [b"Host: x", b"Connection: close"] + [b"X-%d: 1" % i for i in range(count - 2)]
+    raw = _exchange(port, b"GET /ping HTTP/1.1\r\n" + b"\r\n".join(fields) + b"\r\n\r\n")
+    assert _statuses(raw) == [status]
+
+
+@pytest.mark.parametrize(("size", "status"), [(BODY_LIMIT - 1024, 200), (BODY_LIMIT, 200),
+                                              (BODY_LIMIT + 1, 413), (BODY_LIMIT + 1024, 413)])
+def test_the_body_size_limit_is_exact(limited: tuple[str, int], size: int, status: int) -> None:
+    url, _ = limited
+    body = (b"good film " * (size // 10 + 1))[:size]
+    declared = httpx.post(f"{url}/invocations", content=body, timeout=60,
+                          headers={"Content-Type": "application/x-text"})
+    assert declared.status_code == status, declared.text
+    chunked = httpx.post(f"{url}/invocations", content=iter([body[: size // 2], body[size // 2 :]]), timeout=60,
+                         headers={"Content-Type": "application/x-text"})  # no Content-Length: counted as it comes
+    assert chunked.status_code == status, chunked.text
+
+
+def test_the_header_and_body_deadlines(limited: tuple[str, int]) -> None:
+    _, port = limited
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 4\r\n"
+    assert _statuses(_exchange(port, head, b"\r\ngood", pause=TIMEOUT / 4)) == [200]  # well within
+    start = time.monotonic()
+    assert _statuses(_exchange(port, head)) == [408]  # the blank line never comes
+    assert TIMEOUT - 0.1 <= time.monotonic() - start < TIMEOUT + 3
+    start = time.monotonic()
+    raw = _exchange(port, head + b"\r\ngo")  # half the body
+    assert _statuses(raw) == [408] and b"did not arrive" in raw
+    assert TIMEOUT - 0.1 <= time.monotonic() - start < TIMEOUT + 3
+
+
+def test_an_idle_keep_alive_connection_closes(limited: tuple[str, int]) -> None:
+    _, port = limited
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(_head(200, close=False))
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(KEEP_ALIVE / 4)
+        s.sendall(_head(200, close=False))  # within the keep-alive: the same connection answers
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        start = time.monotonic()
+        assert s.recv(65536) == b""  # closed by the server, idle for KEEP_ALIVE
+        assert KEEP_ALIVE - 0.1 <= time.monotonic() - start < KEEP_ALIVE + 3
+
+
+def test_the_connection_limit_is_exact(limited: tuple[str, int]) -> None:
+    """CONNECTIONS open at once are served; one more is answered 503 and closed."""
+    _, port = limited
+    deadline = time.monotonic() + 10  # the connections of earlier tests may still be closing on the server
+    while True:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(CONNECTIONS)]
+        try:
+            for s in held:
+                s.sendall(_head(200, close=False))
+            answers = [s.recv(65536) for s in held]
+            if all(a.startswith(b"HTTP/1.1 200") for a in answers) or time.monotonic() > deadline:
+                assert [a[:12] for a in answers] == [b"HTTP/1.1 200"] * CONNECTIONS
+                raw = _exchange(port, _head(200))
+                break
+        finally:
+            for s in held:
+                s.close()
+        time.sleep(0.2)
+    assert _statuses(raw) == [503] and b"retry-after: 1" in raw.lower()

@@ -7,11 +7,12 @@ import atexit
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -332,6 +333,112 @@ def cmd_sagemaker_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class Range:
+    """A numeric argparse `type=` with bounds: a value outside them is refused while the command line is parsed,
+    before anything loads or starts, in one line that names the flag, the value and the range."""
+
+    def __init__(self, kind: type[int] | type[float], lo: float, hi: float, *, lo_open: bool = False) -> None:
+        self.kind, self.lo, self.hi, self.lo_open = kind, lo, hi, lo_open
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False  # NaN compares false with everything, so it would slip past the bounds
+        if self.kind is int and not isinstance(value, int):
+            return False
+        return (self.lo < value if self.lo_open else self.lo <= value) and value <= self.hi
+
+    def describe(self) -> str:
+        """The range in words, as the refusal and --help state it."""
+        lo, hi = _number(self.lo), _number(self.hi)
+        if self.kind is int:
+            return f"an integer from {lo} to {hi}"
+        return f"a number over {lo}, up to {hi}" if self.lo_open else f"a number from {lo} to {hi}"
+
+    def __call__(self, text: str) -> int | float:
+        try:
+            value: int | float = self.kind(text)
+        except (ValueError, OverflowError):  # int() of a 5,000-digit string is a ValueError too
+            value = math.nan
+        if value not in self:
+            raise argparse.ArgumentTypeError(f"{_shown(text)}{RANGE_REFUSAL}{self.describe()}")
+        return value
+
+    def __repr__(self) -> str:
+        return f"Range({self.describe()})"
+
+
+RANGE_REFUSAL = ": must be "
+
+
+def int_in(lo: int, hi: int) -> Range:
+    """An integer flag's type: lo..hi inclusive."""
+    return Range(int, lo, hi)
+
+
+def float_in(lo: float, hi: float, *, lo_open: bool = False) -> Range:
+    """A number flag's type: lo..hi inclusive (lo excluded with lo_open); NaN and infinities are refused."""
+    return Range(float, lo, hi, lo_open=lo_open)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _shown(text: str) -> str:
+    """The value as typed, cut short and quoted where needed, so that the refusal stays one readable line."""
+    cut = text if len(text) <= 40 else text[:40] + "..."
+    return cut if cut and cut.isprintable() and not any(c.isspace() for c in cut) else repr(cut)
+
+
+class Parser(argparse.ArgumentParser):
+    """textfit's parser (and, through add_subparsers, every subcommand's): a mistake on the command line is one
+    line on stderr and exit code 2, as every other refusal of textfit, not a usage dump (--help has that)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checks: list[Callable[[argparse.Namespace], str | None]] = []
+        """Checks across flags (a rank below the node count), run once this parser has parsed its part."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        for check in self.checks:
+            if problem := check(parsed):  # a whole sentence already, naming both flags
+                self.exit(2, f"error: {problem}\n")
+        return parsed, extras
+
+    def error(self, message: str) -> NoReturn:
+        flag, sep, rest = message.removeprefix("argument ").partition(": ") if message.startswith(
+            "argument ") else ("", "", message)
+        if sep and RANGE_REFUSAL in rest:  # a Range refusal: "--max-batch 0: must be an integer from 1 to 4096"
+            line = f"{flag} {rest}"
+        else:
+            line = f"{flag}: {rest} (see {self.prog} --help)" if sep else f"{message} (see {self.prog} --help)"
+        self.exit(2, "error: " + line.replace("\n", " ") + "\n")
+
+
+def _ranges_in_help(parser: argparse.ArgumentParser) -> None:
+    """Every ranged flag's --help states its range, from the Range itself, so the two cannot disagree."""
+    for action in parser._actions:
+        if isinstance(action.type, Range) and action.help and action.type.describe() not in action.help:
+            action.help = f"{action.help}; {action.type.describe()}"
+        for sub in action.choices.values() if isinstance(action.choices, dict) else ():
+            if isinstance(sub, argparse.ArgumentParser):
+                _ranges_in_help(sub)
+
+
+def _rank_below_nodes(args: argparse.Namespace) -> str | None:
+    if args.node_rank >= args.nnodes:
+        return f"--node-rank {args.node_rank}: must be less than --nnodes ({args.nnodes}); ranks count from 0"
+    return None
+
+
+def _parallel_within_jobs(args: argparse.Namespace) -> str | None:
+    if args.max_parallel_jobs > args.max_jobs:
+        return f"--max-parallel-jobs {args.max_parallel_jobs}: must be at most --max-jobs ({args.max_jobs})"
+    return None
+
+
 def _inference_options(parser: argparse.ArgumentParser, default_backend: str) -> None:
     parser.add_argument("--backend", choices=["torch", "onnx"], default=default_backend,
                         help=f"inference engine (default: {default_backend})")
@@ -342,7 +449,7 @@ def _inference_options(parser: argparse.ArgumentParser, default_backend: str) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="textfit", description="Fine-tune and serve text classifiers, offline.")
+    parser = Parser(prog="textfit", description="Fine-tune and serve text classifiers, offline.")
     parser.add_argument("--version", action="version", version=f"textfit {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -366,11 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-dir", metavar="DIR",
                        help="checkpoint there at each epoch end and on SIGTERM/SIGINT; a rerun resumes from it")
     dist = train.add_argument_group("distributed training (torch.distributed; or run this command under torchrun)")
-    dist.add_argument("--nproc-per-node", type=int, default=1, help="workers on this machine (GPUs, or CPU processes)")
-    dist.add_argument("--nnodes", type=int, default=1, help="machines in the job")
-    dist.add_argument("--node-rank", type=int, default=0, help="this machine's index, 0..nnodes-1")
+    dist.add_argument("--nproc-per-node", type=int_in(1, 1024), default=1,
+                      help="workers on this machine (GPUs, or CPU processes)")
+    dist.add_argument("--nnodes", type=int_in(1, 1024), default=1, help="machines in the job")
+    dist.add_argument("--node-rank", type=int_in(0, 1023), default=0, help="this machine's index, 0..nnodes-1")
     dist.add_argument("--master-addr", default="127.0.0.1", help="address of the machine with node rank 0")
-    dist.add_argument("--master-port", type=int, default=29500, help="port on the master machine")
+    dist.add_argument("--master-port", type=int_in(1, 65535), default=29500, help="port on the master machine")
+    train.checks.append(_rank_below_nodes)
     train.set_defaults(func=cmd_train)
 
     predict = sub.add_parser("predict", help="classify texts or a file with a trained model (JSON lines out)")
@@ -381,30 +490,37 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", choices=["auto", "csv", "jsonl", "lines"], default="auto",
                          help="input format (default: from the file suffix)")
     predict.add_argument("--output", help="JSON Lines output file, one record per input in order (default: stdout)")
-    predict.add_argument("--workers", type=int, default=1, help="processes sharing a large --input (cores divided)")
+    predict.add_argument("--workers", type=int_in(1, 256), default=1, help="processes sharing a large --input (cores divided)")
     _inference_options(predict, default_backend="torch")
     predict.set_defaults(func=cmd_predict)
 
     serve = sub.add_parser("serve", help="serve a model over HTTP with SageMaker's endpoint contract")
     serve.add_argument("--model", help="artifact folder or model.tar.gz (default: SM_MODEL_DIR or /opt/ml/model)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    serve.add_argument("--port", type=int, help="port (default: SAGEMAKER_BIND_TO_PORT or 8080)")
-    serve.add_argument("--max-batch", type=int, default=32, help="texts coalesced into one forward pass")
-    serve.add_argument("--max-wait-ms", type=float, default=2.0, help="wait for more requests before a batch")
-    serve.add_argument("--max-queue", type=int, default=512,
+    # The ranges match ServeSettings' and ConnectionLimits' own checks (textfit.server, textfit.connections).
+    # 0 is no port here: it would fall back to the default, and an ephemeral port is one nobody can reach.
+    serve.add_argument("--port", type=int_in(1, 65535), help="port (default: SAGEMAKER_BIND_TO_PORT or 8080)")
+    serve.add_argument("--max-batch", type=int_in(1, 4096), default=32, help="texts coalesced into one forward pass")
+    serve.add_argument("--max-wait-ms", type=float_in(0, 10_000), default=2.0,
+                       help="wait for more requests before a batch")
+    serve.add_argument("--max-queue", type=int_in(1, 1_000_000), default=512,
                        help="requests waiting for inference; beyond it: 503 Retry-After (default 512)")
-    serve.add_argument("--max-body-mb", type=float, help="request body limit (default: SAGEMAKER_MAX_PAYLOAD_IN_MB "
-                                                         "or 6)")
-    serve.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+    serve.add_argument("--max-body-mb", type=float_in(0, 1024, lo_open=True),
+                       help="request body limit, MiB (default: SAGEMAKER_MAX_PAYLOAD_IN_MB or 6)")
+    serve.add_argument("--threads", type=int_in(1, 1024), help="inference threads (default: all cores)")
     serve.add_argument("--no-metrics", action="store_true", help="turn off /metrics")
     conn = serve.add_argument_group("connection limits")
-    conn.add_argument("--max-connections", type=int, default=1024, help="open connections at once (default 1024)")
-    conn.add_argument("--max-header-kb", type=int, default=64, help="request line and headers, KiB (default 64)")
-    conn.add_argument("--max-headers", type=int, default=100, help="header fields per request (default 100)")
-    conn.add_argument("--header-timeout", type=float, default=10.0,
+    conn.add_argument("--max-connections", type=int_in(1, 65535), default=1024,
+                      help="open connections at once (default 1024)")
+    conn.add_argument("--max-header-kb", type=int_in(1, 1024), default=64,
+                      help="request line and headers, KiB (default 64)")
+    conn.add_argument("--max-headers", type=int_in(1, 1000), default=100, help="header fields per request (default 100)")
+    conn.add_argument("--header-timeout", type=float_in(0, 3600, lo_open=True), default=10.0,
                       help="seconds for a request's headers to arrive (default 10)")
-    conn.add_argument("--body-timeout", type=float, default=30.0, help="seconds for a body to arrive (default 30)")
-    conn.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle connection stays open (default 5)")
+    conn.add_argument("--body-timeout", type=float_in(0, 3600, lo_open=True), default=30.0,
+                      help="seconds for a body to arrive (default 30)")
+    conn.add_argument("--keep-alive", type=float_in(0, 3600, lo_open=True), default=5.0,
+                      help="seconds an idle connection stays open (default 5)")
     _inference_options(serve, default_backend="onnx")
     serve.set_defaults(func=cmd_serve)
 
@@ -442,8 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--validation", help="validation channel; default: the stratified split of --train")
     tune.add_argument("--model-id", help="model to tune (default: the embedded all-MiniLM-L6-v2)")
     tune.add_argument("--output", required=True, help="folder for study.db, trials.csv, plots and best/")
-    tune.add_argument("--max-jobs", type=int, default=10, help="training jobs in all (default 10)")
-    tune.add_argument("--max-parallel-jobs", type=int, default=1, help="jobs at once; cores are divided among them")
+    tune.add_argument("--max-jobs", type=int_in(1, 10_000), default=10, help="training jobs in all (default 10)")
+    tune.add_argument("--max-parallel-jobs", type=int_in(1, 256), default=1,
+                      help="jobs at once; cores are divided among them")
     tune.add_argument("--ranges", help="JSON file of SageMaker ParameterRanges (default: the recommended ranges)")
     tune.add_argument("--hyperparameters", help="JSON file of fixed hyperparameters for every trial")
     tune.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="a fixed hyperparameter")
@@ -452,18 +569,19 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--strategy", choices=["bayesian", "random", "grid"], default="bayesian")
     tune.add_argument("--early-stopping", choices=["auto", "off"], default="auto",
                       help="stop trials whose val_accuracy falls below the median of earlier ones at an epoch")
-    tune.add_argument("--seed", type=int, default=0, help="seed of the search strategy")
+    tune.add_argument("--seed", type=int_in(0, 2**31 - 1), default=0, help="seed of the search strategy")
     tune.add_argument("--initial", help='JSON file {"configurations": [{name: value, ...}]} to try first, in order')
-    tune.add_argument("--prune-from-epoch", type=int, default=2,
+    tune.add_argument("--prune-from-epoch", type=int_in(1, 100_000), default=2,
                       help="first epoch at which early stopping may stop a trial (default 2)")
     tune.add_argument("--start-from-defaults", action="store_true",
                       help="run the model's default hyperparameters as the first trial")
     tune.add_argument("--keep-trials", action="store_true", help="keep every trial's model, not only the best")
     tune.add_argument("--objective", choices=["val_accuracy", "val_f1_micro", "val_f1_macro"], default="val_accuracy",
                       help="the metric to maximise (the F1 metrics are for multi_label=True)")
-    tune.add_argument("--heartbeat-grace", type=int, metavar="SECONDS",
+    tune.add_argument("--heartbeat-grace", type=int_in(1, 86_400), metavar="SECONDS",
                       help="a running trial silent this long belongs to a dead worker and runs again "
                            "(default: 6 for a local study, 60 for a shared one)")
+    tune.checks.append(_parallel_within_jobs)
     tune.set_defaults(func=cmd_tune)
 
     sm = sub.add_parser("sagemaker", help="the SageMaker container entry points (train, serve)")
@@ -475,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm_serve.add_argument("--prefix", help="container root instead of /opt/ml")
     sm_serve.add_argument("--host", default="0.0.0.0", help="address to bind (default: all, as SageMaker requires)")
     sm_serve.set_defaults(func=cmd_sagemaker_serve, container=True)
+    _ranges_in_help(parser)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from textfit.classifier import TextClassifier
-from textfit.connections import BoundedHttpProtocol, ConnectionLimits, GracefulServer
+from textfit.connections import BoundedHttpProtocol, ConnectionLimits, GracefulServer, LimitError, check_ranges
 from textfit.errors import RequestError, TextfitError
 from textfit.inference import decode_request, encode_response, negotiate
 
@@ -50,16 +51,32 @@ class ServeSettings:
     max_concurrent_transforms: int = 4
     metrics: bool = True
 
+    def __post_init__(self) -> None:
+        check_ranges(self, SERVE_RANGES)
+
     @classmethod
     def from_environment(cls, **overrides: Any) -> ServeSettings:
         """SageMaker's serving variables (payload limit, batch transform, default Accept), then `overrides`."""
         from textfit.sagemaker import serve_environment
 
         env = serve_environment()
+        if not math.isfinite(env.max_payload_mb) or env.max_payload_mb > 1024:  # int() of inf or NaN would raise
+            raise LimitError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={env.max_payload_mb:g}: must be a number over 0, up to 1024")
         values: dict[str, Any] = {"max_body_bytes": int(env.max_payload_mb * 1024 * 1024),
                                   "default_accept": env.default_accept, "batch_strategy": env.batch_strategy,
                                   "max_concurrent_transforms": env.max_concurrent_transforms}
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+SERVE_RANGES: dict[str, tuple[type, float, float, bool]] = {
+    "max_body_bytes": (int, 1, 1024 * 1024 * 1024, False),
+    "max_batch": (int, 1, 4096, False),
+    "max_wait_ms": (float, 0, 10_000, False),
+    "max_queue": (int, 1, 1_000_000, False),
+    "body_timeout_s": (float, 0, 3600, True),
+    "max_concurrent_transforms": (int, 1, 1024, False),
+}
+"""The ranges of ServeSettings, those of `textfit serve`'s flags (--max-body-mb over 0, up to 1024, is in MiB)."""
 
 
 Job = tuple[list[str], "asyncio.Future[np.ndarray]"]
@@ -330,8 +347,10 @@ def serve(model: Callable[[], TextClassifier], host: str = "127.0.0.1", port: in
 
     limits = limits or ConnectionLimits()
     app = create_app(model(), settings)  # the app logs "Model loaded" as it starts
+    # The keep-alive goes to uvicorn as the float it is (uvicorn hands it to call_later): int() of it closed
+    # idle connections at once for --keep-alive 0.5, and after 5 s for 5.9.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
                             limit_concurrency=limits.max_connections + 1, backlog=2048,
-                            timeout_keep_alive=int(limits.keep_alive_s),
+                            timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]
                             http=BoundedHttpProtocol.with_limits(limits))
     GracefulServer(config).run()
