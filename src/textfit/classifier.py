@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import logging
 import platform
 import shutil
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
 from torch import nn
 
 from textfit import (
@@ -46,7 +49,7 @@ from textfit.channels import (
     stratified_split,
 )
 from textfit.errors import ArtifactError, DataError, HyperparameterError, ReportError, TextfitError
-from textfit.hyperparameters import Hyperparameters, canonical_name, parse_hyperparameters, resolve
+from textfit.hyperparameters import FIELDS, Hyperparameters, canonical_name, parse_hyperparameters, resolve
 from textfit.inference import verbose_record
 from textfit.shapes import check_model_files
 from textfit.zoo import defaults_for, resolve_model
@@ -54,6 +57,10 @@ from textfit.zoo import defaults_for, resolve_model
 log = logging.getLogger("textfit")
 
 ChannelLike = str | Path | Channel
+
+
+class NotFitted(TextfitError, NotFittedError):
+    """A prediction asked of an estimator before fit: textfit's error, and scikit-learn's NotFittedError."""
 
 
 def _load_model(path: str, allow_network: bool, classes: ClassSet | None = None, dropout: float | None = None,
@@ -234,7 +241,7 @@ class _Start:
     allow_network: bool
 
 
-class TextClassifier:
+class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """Fine-tune a pretrained encoder for text classification.
 
     Args:
@@ -249,12 +256,42 @@ class TextClassifier:
     >>> TextClassifier().fit(["great film", "dull plot", ...], ["pos", "neg", ...])  # doctest: +SKIP
     """
 
-    def __init__(self, model_id: str | None = None, hyperparameters: Mapping[str, object] | None = None, *,
-                 init_model: str | Path | None = None, allow_network: bool = False) -> None:
+    def __init__(self, model_id: str | None = None, hyperparameters: Mapping[str, object] | Hyperparameters | None = None,
+                 *, init_model: str | Path | None = None, allow_network: bool = False, **named: object) -> None:
+        # scikit-learn's contract: every parameter stored as given, under its own name, and nothing else done
+        # here (clone() rebuilds the estimator from get_params() and checks each value is the same object).
+        unknown = sorted(set(named) - set(FIELDS))
+        if unknown:
+            raise TypeError(f"TextClassifier got unknown parameters {', '.join(unknown)}; the hyperparameters are "
+                            f"{', '.join(FIELDS)}")
         self.model_id = model_id
-        self.hyperparameters = dict(hyperparameters or {})
+        self.hyperparameters = hyperparameters
         self.init_model = init_model
         self.allow_network = allow_network
+        for name in FIELDS:
+            setattr(self, name, named.get(name))
+
+    def effective_hyperparameters(self) -> dict[str, object]:
+        """What this estimator was given: `hyperparameters` (a mapping, or a Hyperparameters object: all of its
+        values), under the hyperparameters given by name (None: not given)."""
+        base = self.hyperparameters
+        given: dict[str, object] = (dict(asdict(base)) if isinstance(base, Hyperparameters) else dict(base or {}))
+        given.update({name: getattr(self, name) for name in FIELDS if getattr(self, name, None) is not None})
+        return given
+
+    def score(self, X: Sequence[str], y: Sequence[object], sample_weight: Sequence[float] | None = None) -> float:
+        """Accuracy on (texts, labels), the labels given as in training (values or class names): scikit-learn's
+        `score`, which cross_val_score and GridSearchCV use."""
+        from sklearn.metrics import accuracy_score
+
+        if self.multi_label_:
+            return float(super().score(X, y, sample_weight=sample_weight))
+        truth = [self.class_index(label) for label in y]
+        predicted = self.predict_proba(X).argmax(axis=1)
+        return float(accuracy_score([-1 if t is None else t for t in truth], predicted, sample_weight=sample_weight))
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "model_")
 
     # ------------------------------------------------------------------------------------------ fitting
 
@@ -275,7 +312,7 @@ class TextClassifier:
         resolved = None if source is not None else resolve_model(self.model_id, allow_network=self.allow_network)
         model_id = resolved.model_id if resolved else (manifest.get("model_id") or self.model_id or str(self.init_model))
         path = str(source) if source is not None else resolved.path  # type: ignore[union-attr]
-        hp = resolve(self.hyperparameters, defaults_for(model_id))
+        hp = resolve(self.given_, defaults_for(model_id))
         reinit = self._reinitialize(hp, fine_tuned, str(self.init_model or path))
         if fine_tuned and not reinit:
             info = artifact.read_labels(source / artifact.LABELS)  # type: ignore[operator]
@@ -289,7 +326,7 @@ class TextClassifier:
             classes = class_set(train)
         allow_network = self.allow_network and not fine_tuned
         check_model_files(path)  # a local folder's config.json and tokenizer_config.json, before transformers
-        hp = _position_checked(hp, checkpoint.load_config(path, allow_network), self.hyperparameters, model_id)
+        hp = _position_checked(hp, checkpoint.load_config(path, allow_network), self.given_, model_id)
         return _Start(path, model_id, manifest.get("base_model") or path, fine_tuned, reinit, hp, classes,
                       allow_network)
 
@@ -348,6 +385,7 @@ class TextClassifier:
         Raises:
             DataError, HyperparameterError, ModelNotFoundError, ArtifactError: with what to fix.
         """
+        self.given_ = self.effective_hyperparameters()
         if checkpoint_dir is not None:  # before anything is read: a folder that is not textfit's is never written
             channels = [("--train", X), ("--validation", validation)]
             ownership.check_apart(Path(checkpoint_dir), "--checkpoint-dir",
@@ -355,21 +393,21 @@ class TextClassifier:
             ownership.check_writable(Path(checkpoint_dir), ownership.CHECKPOINT, "--checkpoint-dir")
         with contextlib.ExitStack() as stack:
             source = stack.enter_context(artifact.opened(self.init_model)) if self.init_model else None
-            mode = _mode(self.hyperparameters, source)
+            mode = _mode(self.given_, source)
             train_ch = _as_channel(X, y, "the training data", mode)
             val_ch = None
             if validation is not None:
                 val_ch = (_as_channel(validation[0], validation[1], "the validation data", mode)
                           if isinstance(validation, tuple) else _as_channel(validation, None, "the validation data", mode))
             start = self._start(source, train_ch)
-            given = {canonical_name(k) for k in self.hyperparameters} - {None}
-            if "_tuning_objective_metric" in self.hyperparameters:  # SageMaker's tuner reads val_accuracy
+            given = {canonical_name(k) for k in self.given_} - {None}
+            if "_tuning_objective_metric" in self.given_:  # SageMaker's tuner reads val_accuracy
                 given.add("validation_split_ratio")
             recipe = recipes.choose(start.hp, given, len(train_ch.texts), len(start.classes.names),  # type: ignore[arg-type]
                                     validation=val_ch is not None, new_head=start.reinit)
             hp = recipe.hp
             x_train, y_train, x_val, y_val = self._split(train_ch, val_ch, start.classes, hp, recipe.hold_out)
-            log_hyperparameters(hp, self.hyperparameters)
+            log_hyperparameters(hp, self.given_)
             recipes.log_recipe(recipe, given)  # type: ignore[arg-type]
             model, tokenizer = self._model(start, mean_pooled=recipe.name == recipes.FEWSHOT)
         names = architectures.input_names(model, tokenizer)
@@ -483,7 +521,7 @@ class TextClassifier:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise TextfitError("this TextClassifier is not fitted yet; call fit() or TextClassifier.load()")
+            raise NotFitted("this TextClassifier is not fitted yet; call fit() or TextClassifier.load()")
 
     def predict_logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Raw scores before the softmax, one row per text (truncated at max_seq_length tokens)."""
@@ -691,6 +729,18 @@ class TextClassifier:
             artifact.refresh_digests(folder)
             ownership.add_entries(folder, [export.ONNX_DIR])
         return written
+
+
+def _with_named_hyperparameters(init: Callable[..., None]) -> None:
+    """scikit-learn reads an estimator's parameters from its constructor's signature: every hyperparameter is
+    named there, keyword-only, None meaning not given (the model's default applies)."""
+    signature = inspect.signature(init)
+    named = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in FIELDS]
+    kept = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    init.__signature__ = signature.replace(parameters=[*kept, *named])  # type: ignore[attr-defined]
+
+
+_with_named_hyperparameters(TextClassifier.__init__)
 
 
 def log_hyperparameters(hp: Hyperparameters, given: Mapping[str, object]) -> None:
