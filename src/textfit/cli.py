@@ -50,7 +50,15 @@ def _read_json_file(path: str, what: str, example: str) -> dict[str, object]:
 
 
 def _read_hyperparameters_file(path: str | None) -> dict[str, object]:
-    return _read_json_file(path, "hyperparameters", '{"epochs": "3"}') if path else {}
+    """SageMaker's form: an object of names to strings (numbers and booleans are taken too); a list, an object
+    or a null as a value is one line naming the file and the field."""
+    if not path:
+        return {}
+    from textfit.shapes import require
+
+    example = '{"epochs": "3"}'
+    return require(_read_json_file(path, "hyperparameters", example), dict[str, str | float | bool], path,
+                   HyperparameterError, f"write an object such as {example}")
 
 
 def _worker_argv(argv: Sequence[str]) -> list[str]:
@@ -99,8 +107,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from textfit.job import load
+    from textfit.ownership import check_predictions_file
     from textfit.prediction import InputRecord, predict_file, predict_file_parallel, read_records
 
+    if args.output:  # before the model loads: another file of that name is never replaced
+        check_predictions_file(Path(args.output))
     clf = load(args.model, backend=args.backend, quantized=args.quantized) if args.workers <= 1 else None
     if args.input:
         records = read_records(Path(args.input), args.format)
@@ -291,6 +302,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   early_stopping=args.early_stopping, seed=args.seed, keep_trials=args.keep_trials,
                   initial=initial, start_from_defaults=args.start_from_defaults,
                   prune_from_epoch=args.prune_from_epoch, heartbeat_grace=args.heartbeat_grace,
+                  storage_timeout=args.storage_timeout,
                   objective=args.objective)
     print(json.dumps({"best_trial": result.best_trial, args.objective: result.best_val_accuracy,
                       "hyperparameters": result.best_hyperparameters, "model": str(result.output / "best")}))
@@ -565,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--hyperparameters", help="JSON file of fixed hyperparameters for every trial")
     tune.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="a fixed hyperparameter")
     tune.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite in --output)")
+    tune.add_argument("--storage-timeout", type=float_in(0.0, 3600.0, lo_open=True), metavar="SECONDS",
+                      help="seconds to wait for the storage to connect or answer before one error line (default 10; "
+                           "range (0, 3600])")
     tune.add_argument("--study", default="textfit", help="study name (default: textfit)")
     tune.add_argument("--strategy", choices=["bayesian", "random", "grid"], default="bayesian")
     tune.add_argument("--early-stopping", choices=["auto", "off"], default="auto",
