@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import FAST, make_rows, write_csv
 from textfit import TextClassifier, artifact
 from textfit.cli import main
-from textfit.sagemaker import serve_environment, training_job
+from textfit.environment import serve_environment
+from textfit.sagemaker import training_job
 
 
 def container(root: Path, tiny_bert: Path, rows: int = 48, **extra: str) -> Path:

@@ -174,7 +174,7 @@ def test_default_ranges_leave_out_what_is_fixed() -> None:
 
 
 def test_threads_follow_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    from textfit.sagemaker import thread_budget
+    from textfit.environment import thread_budget
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert thread_budget() == 3

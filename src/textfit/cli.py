@@ -80,9 +80,9 @@ LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from textfit.environment import torchrun_environment
     from textfit.hyperparameters import parse_assignments
     from textfit.job import train
-    from textfit.sagemaker import torchrun_environment
 
     if (args.nproc_per_node > 1 or args.nnodes > 1) and torchrun_environment().world_size == 1:
         from textfit import distributed
@@ -168,7 +168,7 @@ def _progress(input_path: str | None) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     from textfit.classifier import TextClassifier
     from textfit.connections import ConnectionLimits
-    from textfit.sagemaker import serve_environment
+    from textfit.environment import serve_environment
     from textfit.server import ServeSettings, serve
 
     env = serve_environment()
@@ -310,8 +310,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_sagemaker_train(args: argparse.Namespace) -> int:
+    from textfit.environment import gpu_count, torchrun_environment
     from textfit.job import train
-    from textfit.sagemaker import gpu_count, launch_plan, torchrun_environment, training_job
+    from textfit.sagemaker import launch_plan, training_job
 
     job = training_job(args.prefix)
     plan = launch_plan(job, gpu_count())
@@ -334,7 +335,7 @@ def cmd_sagemaker_train(args: argparse.Namespace) -> int:
 
 def cmd_sagemaker_serve(args: argparse.Namespace) -> int:
     from textfit.classifier import TextClassifier
-    from textfit.sagemaker import serve_environment
+    from textfit.environment import serve_environment
     from textfit.server import ServeSettings, serve
 
     env = serve_environment()
@@ -669,7 +670,7 @@ def run() -> NoReturn:
 def _reports_the_end() -> bool:
     """Whether this process says how a stopped job ended: one line a job, from the launcher where textfit's own
     started the workers, else from rank 0 (a single process, or a worker of torchrun)."""
-    from textfit.sagemaker import torchrun_environment
+    from textfit.environment import torchrun_environment
 
     env = torchrun_environment()
     return env.rank == 0 and not (env.world_size > 1 and env.under_textfit_launcher)
@@ -678,7 +679,7 @@ def _reports_the_end() -> bool:
 def _exit_now_if_a_worker(code: int) -> None:
     """A worker of a launcher that is shutting down on a signal exits at once: torch's elastic workers wait for
     their launcher to collect a return value it never collects on this path (30 s, then SIGKILL)."""
-    from textfit.sagemaker import torchrun_environment
+    from textfit.environment import torchrun_environment
 
     if torchrun_environment().world_size > 1:
         sys.stdout.flush()

@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 
 from textfit import checkpoints
+from textfit.environment import RUN_ID_PREFIX, thread_budget, torchrun_environment
 from textfit.errors import TextfitError, TrainingInterrupted
-from textfit.sagemaker import RUN_ID_PREFIX, thread_budget, torchrun_environment
 
 log = logging.getLogger("textfit")
 

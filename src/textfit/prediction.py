@@ -17,9 +17,9 @@ from typing import IO, Any
 
 from textfit.channels import allow_any_field_size, header_reason, text_encoding
 from textfit.classifier import TextClassifier
+from textfit.environment import thread_budget
 from textfit.errors import DataError
 from textfit.inference import verbose_record
-from textfit.sagemaker import thread_budget
 
 log = logging.getLogger("textfit")
 

@@ -1,7 +1,6 @@
-"""SageMaker's container contract in one place, and the only module that reads the environment.
-
-Training (README: SageMaker): hyperparameters.json, the channels, /opt/ml/model and the failure file. Serving
-(README: Serve, SageMaker): the port, the payload limit, batch transform's settings and the default Accept.
+"""SageMaker's training-job contract in one place: hyperparameters.json, the channels, /opt/ml/model, the
+failure file and how a job spreads over its instances (README: SageMaker). What every layer may need of the
+environment (serving's variables, torchrun's, the thread budget) is read in environment.py.
 """
 
 from __future__ import annotations
@@ -11,62 +10,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from textfit.environment import DEFAULT_PREFIX
 from textfit.errors import HyperparameterError, TextfitError
 from textfit.shapes import Maybe, found, require
-
-DEFAULT_PREFIX = "/opt/ml"
-
-
-@dataclass(frozen=True)
-class ServeEnvironment:
-    port: int = 8080
-    max_payload_mb: float = 6.0
-    default_accept: str = "application/json"
-    batch: bool = False
-    batch_strategy: str = "MULTI_RECORD"
-    max_concurrent_transforms: int = 4
-    model_dir: str = f"{DEFAULT_PREFIX}/model"
-
-
-def _int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise TextfitError(f"environment variable {name}={value!r} is not an integer") from None
-
-
-def serve_environment() -> ServeEnvironment:
-    """SAGEMAKER_* settings of a hosting or batch transform container; unset ones keep SageMaker's defaults."""
-    payload = os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", "").strip()
-    try:
-        max_payload = float(payload) if payload else 6.0
-    except ValueError:
-        raise TextfitError(f"environment variable SAGEMAKER_MAX_PAYLOAD_IN_MB={payload!r} is not a number") from None
-    strategy = os.environ.get("SAGEMAKER_BATCH_STRATEGY", "MULTI_RECORD").strip().upper().replace("MULTIRECORD",
-                                                                                                    "MULTI_RECORD")
-    return ServeEnvironment(
-        port=_int("SAGEMAKER_BIND_TO_PORT", 8080),
-        # 0 means chunked transfer, which built-in algorithms do not support: keep the default limit then
-        max_payload_mb=max_payload if max_payload > 0 else 6.0,
-        default_accept=os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "application/json").strip(),
-        batch=os.environ.get("SAGEMAKER_BATCH", "").strip().lower() == "true",
-        batch_strategy=strategy.replace("SINGLERECORD", "SINGLE_RECORD"),
-        max_concurrent_transforms=_int("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", 4),
-        model_dir=os.environ.get("SM_MODEL_DIR", f"{DEFAULT_PREFIX}/model"),
-    )
-
-
-def model_store_dir() -> Path:
-    """The local model store: TEXTFIT_MODEL_STORE, else ~/.cache/textfit/models (XDG_CACHE_HOME respected)."""
-    configured = os.environ.get("TEXTFIT_MODEL_STORE", "").strip()
-    if configured:
-        return Path(configured).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(cache) if cache else Path.home() / ".cache") / "textfit" / "models"
-
 
 # ---------------------------------------------------------------------------------------------- training
 
@@ -187,36 +133,6 @@ def write_failure(prefix: str | Path | None, message: str) -> None:
 
 
 @dataclass(frozen=True)
-class TorchrunEnvironment:
-    """What torchrun (or textfit's own launcher) tells each worker."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    under_textfit_launcher: bool = False
-    """Whether textfit's own launcher started this worker: the launcher then says how the job ended."""
-
-
-# textfit's launcher names its runs with this prefix (torchrun passes the name as TORCHELASTIC_RUN_ID).
-RUN_ID_PREFIX = "textfit-"
-
-
-def torchrun_environment() -> TorchrunEnvironment:
-    return TorchrunEnvironment(_int("RANK", 0), _int("WORLD_SIZE", 1), _int("LOCAL_RANK", 0),
-                               os.environ.get("TORCHELASTIC_RUN_ID", "").startswith(RUN_ID_PREFIX))
-
-
-def gpu_count() -> int:
-    """GPUs of a SageMaker instance (SM_NUM_GPUS), else what torch sees."""
-    configured = os.environ.get("SM_NUM_GPUS", "").strip()
-    if configured.isdigit():
-        return int(configured)
-    import torch
-
-    return torch.cuda.device_count()
-
-
-@dataclass(frozen=True)
 class LaunchPlan:
     nproc_per_node: int
     nnodes: int
@@ -239,10 +155,3 @@ def launch_plan(job: TrainingJob, gpus: int) -> LaunchPlan | None:
         raise TextfitError(f"current host {job.current_host!r} is not among the hosts {hosts} (SM_CURRENT_HOST, "
                            "SM_HOSTS or resourceconfig.json)")
     return LaunchPlan(per_node, len(hosts), hosts.index(job.current_host), hosts[0])
-
-
-def thread_budget() -> int:
-    """The threads this job may use: OMP_NUM_THREADS where set (a container's or a scheduler's share of the
-    machine), else every core."""
-    configured = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(configured) if configured.isdigit() and int(configured) > 0 else (os.cpu_count() or 1)

@@ -57,7 +57,7 @@ class ServeSettings:
     @classmethod
     def from_environment(cls, **overrides: Any) -> ServeSettings:
         """SageMaker's serving variables (payload limit, batch transform, default Accept), then `overrides`."""
-        from textfit.sagemaker import serve_environment
+        from textfit.environment import serve_environment
 
         env = serve_environment()
         if not math.isfinite(env.max_payload_mb) or env.max_payload_mb > 1024:  # int() of inf or NaN would raise

@@ -748,7 +748,7 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
             server, wrong credentials, missing database), before any trial starts.
     """
     from textfit.channels import read_channel
-    from textfit.sagemaker import thread_budget
+    from textfit.environment import thread_budget
     from textfit.zoo import defaults_for
 
     if strategy not in STRATEGIES:

@@ -10,8 +10,8 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from textfit.environment import model_store_dir
 from textfit.errors import ModelNotFoundError
-from textfit.sagemaker import model_store_dir
 
 STORE_RECORD = "textfit-store.json"
 
