@@ -33,7 +33,7 @@ def main() -> None:
     from bbc import channels
 
     from textfit import TextClassifier
-    from textfit.channels import read_channel
+    from textfit.data.channels import read_channel
 
     with tempfile.TemporaryDirectory() as tmp:
         train, test = channels(Path(tmp))

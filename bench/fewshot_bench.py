@@ -99,7 +99,8 @@ def fit_textfit(train: list[tuple[int, str]], names: list[str], hyperparameters:
                 steps: int | None = None) -> tuple[TextClassifier, float]:
     """A TextClassifier fitted with textfit's defaults (or `hyperparameters`; `steps`, the small-data recipe's
     budget in its place), and its training seconds."""
-    from textfit import TextClassifier, recipes
+    from textfit import TextClassifier
+    from textfit.training import recipes
 
     budget = recipes.FEWSHOT_STEPS
     recipes.FEWSHOT_STEPS = steps or budget
@@ -164,7 +165,7 @@ def run_classmeans(train: list[tuple[int, str]], test: list[tuple[int, str]], na
                    ) -> dict[str, object]:
     """textfit's defaults with the head started from the class means, as the recipe does past the probe's
     budget (recipes.PROBE_MAX_CELLS, very many classes): what that start costs against the probe."""
-    from textfit import recipes
+    from textfit.training import recipes
 
     budget, recipes.PROBE_MAX_CELLS = recipes.PROBE_MAX_CELLS, 0
     try:
@@ -197,7 +198,7 @@ def run_setfit(train: list[tuple[int, str]], test: list[tuple[int, str]], names:
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
-    from textfit.zoo import embedded_path
+    from textfit.model.zoo import embedded_path
 
     start = time.perf_counter()
     model = SetFitModel.from_pretrained(str(embedded_path()))
@@ -219,7 +220,7 @@ def _embed(texts: list[str]) -> np.ndarray:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from textfit.zoo import embedded_path
+    from textfit.model.zoo import embedded_path
 
     missing = [t for t in dict.fromkeys(texts) if t not in _EMBEDDINGS]
     if missing:

@@ -30,9 +30,10 @@ def main() -> None:
 
     from fewshot_bench import SETS
 
-    from textfit import TextClassifier, batching
-    from textfit.checkpoint import load_tokenizer
-    from textfit.zoo import resolve_model
+    from textfit import TextClassifier
+    from textfit.data import batching
+    from textfit.model.pretrained import load_tokenizer
+    from textfit.model.zoo import resolve_model
 
     train, test, names = SETS[args.set]()
     tokenizer = load_tokenizer(resolve_model(None).path)

@@ -116,8 +116,8 @@ def run_trainer(root: Path, labels: list[str], epochs: int, seq: int) -> dict[st
         TrainingArguments,
     )
 
-    from textfit.training import cpu_has_bf16
-    from textfit.zoo import embedded_path
+    from textfit.model.zoo import embedded_path
+    from textfit.training.loop import cpu_has_bf16
 
     model_dir = str(embedded_path())
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -73,7 +73,7 @@ def groups(feats: np.ndarray, n_classes: int, per_class: int, seed: int = 0) -> 
 def _time(kind: str, feats: np.ndarray, labels: list[int], n_classes: int, out: mp.Queue) -> None:
     import resource
 
-    from textfit import recipes
+    from textfit.training import recipes
 
     before = _rss_mb()
     start = time.perf_counter()

@@ -91,7 +91,8 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float
 def contrastive_term(weight: float, temperature: float) -> Iterator[None]:
     """training.batch_loss with the supervised contrastive term added (weight x the term, times the rows, as
     batch_loss returns a sum that training divides by the rows), on the features of the batch's forward pass."""
-    from textfit import architectures, training
+    from textfit.model import architectures
+    from textfit.training import loop as training
 
     features, batch_loss = architectures.features, training.batch_loss
     last: list[torch.Tensor] = []
@@ -177,8 +178,8 @@ def chunked(rows: list[tuple[int, str]], pieces: int, tokens: int = MAX_LENGTH -
     """Each row longer than `tokens` tokens as up to `pieces` rows of at most `tokens` tokens (the embedded
     tokenizer's; 128 less the two special tokens), cut between words where a word boundary is in reach and
     sliced from the original text."""
-    from textfit.checkpoint import load_tokenizer
-    from textfit.zoo import resolve_model
+    from textfit.model.pretrained import load_tokenizer
+    from textfit.model.zoo import resolve_model
 
     tokenizer = load_tokenizer(resolve_model(None).path)
     out = []

@@ -126,8 +126,8 @@ def _setup(names: list[str]) -> tuple[object, object]:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from textfit import kernels
-    from textfit.zoo import embedded_path
+    from textfit.model.zoo import embedded_path
+    from textfit.training import kernels
 
     shared = {CONFIGS[n][2] for n in names}, {CONFIGS[n][4] for n in names}
     if any(len(values) > 1 for values in shared):
@@ -144,7 +144,8 @@ def _setup(names: list[str]) -> tuple[object, object]:
 
 def _stepper(torch: object, model: object, name: str, tokens: int) -> object:
     """One timed training step of configuration `name` on `model`, as a function returning its seconds."""
-    from textfit import architectures, kernels
+    from textfit.model import architectures
+    from textfit.training import kernels
 
     precision, attention, _, kernel, _, embeddings, first_only, lever = CONFIGS[name]
     table = model.get_input_embeddings().weight

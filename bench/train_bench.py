@@ -62,7 +62,7 @@ def run_textfit(train: Path, test: Path, epochs: int, seq: int, extra: dict[str,
     from bbc import class_names  # noqa: F401  (same data module as the Trainer run)
 
     from textfit import TextClassifier
-    from textfit.channels import read_channel
+    from textfit.data.channels import read_channel
 
     hp = {**HP, "epochs": str(epochs), "max_seq_length": str(seq), **extra}
     start = time.perf_counter()
@@ -96,8 +96,8 @@ def run_trainer(train: Path, test: Path, epochs: int, seq: int, bf16: bool = Fal
         TrainingArguments,
     )
 
-    from textfit.channels import read_channel
-    from textfit.zoo import embedded_path
+    from textfit.data.channels import read_channel
+    from textfit.model.zoo import embedded_path
 
     model_dir = str(embedded_path())
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -185,8 +185,8 @@ def main() -> None:
     import torch
     from bbc import channels
 
-    from textfit.training import cpu_bf16_flag, cpu_has_bf16
-    from textfit.zoo import embedded_path
+    from textfit.model.zoo import embedded_path
+    from textfit.training.loop import cpu_bf16_flag, cpu_has_bf16
 
     torch.set_num_threads(torch.get_num_threads())
     # without native bf16, oneDNN emulates it at a few GFLOP/s: minutes to measure a floor nothing here runs at

@@ -48,8 +48,8 @@ def main() -> None:
     from bbc import channels
 
     from textfit import TextClassifier
-    from textfit.channels import read_channel
-    from textfit.tuning import tune
+    from textfit.data.channels import read_channel
+    from textfit.jobs.tuning import tune
 
     with tempfile.TemporaryDirectory() as tmp:
         train, test = channels(Path(tmp))

@@ -22,9 +22,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # The modules that take longest (their tests start training jobs), longest first. `make test` hands out whole
 # modules (--dist loadscope: a module's fixtures are built once) in collection order, so these go out first and
 # no minute-long module starts last while the other worker has nothing left to do.
-LONGEST_FIRST = ("test_checkpoints.py", "test_hostile.py", "test_tuning.py", "test_distributed.py",
+LONGEST_FIRST = ("test_checkpoints.py", "test_ownership.py", "test_hostile.py", "test_tuning.py", "test_distributed.py",
                  "test_recipes.py", "test_multilabel.py", "test_readme.py", "test_end_to_end.py", "test_server.py",
-                 "test_prediction.py")
+                 "test_prediction.py", "test_file_shapes.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

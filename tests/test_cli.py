@@ -162,8 +162,8 @@ def test_outputs_that_cannot_work_are_refused_before_training(tiny_bert: Path, c
         assert run(tiny_bert, "--train", str(channel), "--output", str(output)) == 2
         err = capsys.readouterr().err
         assert message in err and "Epoch 1/" not in err and "Traceback" not in err
-    from textfit.artifact import check_output
     from textfit.errors import ArtifactError
+    from textfit.model.artifact import check_output
 
     with pytest.raises(ArtifactError, match="the model needs about 1000000000000 MB but"):
         check_output(tmp_path / "big", False, needed_bytes=10**18)
@@ -172,7 +172,8 @@ def test_outputs_that_cannot_work_are_refused_before_training(tiny_bert: Path, c
 def test_a_report_that_fails_after_training_keeps_the_model(tiny_bert: Path, channel: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from textfit import artifact, plots
+    from textfit.model import artifact
+    from textfit.reports import plots
 
     def out_of_memory(*args: object, **kwargs: object) -> None:
         raise MemoryError("drawing the confusion matrix")

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from textfit.cli import Range, build_parser, main
-from textfit.connections import ConnectionLimits, LimitError
-from textfit.server import ServeSettings
+from textfit.serving.connections import ConnectionLimits, LimitError
+from textfit.serving.server import ServeSettings
 
 PROBES = ("0", "-1", str(10**12), "abc", "nan", "inf", "1e400", "2.5", "")
 PARTNERS = {"--node-rank": ["--nnodes", "1024"], "--max-parallel-jobs": ["--max-jobs", "10000"]}
@@ -169,8 +169,8 @@ def test_the_python_api_holds_the_same_ranges(make: object, message: str) -> Non
 
 def test_the_api_ranges_are_the_flags_ranges() -> None:
     """The flags' ranges, in the flags' units, are the settings' ranges: the CLI refuses what the server would."""
-    from textfit.connections import CONNECTION_RANGES
-    from textfit.server import SERVE_RANGES
+    from textfit.serving.connections import CONNECTION_RANGES
+    from textfit.serving.server import SERVE_RANGES
 
     serve = next(p for path, p in _subcommands(build_parser()) if path == ("serve",))
     flags = {a.option_strings[-1]: a.type for a in serve._actions if isinstance(a.type, Range)}

@@ -24,8 +24,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import wait_for_ping
-from textfit import TextClassifier, artifact, batching
-from textfit.server import ServeSettings, create_app
+from textfit import TextClassifier
+from textfit.data import batching
+from textfit.model import artifact
+from textfit.serving.server import ServeSettings, create_app
 
 GOOD, BAD = "the film was good and great", "the plot was bad and awful"
 EVIL_CODE = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\n"

@@ -13,10 +13,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import FAST, NEGATIVE, NEUTRAL, POSITIVE, write_csv
-from textfit import TextClassifier, batching
+from textfit import TextClassifier
 from textfit.classifier import LONG_TEXT_SHARE, WINDOW_BELOW_ROWS_PER_CLASS, _long_texts
+from textfit.data import batching
 from textfit.hyperparameters import Hyperparameters
-from textfit.server import ServeSettings, create_app
+from textfit.serving.server import ServeSettings, create_app
 
 # 16 tokens a window: the rows below (24 words) are all longer, the short ones (6 words) none.
 SHORT_WINDOWS = {**FAST, "epochs": "6", "learning_rate": "0.002", "max_seq_length": "16"}

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE
 from textfit import TextClassifier
-from textfit.channels import read_channel
+from textfit.data.channels import read_channel
 from textfit.errors import DataError, HyperparameterError
 
 HP = {"epochs": "40", "batch_size": "8", "learning_rate": "0.002", "optimizer": "adamw", "precision": "fp32",
@@ -217,11 +217,11 @@ def test_fit_from_memory_with_label_lists(tiny_bert: Path) -> None:
     assert clf.classes_ == ["bad", "good", "plot"]
 
 
-from textfit.server import create_app  # noqa: E402 - after the fixtures that do not need it
+from textfit.serving.server import create_app  # noqa: E402 - after the fixtures that do not need it
 
 
 def test_tuning_maximises_micro_f1(tiny_bert: Path, tmp_path: Path) -> None:
-    from textfit.tuning import tune
+    from textfit.jobs.tuning import tune
 
     data = write(tmp_path / "d" / "data.csv", make_multi_rows(80))
     ranges = {"CategoricalParameterRanges": [{"Name": "learning_rate", "Values": ["0.002", "0.005"]}]}
@@ -272,7 +272,7 @@ def test_the_folder_loads_in_a_plain_transformers_pipeline(trained: tuple[TextCl
 def test_balanced_class_weights_become_positive_weights_per_label() -> None:
     import torch
 
-    from textfit.training import batch_loss, class_weights
+    from textfit.training.loop import batch_loss, class_weights
 
     rows = [[0], [0, 1], [], [0], [2]]  # label 0 on 3 of 5 rows, label 1 on 1, label 2 on 1
     weights = class_weights("balanced", rows, 3, multi_label=True)

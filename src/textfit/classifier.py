@@ -26,19 +26,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 from torch import nn
 
-from textfit import (
-    architectures,
-    artifact,
-    batching,
-    checkpoint,
-    checkpoints,
-    export,
-    metrics,
-    ownership,
-    recipes,
-    training,
-)
-from textfit.channels import (
+from textfit.core import ownership
+from textfit.core.shapes import check_model_files
+from textfit.data import batching
+from textfit.data.channels import (
     Channel,
     ClassSet,
     class_set,
@@ -50,9 +41,12 @@ from textfit.channels import (
 )
 from textfit.errors import ArtifactError, DataError, HyperparameterError, ReportError, TextfitError
 from textfit.hyperparameters import FIELDS, Hyperparameters, canonical_name, parse_hyperparameters, resolve
-from textfit.inference import verbose_record
-from textfit.shapes import check_model_files
-from textfit.zoo import defaults_for, resolve_model
+from textfit.model import architectures, artifact, export, pretrained
+from textfit.model.zoo import defaults_for, resolve_model
+from textfit.reports import metrics
+from textfit.reports.records import verbose_record
+from textfit.training import checkpoints, recipes
+from textfit.training import loop as training
 
 log = logging.getLogger("textfit")
 
@@ -67,7 +61,7 @@ def _load_model(path: str, allow_network: bool, classes: ClassSet | None = None,
                 multi_label: bool = False, mean_pooled: bool = False, **kwargs: Any) -> nn.Module:
     """The checkpoint with a sequence-classification head: its own, or (given `classes`) a new one, reading the
     mean of the token vectors when `mean_pooled`. A saved mean-pooled model comes back mean-pooled."""
-    config = checkpoint.load_config(path, allow_network)
+    config = pretrained.load_config(path, allow_network)
     if classes is not None:
         if mean_pooled:
             config.update({architectures.POOLING_KEY: "mean"})
@@ -80,7 +74,7 @@ def _load_model(path: str, allow_network: bool, classes: ClassSet | None = None,
         config.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
     if dropout is not None:
         architectures.set_dropout(config, dropout)  # the Dropout before the Dense layer, by this family's name
-    model = checkpoint.load_classifier_model(path, config, allow_network, **kwargs)
+    model = pretrained.load_classifier_model(path, config, allow_network, **kwargs)
     if not architectures.is_mean_pooled(config):
         return model
     if not architectures.can_mean_pool(model):  # only a new head can be asked for: an artifact's was checked
@@ -326,7 +320,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             classes = class_set(train)
         allow_network = self.allow_network and not fine_tuned
         check_model_files(path)  # a local folder's config.json and tokenizer_config.json, before transformers
-        hp = _position_checked(hp, checkpoint.load_config(path, allow_network), self.given_, model_id)
+        hp = _position_checked(hp, pretrained.load_config(path, allow_network), self.given_, model_id)
         return _Start(path, model_id, manifest.get("base_model") or path, fine_tuned, reinit, hp, classes,
                       allow_network)
 
@@ -364,7 +358,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                                 start.hp.multi_label, mean_pooled, ignore_mismatched_sizes=start.fine_tuned)
             if start.fine_tuned:
                 architectures.reinitialize_head(model)
-        return model, checkpoint.load_tokenizer(start.path, start.allow_network)
+        return model, pretrained.load_tokenizer(start.path, start.allow_network)
 
     def fit(self, X: ChannelLike | Sequence[str], y: Sequence[object] | None = None, *,
             validation: ChannelLike | tuple[Sequence[str], Sequence[object]] | None = None,
@@ -620,8 +614,8 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     def _write_reports(self, folder: Path) -> list[str]:
         """The reports beside the model; each that fails is named in the list returned, never losing the model."""
-        from textfit import plots
-        from textfit.card import model_card
+        from textfit.reports import plots
+        from textfit.reports.card import model_card
 
         report = self.validation_report_
         steps: list[tuple[str, Callable[[], object]]] = [
@@ -696,11 +690,11 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             labels = artifact.read_labels(folder / artifact.LABELS)
             _saved_hyperparameters(folder, manifest)
             check_model_files(folder)
-            config = checkpoint.load_config(str(folder))
+            config = pretrained.load_config(str(folder))
             if config.num_labels != len(labels["labels"]):
                 raise ArtifactError(f"{folder}: config.json has {config.num_labels} outputs but "
                                     f"labels_info.json names {len(labels['labels'])} classes; the artifact is damaged")
-            tokenizer = checkpoint.load_tokenizer(str(folder))
+            tokenizer = pretrained.load_tokenizer(str(folder))
             graph = export.onnx_path(folder, quantized)
             if backend == "onnx" and graph.is_file():  # the graph alone: no torch weights in memory
                 model, runner = None, export.OnnxRunner(graph, threads)

@@ -26,7 +26,7 @@ from textfit.errors import (
     TextfitError,
     TrainingInterrupted,
 )
-from textfit.sagemaker import write_failure
+from textfit.jobs.sagemaker import write_failure
 
 log = logging.getLogger("textfit")
 
@@ -54,7 +54,7 @@ def _read_hyperparameters_file(path: str | None) -> dict[str, object]:
     or a null as a value is one line naming the file and the field."""
     if not path:
         return {}
-    from textfit.shapes import require
+    from textfit.core.shapes import require
 
     example = '{"epochs": "3"}'
     return require(_read_json_file(path, "hyperparameters", example), dict[str, str | float | bool], path,
@@ -80,12 +80,12 @@ LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from textfit.environment import torchrun_environment
+    from textfit.core.environment import torchrun_environment
     from textfit.hyperparameters import parse_assignments
-    from textfit.job import train
+    from textfit.jobs.train import train
 
     if (args.nproc_per_node > 1 or args.nnodes > 1) and torchrun_environment().world_size == 1:
-        from textfit import distributed
+        from textfit.training import distributed
 
         distributed.launch(main, (_worker_argv(args.argv),), nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,
                            node_rank=args.node_rank, master_addr=args.master_addr, master_port=args.master_port,
@@ -106,9 +106,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from textfit.job import load
-    from textfit.ownership import check_predictions_file
-    from textfit.prediction import InputRecord, predict_file, predict_file_parallel, read_records
+    from textfit.core.ownership import check_predictions_file
+    from textfit.jobs.prediction import InputRecord, predict_file, predict_file_parallel, read_records
+    from textfit.jobs.train import load
 
     if args.output:  # before the model loads: another file of that name is never replaced
         check_predictions_file(Path(args.output))
@@ -149,7 +149,7 @@ def _log_truncated(truncated: int, total: int, clf: Any) -> None:
 @contextlib.contextmanager
 def _atomic_text(path: Path) -> Iterator[TextIO]:
     """Write to a temporary sibling and rename on success: a failed run leaves no partial output."""
-    from textfit.artifact import staged
+    from textfit.model.artifact import staged
 
     with staged(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         yield f
@@ -167,9 +167,9 @@ def _progress(input_path: str | None) -> Any:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from textfit.classifier import TextClassifier
-    from textfit.connections import ConnectionLimits
-    from textfit.environment import serve_environment
-    from textfit.server import ServeSettings, serve
+    from textfit.core.environment import serve_environment
+    from textfit.serving.connections import ConnectionLimits
+    from textfit.serving.server import ServeSettings, serve
 
     env = serve_environment()
     settings = ServeSettings.from_environment(
@@ -192,7 +192,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from textfit.classifier import TextClassifier
-    from textfit.evaluation import quantization_report
+    from textfit.jobs.evaluation import quantization_report
 
     folder = Path(args.model)
     if not folder.is_dir():
@@ -207,7 +207,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _availability(spec: Any) -> tuple[str, str]:
     """(source, available now) of a zoo entry, without loading anything."""
-    from textfit.zoo import embedded_path, hf_cached, stored
+    from textfit.model.zoo import embedded_path, hf_cached, stored
 
     if stored(spec.model_id):
         return "store", "yes"
@@ -219,7 +219,7 @@ def _availability(spec: Any) -> tuple[str, str]:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from textfit.zoo import ZOO
+    from textfit.model.zoo import ZOO
 
     print(f"{'model_id':<58} {'name':<40} {'params':>7}  {'available':<10} source")
     for spec in ZOO:
@@ -230,7 +230,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def cmd_models_info(args: argparse.Namespace) -> int:
     from textfit.hyperparameters import resolve
-    from textfit.zoo import get_spec, store_path
+    from textfit.model.zoo import get_spec, store_path
 
     spec = get_spec(args.model_id)
     if spec is None:
@@ -246,14 +246,14 @@ def cmd_models_info(args: argparse.Namespace) -> int:
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
-    from textfit.store import pull_model
+    from textfit.model.store import pull_model
 
     print(pull_model(args.model_id))
     return 0
 
 
 def cmd_models_import(args: argparse.Namespace) -> int:
-    from textfit.store import import_model
+    from textfit.model.store import import_model
 
     path = import_model(args.model_id, args.path)
     log.info("Imported %s into %s", args.model_id, path)
@@ -262,15 +262,15 @@ def cmd_models_import(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from textfit.evaluation import evaluate
-    from textfit.job import load
-    from textfit.metrics import format_report
+    from textfit.jobs.evaluation import evaluate
+    from textfit.jobs.train import load
+    from textfit.reports.metrics import format_report
 
     clf = load(args.model, backend=args.backend, quantized=args.quantized)
     counts: dict[str, int] = {"truncated": 0}
     if clf.multi_label_:
-        from textfit.evaluation import evaluate_multi_label
-        from textfit.metrics import format_multi_label_report
+        from textfit.jobs.evaluation import evaluate_multi_label
+        from textfit.reports.metrics import format_multi_label_report
 
         multi = evaluate_multi_label(clf, args.data, args.output, long_texts=args.long_texts, counts=counts)
         print(format_multi_label_report(multi))
@@ -286,7 +286,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from textfit.hyperparameters import parse_assignments
-    from textfit.tuning import tune
+    from textfit.jobs.tuning import tune
 
     ranges = _read_json_file(args.ranges, "ranges", '{"ContinuousParameterRanges": [...]}') if args.ranges else None
     fixed = {**_read_hyperparameters_file(args.hyperparameters), **parse_assignments(args.hp)}
@@ -310,14 +310,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_sagemaker_train(args: argparse.Namespace) -> int:
-    from textfit.environment import gpu_count, torchrun_environment
-    from textfit.job import train
-    from textfit.sagemaker import launch_plan, training_job
+    from textfit.core.environment import gpu_count, torchrun_environment
+    from textfit.jobs.sagemaker import launch_plan, training_job
+    from textfit.jobs.train import train
 
     job = training_job(args.prefix)
     plan = launch_plan(job, gpu_count())
     if plan is not None and torchrun_environment().world_size == 1:  # a multi-GPU or multi-instance job
-        from textfit import distributed
+        from textfit.training import distributed
 
         log.info("Launching %d worker(s) on each of %d host(s); this is host %d, %s is the master", plan.nproc_per_node,
                  plan.nnodes, plan.node_rank, plan.master_addr)
@@ -335,8 +335,8 @@ def cmd_sagemaker_train(args: argparse.Namespace) -> int:
 
 def cmd_sagemaker_serve(args: argparse.Namespace) -> int:
     from textfit.classifier import TextClassifier
-    from textfit.environment import serve_environment
-    from textfit.server import ServeSettings, serve
+    from textfit.core.environment import serve_environment
+    from textfit.serving.server import ServeSettings, serve
 
     env = serve_environment()
     settings = ServeSettings.from_environment()
@@ -670,7 +670,7 @@ def run() -> NoReturn:
 def _reports_the_end() -> bool:
     """Whether this process says how a stopped job ended: one line a job, from the launcher where textfit's own
     started the workers, else from rank 0 (a single process, or a worker of torchrun)."""
-    from textfit.environment import torchrun_environment
+    from textfit.core.environment import torchrun_environment
 
     env = torchrun_environment()
     return env.rank == 0 and not (env.world_size > 1 and env.under_textfit_launcher)
@@ -679,7 +679,7 @@ def _reports_the_end() -> bool:
 def _exit_now_if_a_worker(code: int) -> None:
     """A worker of a launcher that is shutting down on a signal exits at once: torch's elastic workers wait for
     their launcher to collect a return value it never collects on this path (30 s, then SIGKILL)."""
-    from textfit.environment import torchrun_environment
+    from textfit.core.environment import torchrun_environment
 
     if torchrun_environment().world_size > 1:
         sys.stdout.flush()

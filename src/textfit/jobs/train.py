@@ -1,0 +1,136 @@
+"""The training job around the estimator: what `textfit train` and `textfit.train()` run.
+
+A job reads channels from anywhere (local paths or s3:// URIs), joins the other workers of a distributed run,
+writes TensorBoard events, and saves the artifact (with its tarball, uploaded where the output is remote) from
+rank 0 alone. The estimator it wraps (classifier.TextClassifier) knows none of this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+from textfit.classifier import TextClassifier
+from textfit.core import ownership
+from textfit.errors import ReportError, TextfitError
+from textfit.jobs import remote
+from textfit.model import artifact
+from textfit.training import distributed
+from textfit.training.loop import EpochMetrics
+
+log = logging.getLogger("textfit")
+
+
+@contextlib.contextmanager
+def _tensorboard(folder: str | Path) -> Iterator[Callable[[int, EpochMetrics], None]]:
+    """An epoch hook that writes TensorBoard scalars (loss, accuracy, val_loss, val_accuracy) to `folder`."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TextfitError("--tensorboard needs the tensorboard package: pip install textfit[tensorboard]") from None
+    writer = SummaryWriter(log_dir=str(folder))
+
+    def write(epoch: int, m: EpochMetrics) -> None:
+        for name, value in m.as_dict().items():
+            if value is not None and name != "seconds":
+                writer.add_scalar(name, value, epoch)
+        writer.flush()
+
+    try:
+        yield write
+    finally:
+        writer.close()
+
+
+def _save(clf: TextClassifier, output: str | Path, tar: bool, overwrite: bool, onnx: str) -> None:
+    if not remote.is_remote(output):
+        clf.save(output, overwrite=overwrite, tar=tar, onnx=onnx)
+        return
+    with tempfile.TemporaryDirectory(prefix="textfit-out-") as tmp:
+        try:
+            folder = clf.save(Path(tmp) / "model", tar=tar, onnx=onnx)
+        except ReportError as exc:  # upload what was saved, then say what is missing
+            folder, missing = Path(tmp) / "model", str(exc)
+        else:
+            missing = ""
+        try:
+            remote.upload(folder, str(output))
+            if tar and folder.with_name("model.tar.gz").is_file():
+                remote.upload(folder.with_name("model.tar.gz"), str(output).rstrip("/") + ".tar.gz")
+        except TextfitError as exc:  # keep the trained model here rather than lose it with the temporary folder
+            kept = Path.cwd() / f"textfit-not-uploaded-{time.strftime('%Y%m%d-%H%M%S')}"
+            shutil.copytree(folder.parent, kept)
+            raise ReportError(f"the model could not be uploaded to {output} ({exc}); it is kept in {kept}: "
+                              "copy it there once the store can be reached") from None
+        if missing:
+            raise ReportError(missing.replace(str(folder), str(output)))
+
+
+def _weights_bytes(model_id: str | None, model: str | Path | None) -> int:
+    """About what the artifact will take on disk (its weights, in fp32, and the rest), to check for room before
+    training: the source checkpoint's safetensors, or 0 where the source is not local yet."""
+    from textfit.model.zoo import resolve_model
+
+    try:
+        source = Path(model) if model is not None else Path(resolve_model(model_id).path)
+    except TextfitError:
+        return 0  # the fit says why the model cannot be found, with the fix
+    weights = source / "model.safetensors" if source.is_dir() else source
+    return int(weights.stat().st_size * 1.1) + 20_000_000 if weights.is_file() else 0
+
+
+
+
+def train(train: str | Path, validation: str | Path | None = None, *, model_id: str | None = None,
+          hyperparameters: Mapping[str, object] | None = None, output: str | Path | None = None,
+          model: str | Path | None = None, tar: bool = False, overwrite: bool = False,
+          allow_network: bool = False, tensorboard: str | Path | None = None,
+          checkpoint_dir: str | Path | None = None, onnx: str = "fp32") -> TextClassifier:
+    """Fine-tune and (with `output`) save: what `textfit train` does, from Python. Paths may be s3:// URIs.
+
+    With `checkpoint_dir`, training checkpoints there at each epoch end and on SIGTERM/SIGINT, and a rerun
+    with the same folder resumes (checkpoints.py). `onnx` (fp32, int8 or none) is the ONNX graph saved in the
+    artifact, from which `serve` starts at once.
+
+    >>> clf = textfit.train("data/", model_id="textfit-tc-all-minilm-l6-v2", output="model/")  # doctest: +SKIP
+    >>> textfit.load("model/").predict(["a lovely film"])  # doctest: +SKIP
+    """
+    world = distributed.init_from_environment()  # under torchrun or --nproc-per-node: join the other workers
+    try:
+        if output is not None and not remote.is_remote(output) and world.is_main:  # before hours of training
+            local_inputs = tuple(Path(p) for p in (train, validation) if p is not None and not remote.is_remote(p))
+            needed = 0 if model is not None and remote.is_remote(model) else _weights_bytes(model_id, model)
+            artifact.check_output(Path(output), overwrite, inputs=local_inputs, needed_bytes=needed * (2 if tar else 1),
+                                  tarball=artifact.tarball_path(Path(output)) if tar else None)
+        if checkpoint_dir is not None and world.is_main:
+            ownership.check_apart(Path(checkpoint_dir), "--checkpoint-dir", [
+                (flag, Path(p)) for flag, p in (("--train", train), ("--validation", validation), ("--output", output),
+                                                ("--model", model)) if p is not None and not remote.is_remote(p)])
+        with contextlib.ExitStack() as stack:
+            local = lambda loc: None if loc is None else stack.enter_context(remote.local_copy(loc))  # noqa: E731
+            clf = TextClassifier(model_id, hyperparameters, init_model=local(model), allow_network=allow_network)
+            on_epoch = stack.enter_context(_tensorboard(tensorboard)) if tensorboard and world.is_main else None
+            clf.fit(local(train), validation=local(validation), on_epoch=on_epoch,  # type: ignore[arg-type]
+                    checkpoint_dir=checkpoint_dir)
+            clf.init_model = model  # the manifest names where it came from, not the temporary copy
+            if model is not None:
+                clf.manifest_["initialized_from"] = str(model)
+        clf.manifest_["workers"] = world.size
+        if output is not None and world.is_main:  # one artifact, written by rank 0 alone
+            _save(clf, output, tar, overwrite, onnx)
+    finally:
+        if world.active:
+            distributed.shutdown()
+    return clf
+
+
+def load(path: str | Path, *, backend: str = "torch", quantized: bool = False,
+         threads: int | None = None) -> TextClassifier:
+    """Load a trained model (folder, model.tar.gz, or an s3:// URI of either); see TextClassifier.load."""
+    with remote.local_copy(path) as local:
+        return TextClassifier.load(local, backend=backend, quantized=quantized, threads=threads)

@@ -1,0 +1,237 @@
+"""The inference contract in three steps: decode_request -> predict_proba -> encode_response (README: Serve).
+
+SageMaker's algorithm takes one `application/x-text` string per request and answers `application/json`
+(probabilities) or `application/json;verbose` (probabilities, labels, predicted_label). textfit also takes
+batches for batch transform: a JSON list, JSON Lines, or CSV with one text a line. The server and
+`textfit predict` (prediction.py) share these functions.
+
+Response shapes, decided once:
+- one text in (x-text, or a JSON string): one object, `{"probabilities": [...]}`, plus `labels` and
+  `predicted_label` when verbose;
+- a batch in: `application/json` gives a JSON list of those objects in input order; `application/jsonlines`
+  one object a line; `text/csv` one line per text, the probabilities (verbose: the predicted label first).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from textfit.errors import RequestError
+from textfit.reports.records import record
+
+X_TEXT = "application/x-text"
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+CSV = "text/csv"
+CONTENT_TYPES = {X_TEXT: X_TEXT, "text/plain": X_TEXT, JSON: JSON, JSONLINES: JSONLINES,
+                 "application/x-jsonlines": JSONLINES, "application/jsonl": JSONLINES, CSV: CSV}
+ACCEPTS = (JSON, JSONLINES, CSV)
+
+
+@dataclass(frozen=True)
+class Request:
+    texts: list[str]
+    single: bool
+    """True when the body held one text (x-text or a JSON string): the response is one object, not a list."""
+
+
+@dataclass(frozen=True)
+class Accept:
+    media_type: str
+    verbose: bool
+
+    @property
+    def header(self) -> str:
+        return self.media_type + (";verbose" if self.verbose else "")
+
+
+def _media_type(header: str) -> tuple[str, dict[str, str]]:
+    kind, *params = (part.strip() for part in header.split(";"))
+    parsed = {}
+    for param in params:
+        key, _, value = param.partition("=")
+        parsed[key.strip().lower()] = value.strip()
+    return kind.lower(), parsed
+
+
+# The charsets a body may name: text encodings that decode in linear time (codecs also holds transforms such
+# as rot13 or zlib, and punycode, whose decoding is quadratic in the body's length).
+CHARSETS = re.compile(r"utf-(8|16|32)(-[lb]e)?|ascii|iso8859-\d+|cp\d+|mac-\w+|koi8-\w+|euc_\w+|gb\w+|big5\w*|"
+                      r"shift_jis\w*|iso2022_\w+|hz|johab|tis-620")
+
+
+def _decode_text(body: bytes, charset: str | None = None) -> str:
+    """The body as text: UTF-8 (a byte order mark dropped), or the charset its Content-Type names."""
+    encoding = "utf-8-sig"
+    if charset:
+        try:
+            name = codecs.lookup(charset.strip('"')).name
+        except LookupError:
+            name = ""
+        if not CHARSETS.fullmatch(name):
+            raise RequestError(415, f"unsupported charset {charset!r} in the Content-Type; send UTF-8 text (or "
+                                    "UTF-16, Latin-1 and other common charsets, named there)")
+        encoding = "utf-8-sig" if name == "utf-8" else name
+    try:
+        return body.decode(encoding)
+    except UnicodeDecodeError as exc:
+        what = "UTF-8" if encoding == "utf-8-sig" else charset
+        raise RequestError(400, f"the body is not valid {what} (byte {exc.start}); send UTF-8 text, or name the "
+                                "body's charset in the Content-Type") from None
+
+
+MAX_DIGITS = 100
+"""Longest integer literal a JSON body may hold: no text needs one, and Python refuses 4,300 digits with an error."""
+
+
+def _check(texts: list[str]) -> list[str]:
+    """Each text on its own, before it can join anyone else's batch: not empty, and valid Unicode."""
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise RequestError(400, f"text {i + 1} of the request is empty; every text needs some content")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate ("\\ud800") from a JSON escape
+            raise RequestError(400, f"text {i + 1} of the request holds an invalid Unicode character "
+                                    f"(U+{ord(text[exc.start]):04X} at position {exc.start}, a lone surrogate); "
+                                    "send valid UTF-8 text") from None
+    return texts
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal) > MAX_DIGITS:
+        raise ValueError(f"a number of {len(literal)} digits (at most {MAX_DIGITS})")
+    return int(literal)
+
+
+def _loads(text: str, where: str) -> Any:
+    """json.loads with every failure a 400: syntax, nesting beyond Python's recursion limit, huge numbers."""
+    try:
+        return json.loads(text, parse_int=_bounded_int)
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, f"{where} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise RequestError(400, f"{where} nests JSON too deeply; send a flat list of texts") from None
+    except ValueError as exc:
+        raise RequestError(400, f"{where} is not usable JSON ({exc}); send texts as strings") from None
+
+
+def _json_item(item: Any, where: str) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and isinstance(item.get("text"), str):
+        return item["text"]
+    raise RequestError(400, f'{where} is not a text; send a string or {{"text": "..."}}')
+
+
+def _from_json(text: str) -> Request:
+    data = _loads(text, "the body")
+    if isinstance(data, dict) and isinstance(data.get("instances", data.get("inputs")), (list, str)):
+        data = data.get("instances", data.get("inputs"))  # the TensorFlow Serving / SageMaker SDK shapes
+    if isinstance(data, str) or (isinstance(data, dict) and "text" in data):
+        return Request([_json_item(data, "the body")], single=True)
+    if not isinstance(data, list) or not data:
+        raise RequestError(400, 'expected a JSON string, a non-empty list of strings, or {"instances": [...]}')
+    return Request([_json_item(item, f"item {i + 1}") for i, item in enumerate(data)], single=False)
+
+
+def _from_jsonlines(text: str) -> Request:
+    texts = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        item = _loads(line, f"line {n}")
+        texts.append(_json_item(item, f"line {n}"))
+    return Request(texts, single=False)
+
+
+def _from_csv(text: str) -> Request:
+    """One text a line; a line that is one quoted CSV field is unquoted, any other line is the text as it is."""
+    texts = []
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a text of any size, within the body limit
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        row = next(csv.reader([line]), [line])
+        texts.append(row[0] if len(row) == 1 else line)
+    return Request(texts, single=False)
+
+
+def decode_request(body: bytes, content_type: str | None) -> Request:
+    """The texts of a request body.
+
+    Raises:
+        RequestError: 415 for an unsupported content type, 400 for an empty, non-UTF-8 or malformed body.
+    """
+    media_type, params = _media_type(content_type or X_TEXT)
+    kind = CONTENT_TYPES.get(media_type)
+    if kind is None:
+        raise RequestError(415, f"unsupported Content-Type {content_type!r}; use one of {', '.join(CONTENT_TYPES)}")
+    if not body.strip():
+        raise RequestError(400, "the body is empty; send the text to classify")
+    text = _decode_text(body, params.get("charset"))
+    if kind == X_TEXT:
+        request = Request([text], single=True)
+    elif kind == JSON:
+        request = _from_json(text)
+    elif kind == JSONLINES:
+        request = _from_jsonlines(text)
+    else:
+        request = _from_csv(text)
+    if not request.texts:
+        raise RequestError(400, "the body holds no text; send at least one")
+    return Request(_check(request.texts), request.single)
+
+
+def negotiate(accept: str | None, default: str = JSON) -> Accept:
+    """The response type for an Accept header: the first supported by quality; 406 when none is."""
+    if not accept or not accept.strip():
+        accept = default
+    candidates = []
+    for i, part in enumerate(accept.split(",")):
+        kind, params = _media_type(part)
+        try:
+            quality = float(params.get("q", "1"))
+        except ValueError:
+            quality = 0.0
+        verbose = "verbose" in params and params["verbose"].lower() not in ("false", "0", "no")
+        candidates.append((-quality, i, kind, verbose))
+    for _, _, kind, verbose in sorted(candidates):
+        if kind in ("*/*", "application/*"):
+            return negotiate(default)
+        if kind in ("application/x-jsonlines", "application/jsonl"):
+            kind = JSONLINES
+        if kind in ACCEPTS:
+            return Accept(kind, verbose)
+    raise RequestError(406, f"unsupported Accept {accept!r}; use application/json, application/json;verbose, "
+                            "application/jsonlines or text/csv (each may add ;verbose)")
+
+
+def encode_response(probabilities: np.ndarray, classes: list[str], accept: Accept, single: bool,
+                    thresholds: list[float] | None = None, delimiter: str = "|") -> tuple[bytes, str]:
+    """(body, content type) for the predictions of a request, rows in input order. For a multi-label model
+    the verbose CSV line starts with its predicted labels joined by `delimiter`."""
+    records = [record(row, classes, accept.verbose, thresholds) for row in probabilities]
+    if accept.media_type == CSV:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        for row, rec in zip(probabilities, records):
+            first = []
+            if accept.verbose:
+                first = [delimiter.join(rec["predicted_labels"]) if thresholds is not None else rec["predicted_label"]]
+            writer.writerow(first + [f"{float(p):.8g}" for p in row])
+        return out.getvalue().encode(), accept.header
+    if accept.media_type == JSONLINES:
+        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        return body.encode(), accept.header
+    payload: Any = records[0] if single else records
+    return json.dumps(payload, ensure_ascii=False).encode(), accept.header

@@ -1,0 +1,356 @@
+"""The HTTP endpoint: SageMaker's hosting contract (GET /ping, POST /invocations) on Starlette.
+
+Concurrent requests are coalesced into batches by one background task; inference runs on a worker thread,
+never on the event loop. Every queue and body is bounded, and a client's mistake is a 4xx, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from textfit.classifier import TextClassifier
+from textfit.errors import RequestError, TextfitError
+from textfit.serving.connections import BoundedHttpProtocol, ConnectionLimits, GracefulServer, LimitError, check_ranges
+from textfit.serving.inference import decode_request, encode_response, negotiate
+
+log = logging.getLogger("textfit")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    max_body_bytes: int = 6 * 1024 * 1024
+    """SageMaker's real-time payload limit is 6 MB; larger bodies get 413."""
+    max_batch: int = 32
+    """Texts coalesced into one forward pass."""
+    max_wait_ms: float = 2.0
+    """How long a batch waits for more requests once the queue is drained (0: take what is queued)."""
+    max_queue: int = 512
+    """Requests waiting for inference (each with at most max_batch texts queued at a time); beyond it 503."""
+    body_timeout_s: float = 30.0
+    """Seconds a client may take to send a request body; then 408."""
+    default_accept: str = "application/json"
+    long_texts: str | None = None
+    """truncate or window; None: what the model chose in training (its long_texts hyperparameter)."""
+    batch_strategy: str = "MULTI_RECORD"
+    max_concurrent_transforms: int = 4
+    metrics: bool = True
+
+    def __post_init__(self) -> None:
+        check_ranges(self, SERVE_RANGES)
+
+    @classmethod
+    def from_environment(cls, **overrides: Any) -> ServeSettings:
+        """SageMaker's serving variables (payload limit, batch transform, default Accept), then `overrides`."""
+        from textfit.core.environment import serve_environment
+
+        env = serve_environment()
+        if not math.isfinite(env.max_payload_mb) or env.max_payload_mb > 1024:  # int() of inf or NaN would raise
+            raise LimitError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={env.max_payload_mb:g}: must be a number over 0, up to 1024")
+        values: dict[str, Any] = {"max_body_bytes": int(env.max_payload_mb * 1024 * 1024),
+                                  "default_accept": env.default_accept, "batch_strategy": env.batch_strategy,
+                                  "max_concurrent_transforms": env.max_concurrent_transforms}
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+SERVE_RANGES: dict[str, tuple[type, float, float, bool]] = {
+    "max_body_bytes": (int, 1, 1024 * 1024 * 1024, False),
+    "max_batch": (int, 1, 4096, False),
+    "max_wait_ms": (float, 0, 10_000, False),
+    "max_queue": (int, 1, 1_000_000, False),
+    "body_timeout_s": (float, 0, 3600, True),
+    "max_concurrent_transforms": (int, 1, 1024, False),
+}
+"""The ranges of ServeSettings, those of `textfit serve`'s flags (--max-body-mb over 0, up to 1024, is in MiB)."""
+
+
+Job = tuple[list[str], "asyncio.Future[np.ndarray]"]
+
+
+class Batcher:
+    """Dynamic batching: requests queue up while a batch runs, and the next batch takes them all.
+
+    A request larger than max_batch goes through in slices of max_batch texts, one slice queued at a time, so
+    that it is never refused for its size and requests sent meanwhile take turns with it. A batch that fails is
+    run again request by request, so that only the request at fault fails.
+    """
+
+    def __init__(self, predict: Callable[[list[str]], np.ndarray], settings: ServeSettings,
+                 observe: Callable[[int], None]) -> None:
+        self.predict, self.settings, self.observe = predict, settings, observe
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.waiting = 0
+        """Requests admitted and not yet answered."""
+        self.last_group = 1
+        """Requests in the previous batch: waiting for company only pays when requests come together."""
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="textfit-inference")
+
+    async def submit(self, texts: list[str]) -> np.ndarray:
+        if self.waiting >= self.settings.max_queue:
+            raise RequestError(503, f"the server is busy ({self.waiting} requests waiting); retry shortly")
+        self.waiting += 1
+        try:
+            step = self.settings.max_batch
+            parts = [await self._one(texts[i : i + step]) for i in range(0, len(texts), step)]
+            return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        finally:
+            self.waiting -= 1
+
+    async def _one(self, texts: list[str]) -> np.ndarray:
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, future))
+        return await future
+
+    def _drain(self, group: list[Job], size: int) -> int:
+        while size < self.settings.max_batch and not self.queue.empty():
+            item = self.queue.get_nowait()
+            group.append(item)
+            size += len(item[0])
+        return size
+
+    async def _gather(self) -> list[Job]:
+        group = [await self.queue.get()]
+        size = self._drain(group, len(group[0][0]))
+        # One client at a time (the previous batch was one request) gets no added latency; under load,
+        # a short wait lets the requests being read join this batch.
+        if size < self.settings.max_batch and self.settings.max_wait_ms > 0 and self.last_group > 1:
+            await asyncio.sleep(self.settings.max_wait_ms / 1000)
+            self._drain(group, size)
+        self.last_group = len(group)
+        return group
+
+    async def _run_alone(self, job: Job) -> None:
+        """A request of a failed batch, on its own: its answer, or a 400 that blames it alone."""
+        texts, future = job
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, self.predict, texts)
+        except Exception as exc:
+            log.warning("a request's texts could not be classified: %s: %s", type(exc).__name__, exc)
+            if not future.done():
+                future.set_exception(RequestError(400, f"the texts could not be classified ({type(exc).__name__}: "
+                                                       f"{exc}); check that they are ordinary text"))
+            return
+        if not future.done():
+            future.set_result(result)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            group = await self._gather()
+            texts = [t for ts, _ in group for t in ts]
+            self.observe(len(texts))
+            try:
+                probs = await loop.run_in_executor(self.executor, self.predict, texts)
+            except Exception:  # one request's text may have failed everybody's batch: run them one by one
+                for job in group:
+                    await self._run_alone(job)
+                continue
+            start = 0
+            for ts, future in group:
+                if not future.done():
+                    future.set_result(probs[start : start + len(ts)])
+                start += len(ts)
+
+
+class Metrics:
+    """Prometheus counters for /metrics: requests by status, latency, batch sizes."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("textfit_requests", "Invocations by HTTP status", ["status"], registry=self.registry)
+        self.latency = Histogram("textfit_request_seconds", "Invocation latency", registry=self.registry,
+                                 buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10))
+        self.batch = Histogram("textfit_batch_texts", "Texts per forward batch", registry=self.registry,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.waiting = Gauge("textfit_requests_waiting", "Requests admitted and not yet answered",
+                             registry=self.registry)
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes: what the server holds
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class _State:
+    def __init__(self) -> None:
+        self.classifier: TextClassifier | None = None
+        self.batcher: Batcher | None = None
+        self.error: str | None = None
+
+
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the body is {int(declared)} bytes, over the limit of {limit} bytes")
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"the body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except TimeoutError:
+        raise RequestError(408, f"the body did not arrive within {timeout:g} s; send it at once") from None
+
+
+def _rss_mb() -> float:
+    """The server's resident memory now (Linux), 0 where /proc is not there."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+def create_app(model: TextClassifier | Callable[[], TextClassifier], settings: ServeSettings | None = None
+               ) -> Starlette:
+    """The ASGI app for a classifier, or for a function that loads one (then /ping says 503 until it is loaded).
+
+    >>> app = create_app(lambda: TextClassifier.load("model/"))  # doctest: +SKIP
+    """
+    settings = settings or ServeSettings()
+    state = _State()
+    metrics = Metrics() if settings.metrics else None
+
+    def observe_batch(n: int) -> None:
+        if metrics:
+            metrics.batch.observe(n)
+
+    def predict(texts: list[str]) -> np.ndarray:
+        return state.classifier.predict_proba(texts, long_texts=settings.long_texts)  # type: ignore[union-attr]
+
+    async def load() -> None:
+        try:
+            state.classifier = model if isinstance(model, TextClassifier) else await asyncio.to_thread(model)
+        except TextfitError as exc:
+            state.error = str(exc)
+            log.error("error: %s", exc)
+            return
+        log.info("Model loaded: %d classes (%s); resident memory %.0f MB", len(state.classifier.classes_),
+                 ", ".join(state.classifier.classes_), _rss_mb())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.batcher = Batcher(predict, settings, observe_batch)
+        if metrics:
+            metrics.waiting.set_function(lambda: state.batcher.waiting if state.batcher else 0)
+        worker = asyncio.create_task(state.batcher.run())
+        loader = asyncio.create_task(load())
+        try:
+            yield
+        finally:  # uvicorn has drained in-flight requests by now
+            loader.cancel()
+            worker.cancel()
+            state.batcher.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def ping(request: Request) -> Response:
+        if state.classifier is None:
+            return _error(503, state.error or "the model is loading")
+        return Response(status_code=200)
+
+    async def invocations(request: Request) -> Response:
+        start = time.perf_counter()
+        try:
+            response = await _invoke(request)
+        except RequestError as exc:
+            response = _error(exc.status, str(exc))
+        except TextfitError as exc:
+            response = _error(400, str(exc))
+        if metrics:
+            metrics.requests.labels(str(response.status_code)).inc()
+            metrics.latency.observe(time.perf_counter() - start)
+        return response
+
+    async def _invoke(request: Request) -> Response:
+        if state.classifier is None or state.batcher is None:
+            raise RequestError(503, state.error or "the model is loading")
+        accept = negotiate(request.headers.get("accept"), settings.default_accept)
+        body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+        decoded = decode_request(body, request.headers.get("content-type"))
+        probs = await state.batcher.submit(decoded.texts)
+        clf = state.classifier
+        content, media_type = encode_response(probs, clf.classes_, accept, decoded.single, clf.thresholds_,
+                                              clf.label_delimiter_)
+        return Response(content, media_type=media_type)
+
+    async def execution_parameters(request: Request) -> Response:
+        """Batch transform asks this once (README: Serve) to size its requests."""
+        return JSONResponse({"MaxConcurrentTransforms": settings.max_concurrent_transforms,
+                             "BatchStrategy": settings.batch_strategy,
+                             "MaxPayloadInMB": max(1, settings.max_body_bytes // (1024 * 1024))})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        if metrics is None:
+            return _error(404, "metrics are off")
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """404, 405 and Starlette's other HTTP errors in the same JSON form as textfit's own."""
+        status = getattr(exc, "status_code", 500)
+        detail = getattr(exc, "detail", None) or "error"
+        if status == 404:
+            detail = f"no such path {request.url.path}; use GET /ping or POST /invocations"
+        elif status == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return _error(status, detail)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("internal error answering %s %s", request.method, request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}); the server logged it")
+
+    routes: list[Any] = [
+        Route("/ping", ping, methods=["GET"]),
+        Route("/invocations", invocations, methods=["POST"]),
+        Route("/execution-parameters", execution_parameters, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={HTTPException: http_error, Exception: server_error})
+
+
+def serve(model: Callable[[], TextClassifier], host: str = "127.0.0.1", port: int = 8080,
+          settings: ServeSettings | None = None, limits: ConnectionLimits | None = None) -> None:
+    """Load the model, then serve it under uvicorn until SIGTERM or SIGINT, which drain in-flight requests.
+
+    The model loads before the port opens: a model that cannot load is an error (TextfitError) and a non-zero
+    exit, never a server answering 503 for ever.
+    """
+    import uvicorn
+
+    limits = limits or ConnectionLimits()
+    app = create_app(model(), settings)  # the app logs "Model loaded" as it starts
+    # The keep-alive goes to uvicorn as the float it is (uvicorn hands it to call_later): int() of it closed
+    # idle connections at once for --keep-alive 0.5, and after 5 s for 5.9.
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
+                            limit_concurrency=limits.max_connections + 1, backlog=2048,
+                            timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]
+                            http=BoundedHttpProtocol.with_limits(limits))
+    GracefulServer(config).run()
