@@ -28,7 +28,7 @@ def test_train_then_predict(tiny_bert: Path, channel: Path, tmp_path: Path, caps
     assert summary["output"] == str(out) and summary["val_accuracy"] == kept["val_accuracy"]
     assert summary["val_accuracy"] == max(e["val_accuracy"] for e in manifest["epochs"])
     assert (tmp_path / "model.tar.gz").is_file()
-    assert json.loads((out / "textfit.json").read_text())["hyperparameters"]["epochs"] == "4"  # --hp wins over the file
+    assert json.loads((out / "textfit.json").read_text())["hyperparameters"]["epochs"] == 4  # --hp wins over the file
     assert main(["predict", "--model", str(out), "--text", "good great film", "--text", "awful bad"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [set(r) for r in records] == [{"probabilities", "labels", "predicted_label", "line"}] * 2

@@ -122,6 +122,11 @@ class Hyperparameters:
         """
         return cls(**parse_hyperparameters(values))
 
+    def to_json(self) -> dict[str, Any]:
+        """The values as JSON keeps them, typed: what an artifact's manifest records (it read strings before;
+        from_strings reads both)."""
+        return asdict(self)
+
     def to_strings(self) -> dict[str, str]:
         """The values as SageMaker passes them: every value a string, booleans as "True"/"False"."""
         return {k: str(v) for k, v in asdict(self).items()}
@@ -248,18 +253,45 @@ def _log_ignored(name: str) -> None:
     log.warning("Ignoring unrecognized hyperparameter %s%s", name, hint)
 
 
-def resolve(given: Mapping[str, object], model_defaults: Mapping[str, object] | None = None) -> Hyperparameters:
-    """The hyperparameters of a run: the model's own defaults under what the user gave.
+@dataclass(frozen=True)
+class Given:
+    """What the user set, typed once at the edge (a CLI flag, hyperparameters.json, an API mapping), and the one
+    order in which defaults fill the rest: SageMaker's (the fields' own), then the model's (the zoo), then the
+    chosen recipe's; a value the user gave is never overridden."""
 
-    A model's defaults (zoo.py) replace SageMaker's algorithm-level ones only for full fine-tuning: the
-    algorithm-level adam at 1e-3 suits a frozen encoder and wrecks the fine-tuning of a whole transformer.
-    """
-    user = parse_hyperparameters(given)
-    merged: dict[str, Any] = {}
-    if model_defaults and not user.get("train_only_on_top_layer", False):
-        merged.update(parse_hyperparameters(model_defaults))
-    merged.update(user)
-    return Hyperparameters(**merged)
+    values: Mapping[str, Any]
+    """The user's values, typed, by canonical name."""
+    names: frozenset[str]
+    """The names the user set: a recipe leaves these alone."""
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, object]) -> Given:
+        values = parse_hyperparameters(raw)
+        names = set(values)
+        if "_tuning_objective_metric" in raw:  # SageMaker's tuner reads val_accuracy: keep the validation split
+            names.add("validation_split_ratio")
+        return cls(dict(values), frozenset(names))
+
+    def resolve(self, model_defaults: Mapping[str, Any] | None = None) -> Hyperparameters:
+        """SageMaker's defaults, the model's own under them, the user's values over both.
+
+        A model's defaults (model/zoo.py) replace SageMaker's algorithm-level ones only for full fine-tuning: the
+        algorithm-level adam at 1e-3 suits a frozen encoder and wrecks the fine-tuning of a whole transformer.
+        """
+        merged: dict[str, Any] = {}
+        if model_defaults and not self.values.get("train_only_on_top_layer", False):
+            merged.update(model_defaults)
+        merged.update(self.values)
+        return Hyperparameters(**merged)
+
+    def fill(self, hp: Hyperparameters, defaults: Mapping[str, Any]) -> Hyperparameters:
+        """A later layer of defaults (a recipe's) over `hp`, for the names the user did not set."""
+        return hp.with_values(**{k: v for k, v in defaults.items() if k not in self.names})
+
+
+def resolve(given: Mapping[str, object], model_defaults: Mapping[str, Any] | None = None) -> Hyperparameters:
+    """The hyperparameters of a run from raw values (strings or typed): Given.parse(given).resolve(...)."""
+    return Given.parse(given).resolve(model_defaults)
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, str]:

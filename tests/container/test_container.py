@@ -60,7 +60,7 @@ def test_a_training_job_writes_the_model(trained: Path) -> None:
         assert (model / name).is_file(), name
         assert (model / name).stat().st_mode & 0o777 == 0o644, name  # readable by the host's users
     manifest = json.loads((model / "textfit.json").read_text())
-    assert manifest["model_id"] == "textfit-tc-all-minilm-l6-v2" and manifest["hyperparameters"]["epochs"] == "1"
+    assert manifest["model_id"] == "textfit-tc-all-minilm-l6-v2" and manifest["hyperparameters"]["epochs"] == 1
     assert not (trained / "output" / "failure").exists()
 
 

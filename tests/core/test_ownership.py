@@ -129,7 +129,7 @@ def test_overwrite_replaces_an_earlier_artifact_but_never_a_users_file_in_it(
     assert snapshot(out) == before
     (out / "notes.txt").unlink()
     assert train(tiny_bert, channel, "--output", str(out), "--overwrite", "--hp", "seed=3") == 0
-    assert json.loads((out / "textfit.json").read_text())["hyperparameters"]["seed"] == "3"
+    assert json.loads((out / "textfit.json").read_text())["hyperparameters"]["seed"] == 3
     assert first  # the first run's manifest was there to be replaced
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no .out.old-* left
 

