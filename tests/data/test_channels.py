@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from textfit.data.channels import class_set, encode_labels, read_channel, stratified_split
+from textfit.data.channels import class_set, encode_labels, multi_label_split, read_channel, stratified_split
 from textfit.errors import DataError
 
 
@@ -140,6 +140,57 @@ def test_too_few_rows_for_the_split() -> None:
     with pytest.raises(DataError, match="of 4 rows leaves 0 to train on, fewer than the 2 classes; lower "
                                         "validation_split_ratio"):
         stratified_split([0, 1, 0, 1], 0.9, seed=0, path=Path("d.csv"))
+
+
+def test_the_split_holds_out_scikit_learns_class_shares() -> None:
+    import numpy as np
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    labels = [0] * 60 + [1] * 30 + [2] * 10
+    _, theirs = next(StratifiedShuffleSplit(n_splits=1, test_size=20, random_state=3).split(np.zeros(100), labels))
+    _, ours = stratified_split(labels, 0.2, seed=3, path=Path("d.csv"))
+    assert Counter(labels[i] for i in ours) == Counter(labels[i] for i in theirs) == {0: 12, 1: 6, 2: 2}
+
+
+def test_the_split_takes_what_scikit_learn_refuses() -> None:
+    """Why the single-label split stays by hand (channels.py): a class with one row, and fewer validation rows
+    than classes, are data textfit splits; scikit-learn's stratified splitters refuse both."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    for labels, reason in (([0] * 5 + [1] * 4 + [2], "only 1 member"), ([0, 1, 2] * 4, "test_size = 2 should be")):
+        with pytest.raises(ValueError, match=reason):
+            next(StratifiedShuffleSplit(n_splits=1, test_size=2, random_state=0).split(np.zeros(len(labels)), labels))
+        train, val = stratified_split(labels, 0.2, seed=0, path=Path("d.csv"))
+        assert len(val) == 2 and {labels[i] for i in train} == set(labels)  # every class keeps a training row
+
+
+ROWS = [[0], [0, 1], [], [0], [2], [1, 2], [0, 2], [1], [0], [], [2], [0, 1, 2]]
+
+
+def test_the_multi_label_split_is_iterative_stratification() -> None:
+    import numpy as np
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    train, val = multi_label_split(ROWS, 3, 0.25, seed=42, path=Path("d.csv"))
+    matrix = np.zeros((len(ROWS), 3), dtype=np.int8)
+    for i, row in enumerate(ROWS):
+        matrix[i, row] = 1
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=3, random_state=42)
+    assert (train, val) == tuple(part.tolist() for part in next(splitter.split(np.zeros(len(ROWS)), matrix)))
+    assert sorted(train + val) == list(range(len(ROWS))) and len(val) == 3
+    assert {label for i in train for label in ROWS[i]} == {0, 1, 2}
+    assert multi_label_split(ROWS, 3, 0.25, seed=42, path=Path("d.csv")) == (train, val)
+
+
+def test_the_multi_label_split_of_one_label_and_its_errors() -> None:
+    rows = [[0], [], [0], [], [0], [], [0], [], [0], []]  # one label: still a multi-label target for iterstrat
+    train, val = multi_label_split(rows, 1, 0.2, seed=0, path=Path("d.csv"))
+    assert len(val) == 2 and any(rows[i] for i in train)
+    with pytest.raises(DataError, match="3 rows are too few to hold out validation_split_ratio=0.1"):
+        multi_label_split([[0], [1], [0, 1]], 2, 0.1, seed=0, path=Path("d.csv"))
+    with pytest.raises(DataError, match="label index 0 has no training row once validation_split_ratio=0.9"):
+        multi_label_split([[0], [1]], 2, 0.9, seed=0, path=Path("d.csv"))
 
 
 def test_a_field_of_any_size_is_read(tmp_path: Path) -> None:

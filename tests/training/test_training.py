@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -87,10 +88,76 @@ def test_optimizer_mapping_carries_the_knobs() -> None:
         assert optimizers.OPTIMIZERS[name](params, h).defaults["foreach"] is True, name
 
 
-def test_warmup_then_linear_decay() -> None:
-    f = optimizers.warmup_then_linear_decay(total_steps=100, warmup_fraction=0.1)
-    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
-    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5) and f(100) == 0.0
+def _learning_rates(schedule: torch.optim.lr_scheduler.LRScheduler, steps: int) -> list[float]:
+    rates = []
+    for _ in range(steps):
+        rates.append(schedule.get_last_lr()[0])
+        schedule.optimizer.step()
+        schedule.step()
+    return rates
+
+
+def test_the_warm_up_schedule_is_transformers_linear_one() -> None:
+    """adamw's schedule is transformers' get_linear_schedule_with_warmup: it counts the warm-up from step 0 at 0,
+    one step behind the hand-made one it replaced (0.1 at step 0, 1.0 at step 9); the decay is the same."""
+    from transformers import get_linear_schedule_with_warmup
+
+    def sgd() -> torch.optim.Optimizer:
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+    ours = _learning_rates(optimizers.warmup_schedule(sgd(), total_steps=100, warmup_fraction=0.1), 101)
+    assert ours == _learning_rates(get_linear_schedule_with_warmup(sgd(), 10, 100), 101)
+    assert ours[0] == 0.0 and ours[9] == pytest.approx(0.9) and ours[10] == pytest.approx(1.0)
+    assert ours[55] == pytest.approx(0.5) and ours[100] == 0.0
+    before = [(step + 1) / 10 for step in range(10)] + [max(0.0, (100 - step) / 90) for step in range(10, 101)]
+    assert ours[1:11] == pytest.approx(before[:10]) and ours[10:] == pytest.approx(before[10:])
+    assert _learning_rates(optimizers.warmup_schedule(sgd(), 10, 0.0), 11) == pytest.approx(
+        [(10 - step) / 10 for step in range(11)])  # no warm-up: decay from the first step
+
+
+def test_the_warm_up_schedule_resumes_from_its_json_state() -> None:
+    """Checkpoints write the schedule's state_dict as JSON and load it into a fresh schedule."""
+    def schedule() -> torch.optim.lr_scheduler.LambdaLR:
+        return optimizers.warmup_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 50, 0.2)
+
+    first = schedule()
+    _learning_rates(first, 7)
+    resumed = schedule()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert _learning_rates(resumed, 30) == _learning_rates(first, 30)
+
+
+# F1 at 0.5 over 7 rows x 4 labels (tests/reports/test_metrics_sources.py's), and what the hand-made code gave
+F1_TRUTH = [[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0]]
+F1_PREDICTED = [[1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 1], [1, 0, 0, 0], [0, 1, 0, 1], [1, 0, 0, 0], [0, 0, 1, 0]]
+
+
+def test_the_epoch_f1_from_counts_is_scikit_learns() -> None:
+    from sklearn.metrics import f1_score
+
+    truth, predicted = torch.tensor(F1_TRUTH).bool(), torch.tensor(F1_PREDICTED).bool()
+    counts = [(predicted & truth).sum(0), (predicted & ~truth).sum(0), (~predicted & truth).sum(0)]
+    micro, macro = training._f1(*(c.double() for c in counts))
+    assert micro == pytest.approx(f1_score(F1_TRUTH, F1_PREDICTED, average="micro", zero_division=0), rel=1e-12)
+    assert macro == pytest.approx(f1_score(F1_TRUTH, F1_PREDICTED, average="macro", zero_division=0), rel=1e-12)
+    assert (micro, macro) == pytest.approx((0.5, 0.36666666666666667), rel=1e-12)  # label 3: no positives, scores 0
+
+
+def test_balanced_class_weights_are_scikit_learns() -> None:
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = [0, 0, 0, 1, 2, 2, 2, 2, 2]
+    weights = training.class_weights("balanced", labels, 3)
+    assert weights is not None and weights.dtype == torch.float32
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=np.array(labels))
+    torch.testing.assert_close(weights, torch.from_numpy(expected).float())
+    torch.testing.assert_close(weights, torch.tensor([1.0, 3.0, 0.6]))
+    # a class without rows (a model trained further on data without it), which scikit-learn refuses: n_classes
+    # counts it, and it weighs as if it had one row, as before
+    with pytest.raises(ValueError, match="classes should have valid labels that are in y"):
+        compute_class_weight("balanced", classes=np.arange(4), y=np.array(labels))
+    torch.testing.assert_close(training.class_weights("balanced", labels, 4), torch.tensor([0.75, 2.25, 0.45, 2.25]))
 
 
 def test_early_stopping_stops_and_the_best_epoch_is_kept(tiny_bert: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from huggingface_hub import ModelCard, ModelCardData
+
 from textfit.model.zoo import get_spec
 
 
@@ -43,7 +45,15 @@ def _metrics(report: dict[str, Any] | None) -> str:
 
 
 def model_card(manifest: dict[str, Any], report: dict[str, Any] | None) -> str:
-    """Markdown for the artifact's README.md, from its manifest and validation report."""
+    """Markdown for the artifact's README.md, from its manifest and validation report: the Hub's metadata block
+    written by huggingface_hub, then the text."""
+    spec = get_spec(manifest.get("model_id") or "")
+    metadata = ModelCardData(library_name="transformers", pipeline_tag="text-classification",
+                             license=spec.license.lower() if spec else "other", tags=["textfit", "text-classification"])
+    return str(ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{_text(manifest, report)}"))
+
+
+def _text(manifest: dict[str, Any], report: dict[str, Any] | None) -> str:
     spec = get_spec(manifest.get("model_id") or "")
     base = f"{spec.name} (`{manifest['model_id']}`, Hugging Face `{spec.hf_id}`)" if spec else f"`{manifest['model_id']}`"
     license_ = spec.license if spec else "see the base model's own card"
@@ -51,14 +61,7 @@ def model_card(manifest: dict[str, Any], report: dict[str, Any] | None) -> str:
     hp = manifest["hyperparameters"]
     classes = ", ".join(f"{name} ({n})" for name, n in train["class_counts"].items())
     best = manifest["epochs"][manifest["best_epoch"] - 1] if manifest.get("epochs") else {}
-    return f"""---
-library_name: transformers
-pipeline_tag: text-classification
-license: {license_.lower() if spec else "other"}
-tags: [textfit, text-classification]
----
-
-# Text classifier fine-tuned with textfit
+    return f"""# Text classifier fine-tuned with textfit
 
 A {len(manifest['classes']['labels'])}-class text classifier: the encoder {base} with a Dropout and a Dense
 layer on its pooled output, fine-tuned with textfit {manifest['versions']['textfit']}.

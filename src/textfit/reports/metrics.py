@@ -1,7 +1,8 @@
 """How good a classifier is: the one implementation of every reported quality number.
 
 Accuracy, per-class and averaged precision/recall/F1, log loss, the confusion matrix, expected calibration error,
-and ROC / precision-recall curves for binary tasks, from true class indices and predicted probabilities.
+and ROC / precision-recall curves for binary tasks, from true class indices and predicted probabilities. scikit-learn
+computes those it owns; where one of those is computed here instead, a comment says why.
 """
 
 from __future__ import annotations
@@ -14,23 +15,20 @@ import numpy as np
 ECE_BINS = 15
 
 
-def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Counts[i, j]: rows of true class i predicted as class j."""
-    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(matrix, (y_true, y_pred), 1)
-    return matrix
-
-
-def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
-
-
+# Kept by hand, not sklearn.metrics.log_loss: scikit-learn clips at the machine epsilon of the probabilities'
+# dtype, 1.2e-7 for the float32 ones predict_proba returns, so a confident mistake costs at most 15.9 there against
+# 34.5 here (two rows, one at p=0 of the true class: 7.97 against 17.27, and 18.02 cast to float64); cast to
+# float64, 80% of float32 softmax rows (2,000 rows of 10 classes) miss its sum-to-one tolerance of 1.5e-8 and it
+# warns. Either way the log loss in validation_report.json would change. On probabilities inside that clip they
+# agree (tests/reports/test_metrics_sources.py).
 def log_loss(y_true: np.ndarray, proba: np.ndarray) -> float:
     """Mean negative log-likelihood of the true class (probabilities clipped at 1e-15)."""
     picked = np.clip(proba[np.arange(len(y_true)), y_true], 1e-15, 1.0)
     return float(-np.log(picked).mean())
 
 
+# scikit-learn has no expected calibration error: calibration_curve bins one class's probabilities, not the
+# confidence of the predicted class over all classes.
 def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> float:
     """Gap between confidence and accuracy, averaged over equal-width confidence bins weighted by their size."""
     confidence = proba.max(axis=1)
@@ -111,33 +109,33 @@ def _top_confusions(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> list[
 
 
 def report(y_true: np.ndarray | list[int], proba: np.ndarray, labels: list[str]) -> Report:
-    """Every quality number of predictions `proba` (rows x classes) against true class indices.
+    """Every quality number of predictions `proba` (rows x classes) against true class indices, by scikit-learn.
 
-    Per-class counts come from bincounts, so memory grows with the classes, not their square.
+    zero_division=0: a class never predicted (or without rows) scores 0, as textfit has always reported it.
     """
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
     y = np.asarray(y_true, dtype=np.int64)
     pred = proba.argmax(axis=1)
-    n = len(labels)
-    tp = np.bincount(y[y == pred], minlength=n).astype(np.float64)
-    support = np.bincount(y, minlength=n)
-    predicted = np.bincount(pred, minlength=n).astype(np.float64)
-    precision = _safe_div(tp, predicted)
-    recall = _safe_div(tp, support.astype(np.float64))
-    f1 = _safe_div(2 * precision * recall, precision + recall)
-    weights = support / max(support.sum(), 1)
-    small = n <= MAX_MATRIX_CLASSES
+    classes = np.arange(len(labels))  # every class, those without rows or predictions too
+
+    def averaged(average: str | None) -> Any:
+        return precision_recall_fscore_support(y, pred, labels=classes, average=average, zero_division=0)
+
+    precision, recall, f1, support = averaged(None)
+    macro, weighted = averaged("macro"), averaged("weighted")
+    small = len(labels) <= MAX_MATRIX_CLASSES
     out = Report(
-        accuracy=float(tp.sum() / max(len(y), 1)),
-        macro_precision=float(precision.mean()), macro_recall=float(recall.mean()), macro_f1=float(f1.mean()),
-        weighted_precision=float(precision @ weights), weighted_recall=float(recall @ weights),
-        weighted_f1=float(f1 @ weights),
+        accuracy=float(accuracy_score(y, pred)),
+        macro_precision=float(macro[0]), macro_recall=float(macro[1]), macro_f1=float(macro[2]),
+        weighted_precision=float(weighted[0]), weighted_recall=float(weighted[1]), weighted_f1=float(weighted[2]),
         log_loss=log_loss(y, proba), expected_calibration_error=expected_calibration_error(y, proba),
         per_class=[ClassReport(label, float(p), float(r), float(f), int(s))
                    for label, p, r, f, s in zip(labels, precision, recall, f1, support)],
-        confusion_matrix=confusion(y, pred, n).tolist() if small else None, labels=list(labels), rows=int(len(y)),
-        top_confusions=None if small else _top_confusions(y, pred, labels),
+        confusion_matrix=confusion_matrix(y, pred, labels=classes).tolist() if small else None,
+        labels=list(labels), rows=int(len(y)), top_confusions=None if small else _top_confusions(y, pred, labels),
     )
-    if n == 2 and 0 < y.sum() < len(y):
+    if len(labels) == 2 and 0 < y.sum() < len(y):
         out.roc_auc = roc_curve(y, proba[:, 1])[2]
         out.average_precision = precision_recall_curve(y, proba[:, 1])[2]
     return out
@@ -198,6 +196,11 @@ def label_matrix(rows: list[list[int]], n_labels: int) -> np.ndarray:
     return out
 
 
+# Kept by hand, not from sklearn.metrics.precision_recall_curve: its thresholds split the rows the same way, but
+# F1 from its precision and recall (2PR / (P + R)) rounds equal fractions differently, and thresholds that tie on
+# F1 (common on small validation sets) then break by rounding: on 1,989 random one-label sets of 6-39 rows with
+# scores in tenths, 304 saved thresholds would change for that alone. 2tp / (predicted + positives) here is one
+# correctly rounded division, so equal fractions stay equal and the lowest threshold wins.
 def best_thresholds(y: np.ndarray, proba: np.ndarray) -> list[float]:
     """Per label, the decision threshold that maximises that label's F1 on these rows: a candidate between
     each pair of neighbouring scores (the midpoint), 0.5 for a label without positive rows."""
@@ -254,35 +257,42 @@ class MultiLabelReport:
         return asdict(self)
 
 
+def _multi_label_target(matrix: np.ndarray) -> np.ndarray:
+    """scikit-learn reads a one-column matrix as a binary target, not a multi-label one: a second column that is
+    never set keeps it multi-label, and `labels=` leaves that column out of every number."""
+    return matrix if matrix.shape[1] > 1 else np.hstack([matrix, np.zeros_like(matrix)])
+
+
 def multi_label_report(y: np.ndarray, proba: np.ndarray, labels: list[str], thresholds: list[float]
                        ) -> MultiLabelReport:
-    """Every quality number of multi-label predictions: `proba` (rows x labels) against the 0/1 matrix `y`,
-    each label decided at its threshold."""
-    truth = y.astype(bool)
-    predicted = proba > np.asarray(thresholds)[None, :]
-    tp = (predicted & truth).sum(0).astype(np.float64)
-    fp = (predicted & ~truth).sum(0).astype(np.float64)
-    fn = (~predicted & truth).sum(0).astype(np.float64)
-    tn = (~predicted & ~truth).sum(0)
-    support = truth.sum(0)
-    precision, recall = _safe_div(tp, tp + fp), _safe_div(tp, tp + fn)
-    f1 = _safe_div(2 * precision * recall, precision + recall)
-    weights = support / max(support.sum(), 1)
-    row_tp = (predicted & truth).sum(1)
-    row_f1 = _safe_div(2 * row_tp.astype(np.float64), (predicted.sum(1) + truth.sum(1)).astype(np.float64))
-    row_f1[(predicted.sum(1) + truth.sum(1)) == 0] = 1.0  # nothing to find and nothing found: right
-    micro_p, micro_r = float(tp.sum() / max(tp.sum() + fp.sum(), 1)), float(tp.sum() / max(tp.sum() + fn.sum(), 1))
+    """Every quality number of multi-label predictions, by scikit-learn: `proba` (rows x labels) against the 0/1
+    matrix `y`, each label decided at its threshold.
+
+    zero_division=0: a label never predicted (or without positives) scores 0; samples F1 alone takes 1, since a row
+    with nothing to find and nothing found is right. Both as textfit has always reported them.
+    """
+    from sklearn.metrics import accuracy_score, hamming_loss, multilabel_confusion_matrix
+    from sklearn.metrics import precision_recall_fscore_support as scores
+
+    truth, predicted = y.astype(bool), proba > np.asarray(thresholds)[None, :]
+    columns = np.arange(len(labels))
+    y_true, y_pred = _multi_label_target(truth), _multi_label_target(predicted)
+
+    def averaged(average: str | None, zero_division: float = 0.0) -> Any:
+        return scores(y_true, y_pred, labels=columns, average=average, zero_division=zero_division)
+
+    precision, recall, f1, support = averaged(None)
+    micro, macro, weighted = averaged("micro"), averaged("macro"), averaged("weighted")
+    counts = multilabel_confusion_matrix(y_true, y_pred, labels=columns)  # per label [[tn, fp], [fn, tp]]
     return MultiLabelReport(
-        subset_accuracy=float((predicted == truth).all(1).mean()) if len(y) else 0.0,
-        hamming_loss=float((predicted != truth).mean()) if len(y) else 0.0,
-        micro_precision=micro_p, micro_recall=micro_r,
-        micro_f1=float(2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)),
-        macro_precision=float(precision.mean()), macro_recall=float(recall.mean()), macro_f1=float(f1.mean()),
-        weighted_precision=float(precision @ weights), weighted_recall=float(recall @ weights),
-        weighted_f1=float(f1 @ weights), samples_f1=float(row_f1.mean()) if len(y) else 0.0,
-        per_label=[LabelReport(label, float(p), float(r), float(f), int(s), float(t), int(a), int(b), int(c), int(d))
-                   for label, p, r, f, s, t, a, b, c, d in zip(labels, precision, recall, f1, support, thresholds,
-                                                               tp, fp, fn, tn)],
+        subset_accuracy=float(accuracy_score(truth, predicted)), hamming_loss=float(hamming_loss(truth, predicted)),
+        micro_precision=float(micro[0]), micro_recall=float(micro[1]), micro_f1=float(micro[2]),
+        macro_precision=float(macro[0]), macro_recall=float(macro[1]), macro_f1=float(macro[2]),
+        weighted_precision=float(weighted[0]), weighted_recall=float(weighted[1]), weighted_f1=float(weighted[2]),
+        samples_f1=float(averaged("samples", zero_division=1.0)[2]),
+        per_label=[LabelReport(label, float(p), float(r), float(f), int(s), float(t), int(c[1, 1]), int(c[0, 1]),
+                               int(c[1, 0]), int(c[0, 0]))
+                   for label, p, r, f, s, t, c in zip(labels, precision, recall, f1, support, thresholds, counts)],
         labels=list(labels), rows=int(len(y)),
     )
 

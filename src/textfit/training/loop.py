@@ -184,6 +184,11 @@ class Evaluation:
     f1_macro: float | None = None
 
 
+# Kept by hand, not sklearn.metrics.f1_score: evaluate() streams batches and adds up per-label counts (over workers
+# too, in one all-reduce of 3 x labels numbers), while f1_score wants every row's predictions in one process. Even
+# given them, on 2 cores it took 21 ms for 2,000 rows x 20 labels and 1.4 s for 20,000 x 200 (micro and macro),
+# every epoch, against 0.05 ms here. It agrees with f1_score(average="micro"/"macro", zero_division=0) on the same
+# predictions (tests/training/test_training.py).
 def _f1(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> tuple[float, float]:
     """Micro and macro F1 from per-label counts (a label with no positives and no predictions scores 0)."""
     micro = float(2 * tp.sum() / max(float(2 * tp.sum() + fp.sum() + fn.sum()), 1.0))
@@ -307,20 +312,36 @@ def _plan(lengths: list[int], batch_size: int, seed: int, world: distributed.Wor
     return batching.plan_batches(lengths, batch_size, shuffle=True, seed=seed, min_size=world.size)
 
 
+def _balanced(labels: list[int], n_classes: int) -> torch.Tensor:
+    """scikit-learn's balanced weights, n_rows / (n_classes * rows of the class), over the model's classes.
+
+    compute_class_weight refuses a class without rows (a model trained further on data that lacks one) and divides
+    by the classes it sees: its weights are rescaled to all n_classes, and a class without rows weighs as if it had
+    one (the loss never uses it).
+    """
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.asarray(labels)
+    present = np.unique(y)
+    weights = np.full(n_classes, len(labels) / n_classes)
+    weights[present] = compute_class_weight("balanced", classes=present, y=y) * (len(present) / n_classes)
+    return torch.from_numpy(weights).float()
+
+
 def class_weights(spec: str, labels: list[Any], n_classes: int, multi_label: bool = False) -> torch.Tensor | None:
     """The loss weight of each class for class_weights=none|balanced|w1,w2,... (None: unweighted). For
     multi-label data they weigh each label's positives (BCE's pos_weight); balanced: negatives / positives."""
     parsed = parse_class_weights(spec)
     if parsed == "none":
         return None
-    if parsed == "balanced" and multi_label:
+    if parsed == "balanced" and multi_label:  # by hand: scikit-learn weighs classes or rows, not a label's positives
         positives = torch.zeros(n_classes, dtype=torch.float64)
         for row in labels:
             positives[row] += 1
         return ((len(labels) - positives) / positives.clamp(min=1)).clamp(min=1e-3).float()
-    if parsed == "balanced":  # scikit-learn's rule: n_rows / (n_classes * rows of the class)
-        counts = torch.bincount(torch.tensor(labels), minlength=n_classes).double()
-        return (len(labels) / (n_classes * counts.clamp(min=1))).float()
+    if parsed == "balanced":
+        return _balanced(labels, n_classes)
     if len(parsed) != n_classes:
         raise HyperparameterError(f"class_weights={spec!r} gives {len(parsed)} weights but the data has {n_classes} "
                                   "classes; give one weight per class, in class order")
@@ -363,8 +384,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
     steps_per_epoch = len(_plan(lengths, hp.batch_size, hp.seed, world))
     schedule = None
     if hp.optimizer == "adamw":  # warm-up applies to adamw only (README: Hyperparameters)
-        factor = optimizers.warmup_then_linear_decay(steps_per_epoch * hp.epochs, hp.warmup_steps_fraction)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        schedule = optimizers.warmup_schedule(optimizer, steps_per_epoch * hp.epochs, hp.warmup_steps_fraction)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     attention = None if cache else training_attention(device, dtype, max(lengths))
     log.info("Training on %s with %s precision (%s): %d rows, %d steps per epoch%s%s%s", device.type,

@@ -54,13 +54,10 @@ OPTIMIZERS: dict[str, Callable[[list[tuple[str, nn.Parameter]], Hyperparameters]
 }
 
 
-def warmup_then_linear_decay(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
-    """LR multiplier: 0 -> 1 over the warm-up steps, then linearly down to 0 (the BERT recipe)."""
-    warmup = int(warmup_fraction * total_steps)
+def warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    """adamw's learning rate, by transformers: 0 -> 1 over the first warmup_fraction of the steps, then linearly
+    down to 0 (the BERT recipe). A LambdaLR, whose state_dict the checkpoints save and restore."""
+    from transformers import get_linear_schedule_with_warmup
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return factor
+    return get_linear_schedule_with_warmup(optimizer, int(warmup_fraction * total_steps), total_steps)
