@@ -113,13 +113,15 @@ def test_code_beside_a_known_architecture_is_ignored(tiny_artifact: Path, tmp_pa
 
 
 def test_a_tokenizer_that_names_its_own_code_runs_none(tiny_artifact: Path, tmp_path: Path) -> None:
-    """transformers reads the tokenizer from tokenizer.json and ignores the class it cannot trust."""
+    """transformers reads the tokenizer from tokenizer.json and ignores the class it cannot trust: with
+    trust_remote_code=False and a BERT config (a tokenizer it has built in), the shipped class is never imported
+    and the unknown tokenizer_class falls back to the fast tokenizer of tokenizer.json. The artifact is otherwise
+    intact, so it predicts, as code beside a known architecture does above."""
     folder, marker = _with_code(tiny_artifact, tmp_path, "bert", tokenizer_code=True)
     result = textfit("predict", "--model", str(folder), "--text", GOOD, stdin="y\n")
-    assert result.returncode in (0, 2) and "Traceback" not in result.stderr
-    if result.returncode == 0:
-        got = json.loads(result.stdout)["probabilities"]
-        np.testing.assert_allclose(got, TextClassifier.load(tiny_artifact).predict_proba([GOOD])[0], atol=1e-5)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)["probabilities"]
+    np.testing.assert_allclose(got, TextClassifier.load(tiny_artifact).predict_proba([GOOD])[0], atol=1e-5)
     assert not marker.exists()
 
 
@@ -274,48 +276,41 @@ def _still_serves(client: TestClient, clf: TextClassifier) -> None:
     np.testing.assert_allclose(response.json()["probabilities"], clf.predict_proba([GOOD])[0], atol=1e-5)
 
 
-@pytest.mark.parametrize(("content_type", "body", "status"), [
-    ("application/json", b'"\\ud800"', 400),                      # a lone surrogate
-    ("application/json", b'["fine", "\\udfff x"]', 400),
-    ("application/jsonlines", b'"ok"\n"\\ud800"\n', 400),
-    ("application/json", b"[" * 100_000, 400),                    # nesting past the recursion limit
-    ("application/json", b'{"text": "a", "n": ' + b"9" * 5000 + b"}", 400),  # a 5,000-digit number
-    ("application/json", b"[" + b"1" * 5000 + b"]", 400),
-    ("application/json", b"NaN", 400),
-    ("application/json", b'{"instances": [{"text": 3}]}', 400),
-    ("application/json", b"[]", 400),
-    ("application/jsonlines", b"{", 400),
-    ("text/csv", b"\n\n", 400),
-    ("application/x-text", b"\xff\xfe\x00", 400),
-    ("application/x-text", b" \t\n", 400),
-    ("application/xml", b"<a/>", 415),
-])
-def test_malformed_bodies_are_4xx_json(client: TestClient, clf: TextClassifier, content_type: str, body: bytes,
-                                       status: int) -> None:
-    response = client.post("/invocations", content=body, headers={"Content-Type": content_type})
-    assert response.status_code == status
-    assert response.json()["status"] == status and response.json()["error"]
-    _still_serves(client, clf)
-
-
-MALFORMED = {"application/x-text": [b"", b"caf\xe9"], "application/json": [b"", b"{x", b'"\\ud800"', b"[1]"],
-             "application/jsonlines": [b"", b"{x\n", b"[1]\n"], "text/csv": [b"", b"caf\xe9\n"]}
+# Each content type's malformed bodies and the status each must get, every one sent under every Accept. The plain
+# mistakes under the default Accept (an empty or non-UTF-8 x-text body, an image) are tests/serving/test_server.py's.
+MALFORMED: dict[str, list[tuple[bytes, int]]] = {
+    "application/x-text": [(b"\xff\xfe\x00", 400), (b" \t\n", 400)],
+    "application/json": [
+        (b"", 400), (b"{x", 400), (b"[1]", 400), (b"NaN", 400), (b"[]", 400),
+        (b'"\\ud800"', 400), (b'["fine", "\\udfff x"]', 400),      # lone surrogates
+        (b"[" * 100_000, 400),                                       # nesting past the recursion limit
+        (b'{"text": "a", "n": ' + b"9" * 5000 + b"}", 400),          # a 5,000-digit number
+        (b"[" + b"1" * 5000 + b"]", 400),
+        (b'{"instances": [{"text": 3}]}', 400),
+    ],
+    "application/jsonlines": [(b"", 400), (b"{", 400), (b"{x\n", 400), (b"[1]\n", 400), (b'"ok"\n"\\ud800"\n', 400)],
+    "text/csv": [(b"", 400), (b"\n\n", 400), (b"caf\xe9\n", 400)],
+    "application/xml": [(b"<a/>", 415)],
+}
 ACCEPTS = ["application/json", "application/json;verbose", "application/jsonlines", "application/jsonlines;verbose",
            "text/csv", "text/csv;verbose", "*/*"]
 
 
 @pytest.mark.parametrize("content_type", list(MALFORMED))
-def test_every_content_type_and_accept_pair_refuses_malformed_bodies(client: TestClient, clf: TextClassifier,
-                                                                     content_type: str) -> None:
+def test_malformed_bodies_are_4xx_json_under_every_accept(client: TestClient, clf: TextClassifier,
+                                                          content_type: str) -> None:
+    """The refusal is JSON with its status whatever the client accepts, and a good body of the same type is still
+    answered after it."""
     for accept in ACCEPTS:
-        for body in MALFORMED[content_type]:
+        for body, status in MALFORMED[content_type]:
             response = client.post("/invocations", content=body,
                                    headers={"Content-Type": content_type, "Accept": accept})
-            assert response.status_code == 400, (accept, body)
-            assert response.json()["status"] == 400
-        body = json.dumps(GOOD).encode() if "json" in content_type else GOOD.encode()
-        good = client.post("/invocations", content=body, headers={"Content-Type": content_type, "Accept": accept})
-        assert good.status_code == 200, accept
+            assert response.status_code == status, (accept, body[:40])
+            assert response.json()["status"] == status and response.json()["error"], (accept, body[:40])
+        if content_type != "application/xml":
+            body = json.dumps(GOOD).encode() if "json" in content_type else GOOD.encode()
+            good = client.post("/invocations", content=body, headers={"Content-Type": content_type, "Accept": accept})
+            assert good.status_code == 200, accept
     _still_serves(client, clf)
 
 
