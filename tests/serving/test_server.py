@@ -160,16 +160,6 @@ def test_long_texts_option(tiny_artifact: Path) -> None:
     np.testing.assert_allclose(windowed.sum(), 1.0, atol=1e-5)
 
 
-def test_onnx_and_torch_agree(tiny_artifact: Path) -> None:
-    torch_clf = TextClassifier.load(tiny_artifact)
-    onnx_clf = TextClassifier.load(tiny_artifact, backend="onnx")
-    texts = [GOOD, BAD, "good", "the very long plot was really quite awful and the acting was bad " * 3]
-    # in one padded batch, and one by one (no padding): the exported graph must honour the attention mask
-    np.testing.assert_allclose(onnx_clf.predict_proba(texts), torch_clf.predict_proba(texts), atol=1e-4)
-    np.testing.assert_allclose(np.vstack([onnx_clf.predict_proba([t]) for t in texts]),
-                               torch_clf.predict_proba(texts), atol=1e-4)
-
-
 # ------------------------------------------------------------------------------------ a real server process
 
 

@@ -1,7 +1,9 @@
-"""Texts to padded tensor batches: tokenize once, group rows of similar length, pad each batch to its longest.
+"""Texts to padded batches: tokenize once, group rows of similar length, pad each batch to its longest.
 
 Padding every batch to max_seq_length wastes most of the compute on short texts; grouping by length (as the
-Trainer's `group_by_length` does) keeps batches dense while the order of batches stays random.
+Trainer's `group_by_length` does) keeps batches dense while the order of batches stays random. A batch is padded
+into numpy int64 arrays, what ONNX Runtime takes; training and the PyTorch forward pass view them as tensors, so
+that predicting with ONNX Runtime never imports torch.
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from textfit.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 # Rows are sorted by length within windows of this many batches, so batches stay random across windows.
 BUCKET_WINDOW = 50
@@ -46,6 +51,8 @@ class Encoded:
 
     def label_tensor(self, rows: Sequence[int]) -> torch.Tensor:
         """Class indices (long), or for multi-label data a 0/1 matrix (rows x labels, float)."""
+        import torch
+
         assert self.labels is not None
         if not self.n_labels:
             return torch.tensor([self.labels[r] for r in rows], dtype=torch.long)
@@ -74,19 +81,31 @@ class Batch:
 
 
 def check_texts(texts: Sequence[object]) -> list[str]:
-    """The texts as a list, each a string of valid Unicode; DataError names the first that is not."""
+    """The texts as a list of strings; DataError names the first that is not a string.
+
+    What is in a string is checked once, by the tokenizer reading it: a text it cannot read (a lone surrogate,
+    from a JSON escape or undecodable bytes in argv) makes `encode` name it (`_unreadable`), and the server
+    checks each request's texts before they join a batch (inference.decode_request). Encoding every text here
+    only to look for one would copy every text once more.
+    """
     if isinstance(texts, str):
         raise DataError("expected a list of texts, not a single string; wrap it: [text]")
     out = list(texts)
     for i, text in enumerate(out):
         if not isinstance(text, str):
             raise DataError(f"text {i + 1} is a {type(text).__name__}, not a string; pass texts as str")
+    return out
+
+
+def _unreadable(texts: list[str]) -> DataError | None:
+    """The first text that is no valid Unicode, named; None if every text is."""
+    for i, text in enumerate(texts):
         try:
             text.encode("utf-8")
-        except UnicodeEncodeError as exc:  # a lone surrogate: from a JSON escape, or undecodable bytes in argv
-            raise DataError(f"text {i + 1} holds an invalid Unicode character (U+{ord(text[exc.start]):04X} at "
-                            f"position {exc.start}); pass valid UTF-8 text") from None
-    return out
+        except UnicodeEncodeError as exc:
+            return DataError(f"text {i + 1} holds an invalid Unicode character (U+{ord(text[exc.start]):04X} at "
+                             f"position {exc.start}); pass valid UTF-8 text")
+    return None
 
 
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequence[Any] | None = None,
@@ -101,6 +120,17 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequen
     server answering requests has no use for the count, so it skips it).
     """
     texts = check_texts(texts)
+    try:
+        return _encode(tokenizer, texts, max_length, labels, window_overlap, token_types, n_labels, count_truncated)
+    except TypeError:  # what a fast tokenizer raises for a string that is no valid Unicode
+        unreadable = _unreadable(texts)
+        if unreadable is None:
+            raise
+        raise unreadable from None
+
+
+def _encode(tokenizer: Any, texts: list[str], max_length: int, labels: Sequence[Any] | None,
+            window_overlap: int | None, token_types: bool | None, n_labels: int, count_truncated: bool) -> Encoded:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     has_types = "token_type_ids" in tokenizer.model_input_names if token_types is None else token_types
     if window_overlap is None:
@@ -143,18 +173,26 @@ def _tokenize_window(tokenizer: Any, texts: list[str], max_length: int, count: b
     return ids, sum(len(row) > max_length for row in longer)
 
 
-def collate(data: Encoded, rows: list[int]) -> Batch:
-    """Pad the given rows to their longest and build the model's inputs."""
+def pad(data: Encoded, rows: Sequence[int]) -> dict[str, np.ndarray]:
+    """The model's inputs for the given rows, padded to the longest of them: int64 arrays (ONNX Runtime's)."""
     longest = max(len(data.input_ids[r]) for r in rows)
-    ids = torch.full((len(rows), longest), data.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    ids = np.full((len(rows), longest), data.pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), longest), dtype=np.int64)
     for i, r in enumerate(rows):
         seq = data.input_ids[r]
-        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        ids[i, : len(seq)] = seq
         mask[i, : len(seq)] = 1
     inputs = {"input_ids": ids, "attention_mask": mask}
     if data.has_token_types:
-        inputs["token_type_ids"] = torch.zeros_like(ids)
+        inputs["token_type_ids"] = np.zeros_like(ids)
+    return inputs
+
+
+def collate(data: Encoded, rows: list[int]) -> Batch:
+    """Pad the given rows to their longest and build the model's inputs, as tensors (views of `pad`'s arrays)."""
+    import torch
+
+    inputs = {name: torch.from_numpy(array) for name, array in pad(data, rows).items()}
     return Batch(rows, inputs, None if data.labels is None else data.label_tensor(rows))
 
 

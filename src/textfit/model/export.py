@@ -1,7 +1,9 @@
 """ONNX export of a trained model, its int8 dynamic quantization, and the ONNX Runtime forward pass.
 
 ONNX Runtime runs these encoders about 3x faster than eager PyTorch at batch 1 on CPU, and int8 dynamic
-quantization doubles that again at a small accuracy cost, which `export` measures and reports.
+quantization doubles that again at a small accuracy cost, which `export` measures and reports. Both forward
+passes take the int64 arrays batching.pad builds; the ONNX Runtime side (OnnxRunner, load_tokenizer) never
+imports torch, so that a server on it starts without it.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from textfit.core.environment import thread_budget
 from textfit.errors import ArtifactError
-from textfit.model import architectures, artifact
+from textfit.model import artifact
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("textfit")
 
@@ -32,6 +37,10 @@ def onnx_path(folder: Path, quantized: bool) -> Path:
 
 def export_onnx(model: torch.nn.Module, input_names: list[str], output: Path) -> Path:
     """Trace the model to ONNX with dynamic batch and sequence axes (TorchScript exporter, opset 17)."""
+    import torch
+
+    from textfit.model import architectures
+
     model = model.eval().float()
     example = {name: torch.ones((2, 8), dtype=torch.long) for name in input_names}
     # Padding in the example, so that the traced graph takes the masking path whatever shortcut the model
@@ -65,8 +74,30 @@ def quantize_int8(source: Path, output: Path) -> Path:
     return output
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """The artifact's tokenizer for ONNX Runtime inference: transformers' generic fast tokenizer over its
+    tokenizer.json, which gives the ids AutoTokenizer's class gives (tests/serving/test_onnx_backend.py) without
+    what AutoTokenizer imports: transformers' config classes, and torch with them. A folder without
+    tokenizer.json (a tokenizer that has no fast version) goes through AutoTokenizer."""
+    from textfit.model import pretrained
+
+    if not (folder / "tokenizer.json").is_file():
+        return pretrained.load_tokenizer(str(folder))
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    try:
+        return TokenizersBackend.from_pretrained(str(folder), local_files_only=True, **pretrained.SAFE)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise ArtifactError(f"{folder}: cannot load the tokenizer ({_first_line(exc)}); the folder needs its "
+                            "tokenizer files") from None
+
+
 class OnnxRunner:
-    """The ONNX Runtime forward pass: inputs as torch tensors, logits as a numpy array."""
+    """The ONNX Runtime forward pass: inputs as int64 numpy arrays (batching.pad), logits as a numpy array."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -74,33 +105,40 @@ class OnnxRunner:
         if not path.is_file():
             raise ArtifactError(f"{path}: no ONNX model; run `textfit export --model MODEL --format onnx` first")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads or thread_budget()  # OMP_NUM_THREADS where set, else every core
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ONNX Runtime raises its own exception types for a damaged graph
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({first}); re-export it with "
+            raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)}); re-export it with "
                                 "`textfit export --model MODEL`") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
+        width = self.session.get_outputs()[0].shape[-1]
+        self.outputs = width if isinstance(width, int) else None
+        """The logits' width (the classes), where the graph fixes it."""
         self.path = path
 
-    def __call__(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
-        feed = {name: inputs[name].numpy() for name in self.input_names}
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {name: inputs[name] for name in self.input_names}
         return np.asarray(self.session.run(["logits"], feed)[0], dtype=np.float32)
 
 
 class TorchRunner:
-    """The PyTorch forward pass, fp32, on CPU."""
+    """The PyTorch forward pass, fp32, on CPU: the same arrays, viewed as tensors."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
 
-    @torch.inference_mode()
-    def __call__(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
-        with architectures.first_position_only(self.model):  # the same logits, less work
-            return self.model(**inputs).logits.float().numpy()
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        from textfit.model import architectures
+
+        tensors = {name: torch.from_numpy(array) for name, array in inputs.items()}
+        # first_position_only: the same logits, less work
+        with torch.inference_mode(), architectures.first_position_only(self.model):
+            return self.model(**tensors).logits.float().numpy()
 
 
 def runner(model: torch.nn.Module, folder: Path | None, backend: str, input_names: list[str],
