@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from starlette.testclient import TestClient
 
 from textfit import TextClassifier
+from textfit.serving.server import ServeSettings, create_app
 
 GOOD, BAD = "the film was good and great", "the plot was bad and awful"
 TEXTS = [GOOD, BAD, "good", "the very long plot was really quite awful and the acting was bad " * 3]
@@ -67,3 +74,43 @@ def test_the_onnx_tokenizer_gives_autotokenizers_ids(tiny_artifact: Path, onnx: 
         assert ours.get("overflow_to_sample_mapping") == theirs.get("overflow_to_sample_mapping")
     assert onnx.tokenizer_.pad_token_id == reference.pad_token_id
 
+
+def test_a_large_request_in_slices_among_others_gets_its_rows_in_order(onnx: TextClassifier,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request of 10 texts, with batches of 4, queued behind a batch that is held while three one-text requests
+    arrive: its slices share batches with them, and its rows come back in its own order."""
+    big = [" ".join(["good", "bad", "great", "awful", "film", "plot"][j % 6] for j in range(i, i + 1 + i % 4))
+           for i in range(10)]
+    smalls = [GOOD, BAD, "good film"]
+    predict, release, batches = onnx.predict_proba, threading.Event(), []
+
+    def held(texts: list[str], **kw: object) -> np.ndarray:
+        release.wait(10)
+        batches.append(list(texts))
+        return predict(texts, **kw)
+
+    monkeypatch.setattr(onnx, "predict_proba", held)
+    with TestClient(create_app(onnx, ServeSettings(max_batch=4, max_wait_ms=0))) as c:
+        def send(texts: list[str]) -> httpx.Response:
+            return c.post("/invocations", content=json.dumps(texts), headers={"Content-Type": "application/json"})
+
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            first = pool.submit(send, ["the film"])  # its batch is the one held
+            deadline = time.monotonic() + 10
+            while "textfit_requests_waiting 1.0" not in c.get("/metrics").text and time.monotonic() < deadline:
+                time.sleep(0.01)
+            others = [pool.submit(send, texts) for texts in [big, *[[s] for s in smalls]]]
+            while "textfit_requests_waiting 5.0" not in c.get("/metrics").text and time.monotonic() < deadline:
+                time.sleep(0.01)
+            release.set()
+            responses = [f.result() for f in [first, *others]]
+    assert [r.status_code for r in responses] == [200] * 5
+    with_big = [b for b in batches if set(b) & set(big)]
+    assert len(with_big) >= 3 and all(len(b) <= 4 for b in batches)  # sliced into batches of 4
+    assert any(set(b) & set(smalls) for b in with_big)  # sharing a batch with the others
+    rows = np.array([r["probabilities"] for r in responses[1].json()])
+    expected = predict(big)
+    assert not np.allclose(expected, expected[::-1], atol=1e-3)  # the order shows
+    np.testing.assert_allclose(rows, expected, atol=1e-5)
+    for response, text in zip(responses[2:], smalls):
+        np.testing.assert_allclose(response.json()[0]["probabilities"], predict([text])[0], atol=1e-5)

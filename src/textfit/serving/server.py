@@ -1,7 +1,10 @@
 """The HTTP endpoint: SageMaker's hosting contract (GET /ping, POST /invocations) on Starlette.
 
-Concurrent requests are coalesced into batches by one background task; inference runs on a worker thread,
-never on the event loop. Every queue and body is bounded, and a client's mistake is a 4xx, never a 500.
+A request's path to the model: its body is read and decoded, its texts checked once (inference.decode_request),
+then one queue forms batches of up to max_batch texts from the waiting requests (a large request in slices) and
+each batch goes to the model as one forward pass; its rows are scattered back to their requests once. Inference
+runs on a worker thread, never on the event loop. Every queue and body is bounded, and a client's mistake is a
+4xx, never a 500.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,11 +41,11 @@ class ServeSettings:
     max_body_bytes: int = 6 * 1024 * 1024
     """SageMaker's real-time payload limit is 6 MB; larger bodies get 413."""
     max_batch: int = 32
-    """Texts coalesced into one forward pass."""
+    """Texts coalesced into one forward pass (with long_texts=window, a batch's windows go max_batch at a time)."""
     max_wait_ms: float = 2.0
     """How long a batch waits for more requests once the queue is drained (0: take what is queued)."""
     max_queue: int = 512
-    """Requests waiting for inference (each with at most max_batch texts queued at a time); beyond it 503."""
+    """Requests waiting for inference, whatever their size; beyond it 503."""
     body_timeout_s: float = 30.0
     """Seconds a client may take to send a request body; then 408."""
     default_accept: str = "application/json"
@@ -79,21 +83,36 @@ SERVE_RANGES: dict[str, tuple[type, float, float, bool]] = {
 """The ranges of ServeSettings, those of `textfit serve`'s flags (--max-body-mb over 0, up to 1024, is in MiB)."""
 
 
-Job = tuple[list[str], "asyncio.Future[np.ndarray]"]
+@dataclass(eq=False)
+class _Waiting:
+    """A request in the queue: its texts, how many of them batches have taken, and its answer as rows come back."""
+
+    texts: list[str]
+    future: asyncio.Future[np.ndarray]
+    taken: int = 0
+    answered: int = 0
+    rows: np.ndarray | None = field(default=None, repr=False)
+    """The answer of a request answered in slices, filled slice by slice."""
+
+
+Slice = tuple[_Waiting, int, int]
+"""A request's texts [start, stop) in a batch."""
 
 
 class Batcher:
-    """Dynamic batching: requests queue up while a batch runs, and the next batch takes them all.
+    """Dynamic batching: one queue of requests; while a batch runs, requests queue up, and the next batch takes
+    texts from them, oldest first, up to max_batch.
 
-    A request larger than max_batch goes through in slices of max_batch texts, one slice queued at a time, so
-    that it is never refused for its size and requests sent meanwhile take turns with it. A batch that fails is
-    run again request by request, so that only the request at fault fails.
+    A request with more texts than a batch has room for gives the batch what fits and goes to the back of the
+    queue with the rest, so that it is never refused for its size and requests sent meanwhile take turns with it.
+    A batch that fails is run again slice by slice, so that only the request at fault fails.
     """
 
     def __init__(self, predict: Callable[[list[str]], np.ndarray], settings: ServeSettings,
                  observe: Callable[[int], None]) -> None:
         self.predict, self.settings, self.observe = predict, settings, observe
-        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.queue: deque[_Waiting] = deque()
+        self.arrived = asyncio.Event()
         self.waiting = 0
         """Requests admitted and not yet answered."""
         self.last_group = 1
@@ -101,70 +120,99 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="textfit-inference")
 
     async def submit(self, texts: list[str]) -> np.ndarray:
+        """The probabilities of a request's texts, rows in their order."""
         if self.waiting >= self.settings.max_queue:
             raise RequestError(503, f"the server is busy ({self.waiting} requests waiting); retry shortly")
         self.waiting += 1
         try:
-            step = self.settings.max_batch
-            parts = [await self._one(texts[i : i + step]) for i in range(0, len(texts), step)]
-            return np.concatenate(parts) if len(parts) > 1 else parts[0]
+            request = _Waiting(texts, asyncio.get_running_loop().create_future())
+            self.queue.append(request)
+            self.arrived.set()
+            return await request.future
         finally:
             self.waiting -= 1
 
-    async def _one(self, texts: list[str]) -> np.ndarray:
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        await self.queue.put((texts, future))
-        return await future
-
-    def _drain(self, group: list[Job], size: int) -> int:
-        while size < self.settings.max_batch and not self.queue.empty():
-            item = self.queue.get_nowait()
-            group.append(item)
-            size += len(item[0])
+    def _take(self, batch: list[Slice], size: int) -> int:
+        """Texts from the queue into `batch` (holding `size` texts) until it holds max_batch; its new size."""
+        while size < self.settings.max_batch and self.queue:
+            request = self.queue.popleft()
+            if request.future.done():  # its client went away, or an earlier slice of it failed
+                continue
+            stop = min(len(request.texts), request.taken + self.settings.max_batch - size)
+            batch.append((request, request.taken, stop))
+            size += stop - request.taken
+            request.taken = stop
+            if stop < len(request.texts):
+                self.queue.append(request)  # the rest, after the requests that came meanwhile
         return size
 
-    async def _gather(self) -> list[Job]:
-        group = [await self.queue.get()]
-        size = self._drain(group, len(group[0][0]))
+    async def _gather(self) -> list[Slice]:
+        while not self.queue:
+            self.arrived.clear()
+            await self.arrived.wait()
+        batch: list[Slice] = []
+        size = self._take(batch, 0)
         # One client at a time (the previous batch was one request) gets no added latency; under load,
         # a short wait lets the requests being read join this batch.
         if size < self.settings.max_batch and self.settings.max_wait_ms > 0 and self.last_group > 1:
             await asyncio.sleep(self.settings.max_wait_ms / 1000)
-            self._drain(group, size)
-        self.last_group = len(group)
-        return group
+            self._take(batch, size)
+        self.last_group = max(1, len(batch))
+        return batch
 
-    async def _run_alone(self, job: Job) -> None:
-        """A request of a failed batch, on its own: its answer, or a 400 that blames it alone."""
-        texts, future = job
+    @staticmethod
+    def _answer(piece: Slice, probs: np.ndarray) -> None:
+        """A slice's rows to its request; the request's answer once its last rows are in (a request answered in
+        one slice gets its rows of the batch's array as they are)."""
+        request, start, stop = piece
+        if request.future.done():
+            return
+        if stop - start == len(request.texts):
+            request.future.set_result(probs)
+            return
+        if request.rows is None:
+            request.rows = np.empty((len(request.texts), probs.shape[1]), dtype=probs.dtype)
+        request.rows[start:stop] = probs
+        request.answered += stop - start
+        if request.answered == len(request.texts):
+            request.future.set_result(request.rows)
+
+    async def _run_alone(self, piece: Slice) -> None:
+        """A slice of a failed batch, on its own: its rows, or a 400 that blames its request alone."""
+        request, start, stop = piece
+        if request.future.done():
+            return
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self.executor, self.predict, texts)
+            probs = await asyncio.get_running_loop().run_in_executor(self.executor, self.predict,
+                                                                     request.texts[start:stop])
         except Exception as exc:
             log.warning("a request's texts could not be classified: %s: %s", type(exc).__name__, exc)
-            if not future.done():
-                future.set_exception(RequestError(400, f"the texts could not be classified ({type(exc).__name__}: "
-                                                       f"{exc}); check that they are ordinary text"))
+            if not request.future.done():
+                request.future.set_exception(RequestError(
+                    400, f"the texts could not be classified ({type(exc).__name__}: {exc}); check that they are "
+                         "ordinary text"))
             return
-        if not future.done():
-            future.set_result(result)
+        self._answer(piece, probs)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            group = await self._gather()
-            texts = [t for ts, _ in group for t in ts]
+            batch = await self._gather()
+            if not batch:  # every request queued had gone
+                continue
+            texts = [text for request, start, stop in batch for text in request.texts[start:stop]]
             self.observe(len(texts))
             try:
                 probs = await loop.run_in_executor(self.executor, self.predict, texts)
             except Exception:  # one request's text may have failed everybody's batch: run them one by one
-                for job in group:
-                    await self._run_alone(job)
+                for piece in batch:
+                    await self._run_alone(piece)
                 continue
-            start = 0
-            for ts, future in group:
-                if not future.done():
-                    future.set_result(probs[start : start + len(ts)])
-                start += len(ts)
+            offset = 0
+            for piece in batch:
+                rows = piece[2] - piece[1]
+                self._answer(piece, probs[offset : offset + rows])
+                offset += rows
 
 
 class Metrics:
@@ -245,7 +293,9 @@ def create_app(model: TextClassifier | Callable[[], TextClassifier], settings: S
             metrics.batch.observe(n)
 
     def predict(texts: list[str]) -> np.ndarray:
-        return state.classifier.predict_proba(texts, long_texts=settings.long_texts)  # type: ignore[union-attr]
+        """One batch the queue formed: one forward pass, in the order given (windows: max_batch at a time)."""
+        return state.classifier.predict_proba(texts, batch_size=settings.max_batch,  # type: ignore[union-attr]
+                                              long_texts=settings.long_texts)
 
     async def load() -> None:
         try:
