@@ -59,8 +59,8 @@ def _torch_side(name: str) -> ModuleType:
 
 class _OnFirstUse:
     """A module's stand-in that imports it when fit, save or an export first reads one of its names: a model loaded
-    for ONNX Runtime predicts without torch, and a server on it starts without it (no 0.5 GB, no seconds of import).
-    """
+    for ONNX Runtime predicts without torch, and a server on it starts without it (docs/benchmarks.md: 42% less
+    resident memory)."""
 
     def __init__(self, name: str) -> None:
         self._name = name
