@@ -395,7 +395,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     def fit(self, X: ChannelLike | Sequence[str], y: Sequence[object] | None = None, *,
             validation: ChannelLike | tuple[Sequence[str], Sequence[object]] | None = None,
             on_epoch: Callable[[int, training.EpochMetrics], None] | None = None,
-            checkpoint_dir: str | Path | None = None) -> TextClassifier:
+            checkpoint_dir: str | Path | None = None, stop: checkpoints.StopSignal | None = None) -> TextClassifier:
         """Train; returns self.
 
         Args:
@@ -403,13 +403,18 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             y: with texts, their labels (integers or names), as scikit-learn's fit(X, y).
             validation: a validation channel, or (texts, labels); default: a stratified split of X.
             on_epoch: called with (epoch, metrics) after each epoch.
-            checkpoint_dir: write a checkpoint there at each epoch end and on SIGTERM/SIGINT, and resume from the
-                one it holds (same data, hyperparameters and model).
+            checkpoint_dir: write a checkpoint there at each epoch end and when `stop` is requested, and resume
+                from the one it holds (same data, hyperparameters and model).
+            stop: with checkpoint_dir, a StopSignal whose request (from another thread, or a signal handler of
+                yours) stops training at the next step boundary, after writing the checkpoint. fit installs no
+                signal handler: that is the entry point's choice (`textfit train` makes SIGTERM and SIGINT request
+                it).
 
         Every check of data and hyperparameters runs before the model's weights are loaded.
 
         Raises:
             DataError, HyperparameterError, ModelNotFoundError, ArtifactError: with what to fix.
+            TrainingInterrupted: `stop` was requested; the checkpoint to resume from is written.
         """
         self.given_ = self.effective_hyperparameters()
         if checkpoint_dir is not None:  # before anything is read: a folder that is not textfit's is never written
@@ -453,9 +458,9 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         if checkpoint_dir is not None:
             checkpointer = checkpoints.Checkpointer(Path(checkpoint_dir), checkpoints.fingerprint(
                 hp.to_strings(), train_data.input_ids, train_data.labels,
-                {k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and "version" not in k}))
-        with checkpointer.stop.installed() if checkpointer else contextlib.nullcontext():
-            result = training.train(model, train_data, val_data, hp, on_epoch=on_epoch, checkpoint=checkpointer)
+                {k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and "version" not in k}),
+                stop or checkpoints.StopSignal())
+        result = training.train(model, train_data, val_data, hp, on_epoch=on_epoch, checkpoint=checkpointer)
 
         history = [m.as_dict() for m in result.history]
         manifest = {

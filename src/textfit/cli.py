@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from textfit import __version__
 from textfit.errors import (
@@ -27,6 +27,9 @@ from textfit.errors import (
     TrainingInterrupted,
 )
 from textfit.jobs.sagemaker import write_failure
+
+if TYPE_CHECKING:
+    from textfit.training.checkpoints import StopSignal
 
 log = logging.getLogger("textfit")
 
@@ -79,6 +82,23 @@ def _worker_argv(argv: Sequence[str]) -> list[str]:
 LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 
 
+@contextlib.contextmanager
+def _training_process(checkpoint_dir: str | Path | None) -> Iterator[StopSignal]:
+    """What a train command sets for its process, which is the job's (a library call sets neither): on a CPU, freed
+    memory kept for reuse (kernels.keep_freed_memory); with a checkpoint folder, SIGTERM and SIGINT request the
+    returned stop, so training writes a checkpoint at the next step boundary and stops, instead of main's
+    stop-now handler (without a folder there is nothing to save). The handlers before it are put back after it."""
+    from textfit.training import kernels
+    from textfit.training.checkpoints import StopSignal
+    from textfit.training.loop import pick_device
+
+    if pick_device().type == "cpu":
+        kernels.keep_freed_memory()
+    stop = StopSignal()
+    with stop.installed() if checkpoint_dir is not None else contextlib.nullcontext():
+        yield stop
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from textfit.core.environment import torchrun_environment
     from textfit.hyperparameters import parse_assignments
@@ -94,9 +114,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
 
     given = {**_read_hyperparameters_file(args.hyperparameters), **parse_assignments(args.hp)}
-    clf = train(args.train, args.validation, model_id=args.model_id, hyperparameters=given, output=args.output,
-                model=args.model, tar=args.tar, overwrite=args.overwrite, allow_network=args.allow_network,
-                tensorboard=args.tensorboard, checkpoint_dir=args.checkpoint_dir, onnx=args.onnx)
+    with _training_process(args.checkpoint_dir) as stop:
+        clf = train(args.train, args.validation, model_id=args.model_id, hyperparameters=given, output=args.output,
+                    model=args.model, tar=args.tar, overwrite=args.overwrite, allow_network=args.allow_network,
+                    tensorboard=args.tensorboard, checkpoint_dir=args.checkpoint_dir, onnx=args.onnx, stop=stop)
     if torchrun_environment().rank != 0:  # one summary per job: rank 0 saved the artifact and reports it
         return 0
     best = clf.history_[clf.best_epoch_ - 1]
@@ -327,8 +348,9 @@ def cmd_sagemaker_train(args: argparse.Namespace) -> int:
         return 0
     log.info("SageMaker training job: channels training=%s validation=%s model=%s; writing %s",
              job.train, job.validation, job.model, job.model_dir)
-    train(job.train, job.validation, model_id=job.model_id, hyperparameters=job.algorithm_hyperparameters,
-          output=job.model_dir, model=job.model, overwrite=True, checkpoint_dir=job.checkpoint_dir)
+    with _training_process(job.checkpoint_dir) as stop:
+        train(job.train, job.validation, model_id=job.model_id, hyperparameters=job.algorithm_hyperparameters,
+              output=job.model_dir, model=job.model, overwrite=True, checkpoint_dir=job.checkpoint_dir, stop=stop)
     log.info("Reporting training SUCCESS")
     return 0
 
@@ -641,7 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _log_to_stderr(logging.WARNING if args.quiet else logging.INFO)
     main_thread = threading.current_thread() is threading.main_thread()
     # As a container's PID 1 a process without a SIGTERM handler ignores the signal: `docker stop` would
-    # wait out its grace period and kill. Training with checkpoints and the server install their own.
+    # wait out its grace period and kill. The train commands with a checkpoint folder and the server install
+    # their own within this one (_training_process).
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         return _run(args)

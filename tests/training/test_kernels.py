@@ -3,6 +3,9 @@ element position, reproducibly; and they stay inside the block that asks for the
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -55,17 +58,33 @@ def test_dropout_is_the_identity_where_it_should_be() -> None:
     torch.testing.assert_close(kernels.dropout(x, 1e-7), x)  # below the mask's resolution: the native path
 
 
-def test_fast_dropout_reaches_modules_inside_the_block_only() -> None:
+def _in_another_thread(call: Callable[[], torch.Tensor]) -> torch.Tensor:
+    out: list[torch.Tensor] = []
+    worker = threading.Thread(target=lambda: out.append(call()))
+    worker.start()
+    worker.join()
+    return out[0]
+
+
+def test_fast_dropout_reaches_modules_and_functional_calls_of_its_thread_inside_the_block_only() -> None:
     layer = torch.nn.Dropout(0.25).train()
     x = torch.ones(10_000)
     native = torch.nn.functional.dropout
+    native_scale = float(native(x, 0.25).max())
     with kernels.fast_dropout(torch.device("cpu")):
-        assert torch.nn.functional.dropout is kernels.dropout
         torch.manual_seed(3)
         inside = layer(x)
+        torch.manual_seed(3)
+        functional = torch.nn.functional.dropout(x, p=0.25, training=True)
+        with kernels.fast_dropout(torch.device("cpu")):  # a block within a block changes nothing
+            pass
+        other = _in_another_thread(lambda: layer(x))
     torch.manual_seed(3)
-    assert torch.equal(inside, kernels.dropout(x, 0.25))
+    assert torch.equal(inside, kernels.dropout(x, 0.25)) and torch.equal(functional, inside)
+    assert set(other.unique().tolist()) == {0.0, native_scale}  # another thread: torch's own mask
     assert torch.nn.functional.dropout is native
+    torch.manual_seed(3)
+    assert not torch.equal(layer(x), inside)  # outside the block: torch's own mask
     with pytest.raises(RuntimeError), kernels.fast_dropout(torch.device("cpu")):
         raise RuntimeError("a step failed")
     assert torch.nn.functional.dropout is native
@@ -73,10 +92,59 @@ def test_fast_dropout_reaches_modules_inside_the_block_only() -> None:
         assert torch.nn.functional.dropout is native
 
 
-def test_freed_memory_is_kept_for_reuse_under_glibc() -> None:
-    import platform
+def test_fast_dropout_blocks_of_two_threads_overlap_and_put_torchs_function_back() -> None:
+    native = torch.nn.functional.dropout
+    entered, release = threading.Event(), threading.Event()
 
-    assert kernels.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+    def training_thread() -> None:
+        with kernels.fast_dropout(torch.device("cpu")):
+            entered.set()
+            release.wait(timeout=30)
+
+    worker = threading.Thread(target=training_thread)
+    worker.start()
+    entered.wait(timeout=30)
+    with kernels.fast_dropout(torch.device("cpu")):
+        pass  # this block ends first: the other thread's is still under way
+    assert torch.nn.functional.dropout is not native
+    release.set()
+    worker.join()
+    assert torch.nn.functional.dropout is native
+
+
+def test_fast_dropout_computes_what_the_swapped_function_did(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Routing the calls through a torch function mode changes no number: a model's forward and backward in the
+    block equal those with torch.nn.functional.dropout replaced by kernels.dropout, as it was before."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Dropout(0.1), torch.nn.GELU(),
+                                torch.nn.Linear(32, 4)).train()
+    x = torch.randn(64, 16)
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
+        h = torch.nn.functional.dropout(model(x), p=0.3, training=True)  # as eager attention calls it
+        h.square().sum().backward()
+        return h.detach(), model[0].weight.grad.clone()  # type: ignore[union-attr]
+
+    with kernels.fast_dropout(torch.device("cpu")):
+        routed = run()
+    monkeypatch.setattr(torch.nn.functional, "dropout", kernels.dropout)
+    swapped = run()
+    assert torch.equal(routed[0], swapped[0]) and torch.equal(routed[1], swapped[1])
+
+
+def test_disabled_kernels_leave_dropout_and_the_allocator_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "enabled", False)
+    monkeypatch.setattr(kernels, "_set_thresholds", lambda: pytest.fail("mallopt called"))
+    assert kernels.keep_freed_memory() is False
+    layer = torch.nn.Dropout(0.25).train()
+    x = torch.ones(1000)
+    torch.manual_seed(3)
+    with kernels.fast_dropout(torch.device("cpu")):
+        inside = layer(x)
+    torch.manual_seed(3)
+    assert torch.equal(inside, layer(x))  # torch's own mask
 
 
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | None,

@@ -21,6 +21,7 @@ from textfit.errors import ReportError, TextfitError
 from textfit.jobs import remote
 from textfit.model import artifact
 from textfit.training import distributed
+from textfit.training.checkpoints import StopSignal
 from textfit.training.loop import EpochMetrics
 
 log = logging.getLogger("textfit")
@@ -90,12 +91,16 @@ def train(train: str | Path, validation: str | Path | None = None, *, model_id: 
           hyperparameters: Mapping[str, object] | None = None, output: str | Path | None = None,
           model: str | Path | None = None, tar: bool = False, overwrite: bool = False,
           allow_network: bool = False, tensorboard: str | Path | None = None,
-          checkpoint_dir: str | Path | None = None, onnx: str = "fp32") -> TextClassifier:
+          checkpoint_dir: str | Path | None = None, onnx: str = "fp32", stop: StopSignal | None = None
+          ) -> TextClassifier:
     """Fine-tune and (with `output`) save: what `textfit train` does, from Python. Paths may be s3:// URIs.
 
-    With `checkpoint_dir`, training checkpoints there at each epoch end and on SIGTERM/SIGINT, and a rerun
-    with the same folder resumes (checkpoints.py). `onnx` (fp32, int8 or none) is the ONNX graph saved in the
-    artifact, from which `serve` starts at once.
+    With `checkpoint_dir`, training checkpoints there at each epoch end and, once `stop` is requested, at the
+    next step boundary (then TrainingInterrupted), and a rerun with the same folder resumes (checkpoints.py).
+    This function installs no signal handler and leaves the allocator as it is: `textfit train` and `textfit
+    sagemaker train`, which own their process, make SIGTERM and SIGINT request `stop` and keep freed memory
+    (kernels.keep_freed_memory); a program calling it chooses for its own process. `onnx` (fp32, int8 or none)
+    is the ONNX graph saved in the artifact, from which `serve` starts at once.
 
     >>> clf = textfit.train("data/", model_id="textfit-tc-all-minilm-l6-v2", output="model/")  # doctest: +SKIP
     >>> textfit.load("model/").predict(["a lovely film"])  # doctest: +SKIP
@@ -116,7 +121,7 @@ def train(train: str | Path, validation: str | Path | None = None, *, model_id: 
             clf = TextClassifier(model_id, hyperparameters, init_model=local(model), allow_network=allow_network)
             on_epoch = stack.enter_context(_tensorboard(tensorboard)) if tensorboard and world.is_main else None
             clf.fit(local(train), validation=local(validation), on_epoch=on_epoch,  # type: ignore[arg-type]
-                    checkpoint_dir=checkpoint_dir)
+                    checkpoint_dir=checkpoint_dir, stop=stop)
             clf.init_model = model  # the manifest names where it came from, not the temporary copy
             if model is not None:
                 clf.manifest_["initialized_from"] = str(model)

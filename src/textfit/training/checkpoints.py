@@ -1,7 +1,9 @@
 """Training checkpoints: a spot interruption or a `docker stop` costs at most the current step.
 
 With a checkpoint folder (SageMaker's /opt/ml/checkpoints, or --checkpoint-dir), the training loop writes a
-checkpoint at every epoch end and, when SIGTERM or SIGINT arrives, at the next step boundary before it stops.
+checkpoint at every epoch end and, once its StopSignal is requested, at the next step boundary before it stops.
+`textfit train` and `textfit sagemaker train` request it on SIGTERM or SIGINT; fit installs no handler, and a
+program that calls it passes a StopSignal of its own to stop a run.
 A new run with the same folder, data and hyperparameters resumes from it with the same data order and random
 state, so it ends with the weights an uninterrupted run would have. A checkpoint is safetensors (every tensor:
 weights, the best epoch's weights, optimizer moments, random generator states) and JSON (counters, history,
@@ -55,20 +57,37 @@ class LoopState:
 
 
 class StopSignal:
-    """SIGTERM and SIGINT become a request to stop at the next step boundary, not an exit mid-step."""
+    """A request to stop training at the next step boundary, after writing a checkpoint, rather than mid-step.
+
+    Nothing installs it by itself: the train commands, which own their process, make SIGTERM and SIGINT request it
+    (`installed`); a program that trains through the library calls `request` (from its own signal handler, or from
+    another thread), and fit raises TrainingInterrupted once the checkpoint is written.
+
+    >>> stop = StopSignal()
+    >>> clf.fit("data/", checkpoint_dir="ckpt/", stop=stop)  # doctest: +SKIP
+    >>> stop.request()  # from another thread: the run writes its checkpoint and stops  # doctest: +SKIP
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        """The signal the request stands for (TrainingInterrupted carries it); None until one is made."""
+
+    def request(self, signum: int = signal.SIGTERM) -> None:
+        """Stop at the next step boundary; `signum` is the signal the stop stands for (SIGTERM unless told)."""
+        self.signum = signum
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: the user means it
-        self.signum = signum
+        self.request(signum)
         log.info("%s received: stopping at the next step boundary to write a checkpoint",
                  signal.Signals(signum).name)
 
     @contextmanager
     def installed(self) -> Iterator[StopSignal]:
+        """SIGTERM and SIGINT request this stop within the block, the handlers before it are put back after it:
+        for an entry point that owns its process. Outside the main thread (where Python allows no handler), nothing
+        is installed."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
@@ -175,6 +194,7 @@ class Checkpointer:
     folder: Path
     fingerprint: str
     stop: StopSignal = field(default_factory=StopSignal)
+    """The run stops at the next step boundary once it is requested; by default nothing requests it."""
 
     def save(self, state: LoopState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              schedule: Any, scaler: torch.amp.GradScaler, best: dict[str, torch.Tensor] | None) -> None:

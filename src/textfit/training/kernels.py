@@ -1,5 +1,8 @@
-"""Faster CPU paths for the training steps, each measured; dropout and attention are switched on for the steps
-only (validation and serving run the model's own), the allocator setting holds for the process.
+"""Faster CPU paths for the training steps, each measured. Each reaches no further than what asks for it: the
+dropout the thread that trains (another thread's dropout stays torch's), the attention the model being trained,
+for its steps (validation and serving run the model's own), and the allocator setting, which glibc cannot undo,
+a process that asks for it (`textfit train` and `textfit sagemaker train` do; `fit` does not). `enabled = False`
+turns them all off.
 
 Fine-tuning a small encoder on a CPU spends much of a step outside the matrix products. Measured on
 all-MiniLM-L6-v2 in training mode, batch 32, 2 cores, bf16:
@@ -28,12 +31,18 @@ import ctypes
 import ctypes.util
 import functools
 import math
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
+
+enabled = True
+"""Whether training uses the paths below. False: torch's dropout, transformers' eager attention in place of the
+recomputing one, and `keep_freed_memory` leaves the allocator as it is (to compare, or to keep torch's random
+stream of dropout masks). Read when a training run starts."""
 
 # The keep decision compares a uniform 16-bit integer with a threshold, so the drop probability is p rounded to
 # a multiple of 1/65536 (0.1 -> 0.100006); the scale is 1/(1 - that), so the expectation stays exact.
@@ -91,27 +100,75 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace:
     return _Dropout.apply(input, p)
 
 
+# While a fast_dropout block is under way in some thread, torch.nn.functional.dropout is `_routed`: a call from a
+# thread inside a block takes the faster mask, a call from any other thread goes where it went before (torch's
+# own). Both transformers' attention functions and nn.Dropout call the function by name, and the eager ones are
+# module-level functions, so replacing the model's Dropout modules would not reach the attention probabilities,
+# whose dropout is most of the saving. A torch function mode would route the calls with nothing replaced, but it
+# sends every torch call of the block through Python: a MiniLM forward pass in bf16 at 14 tokens took 163 instead
+# of 156 ms of CPU time (1 thread, busy machine), 4% more, and the clipping and optimizer step 1,300 such calls more.
+_here = threading.local()  # .fast: this thread is inside a block
+_lock = threading.Lock()
+_blocks = 0  # blocks under way, in every thread
+_outside: Callable[..., torch.Tensor] = _native_dropout  # where other threads' calls go: what was there before
+
+
+def _routed(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
+    if getattr(_here, "fast", False):
+        return dropout(input, p, training, inplace)
+    return _outside(input, p, training, inplace)
+
+
+def _enter() -> None:
+    global _blocks, _outside
+    with _lock:
+        if _blocks == 0:
+            _outside = torch.nn.functional.dropout
+            torch.nn.functional.dropout = _routed
+        _blocks += 1
+
+
+def _leave() -> None:
+    global _blocks
+    with _lock:
+        _blocks -= 1
+        if _blocks == 0 and torch.nn.functional.dropout is _routed:  # not if someone replaced it since
+            torch.nn.functional.dropout = _outside
+
+
 @contextmanager
 def fast_dropout(device: torch.device) -> Iterator[None]:
-    """Within the block, dropout on the CPU uses the faster mask: both transformers' attention functions and
-    nn.Dropout call torch.nn.functional.dropout by name, so replacing it there reaches every family."""
-    if device.type != "cpu":
+    """Within the block, this thread's dropout on the CPU uses the faster mask; another thread's is what it was
+    (torch's), and once no thread is in a block, torch.nn.functional.dropout is again what it was."""
+    if device.type != "cpu" or not enabled or getattr(_here, "fast", False):
         yield
         return
-    torch.nn.functional.dropout = dropout
+    _enter()
+    _here.fast = True
     try:
         yield
     finally:
-        torch.nn.functional.dropout = _native_dropout
+        _here.fast = False
+        _leave()
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
-@functools.cache
 def keep_freed_memory() -> bool:
-    """Have glibc keep freed blocks of up to 1 GiB for reuse instead of unmapping them (once per process);
-    False where the C library is not glibc."""
+    """Have glibc keep freed blocks of up to 1 GiB for reuse instead of unmapping them, for the rest of the
+    process; False where the C library is not glibc, or with `enabled` False.
+
+    This is the process's setting, not a training run's: glibc has no call that reads these thresholds back, and
+    setting either one switches off, for good, the threshold glibc otherwise adjusts to the blocks a program frees
+    (mallopt(3)). So no training run sets it; whoever owns the process does (`textfit train`, `textfit sagemaker
+    train`), or a program that trains in its own process and wants the speed calls this once.
+    """
+    return enabled and _set_thresholds()
+
+
+@functools.cache
+def _set_thresholds() -> bool:
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)

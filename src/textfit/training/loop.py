@@ -96,7 +96,7 @@ def training_attention(device: torch.device, dtype: torch.dtype | None, longest:
     """The attention implementation the training steps run, None to keep the model's own."""
     if device.type != "cpu" or longest > CPU_ATTENTION_UP_TO:
         return None
-    return "eager" if dtype is not None else kernels.register_attention()
+    return "eager" if dtype is not None or not kernels.enabled else kernels.register_attention()
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -355,9 +355,11 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
 
     In a distributed job (distributed.py) every worker runs this same loop on its share of each global batch.
     `on_epoch(epoch, metrics)` sees each epoch's metrics; hyperparameter tuning reports them to its pruner there,
-    and stops a hopeless trial by raising. With `checkpoint`, a checkpoint is written at each epoch end and, on
-    SIGTERM or SIGINT, at the next step boundary (then TrainingInterrupted); a run with the same checkpoint
-    folder resumes where the last one stopped.
+    and stops a hopeless trial by raising. With `checkpoint`, a checkpoint is written at each epoch end and, once
+    `checkpoint.stop` is requested, at the next step boundary (then TrainingInterrupted); a run with the same
+    checkpoint folder resumes where the last one stopped. Nothing beyond the model and this thread is changed: no
+    signal handler (the train commands install theirs), no allocator setting (kernels.keep_freed_memory), and the
+    faster dropout reaches this thread's calls only (kernels.fast_dropout).
     """
     world = distributed.current()
     if len(train_data) < world.size:
@@ -366,8 +368,6 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: H
     device = device or (distributed.device_for(world) if world.active else pick_device())
     dtype = autocast_dtype(device, hp.precision)
     model.to(device)
-    if device.type == "cpu":
-        kernels.keep_freed_memory()
     frozen = hp.train_only_on_top_layer
     cache = frozen and architectures.supports_feature_cache(model)
     if frozen and not cache:
