@@ -167,7 +167,7 @@ def _check_range(name: str, value: object, meta: Mapping[str, Any]) -> str | Non
         return None
     if "choices" in meta and value not in meta["choices"]:
         return f"{name}={value!r} is not valid; use one of {', '.join(meta['choices'])}"
-    if "min" in meta and not meta["min"] <= value <= meta["max"]:  # type: ignore[operator]
+    if "min" in meta and not meta["min"] <= value <= meta["max"]:
         return f"{name}={value} is out of range; valid values are in [{meta['min']}, {meta['max']}]"
     if meta.get("below_max") and value == meta["max"]:
         # Adam's bias correction divides by 1 - beta**t: at beta = 1 the update is 0/0 (torch refuses it too)

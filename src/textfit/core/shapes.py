@@ -33,7 +33,7 @@ class Maybe:
     kind: Any
 
 
-class Closed(dict):  # type: ignore[type-arg]
+class Closed(dict[str, Any]):
     """A nested shape whose object may hold no field besides those listed (the code passes it on as keywords)."""
 
 

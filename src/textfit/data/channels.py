@@ -14,10 +14,10 @@ import json
 import random
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from textfit.errors import DataError
 
@@ -361,8 +361,8 @@ def from_memory(texts: Sequence[object], labels: Sequence[object], *, what: str 
     row numbers stand in for line numbers in messages. Multi-label rows are lists of labels (or delimited
     strings, as in data.csv)."""
     if multi_label:
-        labels = [label if isinstance(label, str) else delimiter.join(str(x) for x in label)  # type: ignore[union-attr]
-                  for label in labels]
+        labels = [label if isinstance(label, str) else delimiter.join(str(x) for x in cast(Iterable[object], label))
+                  for label in labels]  # a row that is not a string is a list of labels
     if isinstance(texts, str):
         raise DataError(f"{what}: expected a list of texts, not a single string")
     texts, labels = list(texts), list(labels)
@@ -383,11 +383,12 @@ def from_memory(texts: Sequence[object], labels: Sequence[object], *, what: str 
                          rows="have a label that is neither an integer nor a string",
                          fix="labels must be integers or strings")
     problems.raise_any()
+    first = str(texts[0])  # every text is a string by now
     rows = [str(label).strip() if not isinstance(label, int) else str(label) for label in labels]
     lines = list(range(1, len(texts) + 1))
     digest = hashlib.sha256(json.dumps([rows, texts], ensure_ascii=False).encode("utf-8")).hexdigest()
-    typed = (_label_sets(where, rows, lines, delimiter, texts[0], unit="row") if multi_label
-             else _typed_labels(where, rows, lines, texts[0], unit="row"))
+    typed = (_label_sets(where, rows, lines, delimiter, first, unit="row") if multi_label
+             else _typed_labels(where, rows, lines, first, unit="row"))
     return Channel(path=where, texts=[str(t) for t in texts], labels=typed, lines=lines, names={}, fingerprint=digest)
 
 

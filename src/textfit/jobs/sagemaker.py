@@ -9,6 +9,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from textfit.core.environment import DEFAULT_PREFIX
 from textfit.core.shapes import Maybe, found, require
@@ -51,12 +52,12 @@ RESOURCE_SHAPE = {"current_host": Maybe(str), "hosts": Maybe(list[str]), "networ
 """resourceconfig.json: the fields textfit reads (the file holds more, which textfit does not use)."""
 
 
-def _read_json(path: Path, what: str, shape: object, error: type[TextfitError], fix: str) -> dict[str, object]:
+def _read_json(path: Path, what: str, shape: object, error: type[TextfitError], fix: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON syntax, bytes that are not UTF-8
         raise error(f"{path}: cannot read the {what} ({' '.join(str(exc).split())})") from None
-    return require(data, shape, path, error, fix)
+    return require(data, shape, path, error, fix)  # of `shape`: each field's value is of the kind it names
 
 
 def _channel(prefix: Path, name: str) -> Path | None:

@@ -32,17 +32,21 @@ from torch import nn
 log = logging.getLogger("textfit")
 
 Inputs = dict[str, torch.Tensor]
+# A transformers sequence classifier of any family, or a MeanPooled wrapping one, as the adapters read it: by
+# attributes that differ by family (classifier, pre_classifier, pooler, drop) or that transformers adds (config,
+# base_model_prefix, _init_weights). nn.Module types every such attribute Tensor | Module; to the checker they are Any.
+Model = Any
 
 
-def _pooled(model: nn.Module, inputs: Inputs) -> torch.Tensor:
+def _pooled(model: Model, inputs: Inputs) -> torch.Tensor:
     return model.base_model(**inputs).pooler_output
 
 
-def _first_token(model: nn.Module, inputs: Inputs) -> torch.Tensor:
+def _first_token(model: Model, inputs: Inputs) -> torch.Tensor:
     return model.base_model(**inputs).last_hidden_state[:, 0]
 
 
-def _modernbert_pooled(model: nn.Module, inputs: Inputs) -> torch.Tensor:
+def _modernbert_pooled(model: Model, inputs: Inputs) -> torch.Tensor:
     """ModernBERT pools as its config says: the first token, or the mean over real tokens."""
     hidden = model.base_model(**inputs).last_hidden_state
     if model.config.classifier_pooling == "cls":
@@ -71,7 +75,7 @@ class MeanPooled(nn.Module):
     nothing trains them, and DistributedDataParallel requires every trainable parameter to get a gradient.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Model) -> None:
         super().__init__()
         for name, child in model.named_children():
             self.add_module(name, child)
@@ -116,35 +120,35 @@ def is_mean_pooled(config: Any) -> bool:
     return getattr(getattr(config, "config", config), POOLING_KEY, None) == "mean"
 
 
-def _dropout_dense(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+def _dropout_dense(model: Model, features: torch.Tensor) -> torch.Tensor:
     return model.classifier(model.dropout(features))  # BERT, ALBERT: Dropout -> Dense on the pooled output
 
 
-def _token_head(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+def _token_head(model: Model, features: torch.Tensor) -> torch.Tensor:
     return model.classifier(features.unsqueeze(1))  # RoBERTa, ELECTRA: the head takes token 0 itself
 
 
-def _distilbert_head(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+def _distilbert_head(model: Model, features: torch.Tensor) -> torch.Tensor:
     return model.classifier(model.dropout(torch.relu(model.pre_classifier(features))))
 
 
-def _deberta_head(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+def _deberta_head(model: Model, features: torch.Tensor) -> torch.Tensor:
     return model.classifier(model.dropout(model.pooler(features.unsqueeze(1))))
 
 
-def _modernbert_head(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+def _modernbert_head(model: Model, features: torch.Tensor) -> torch.Tensor:
     return model.classifier(model.drop(model.head(features)))
 
 
-def _classifier(model: nn.Module) -> nn.Linear:
+def _classifier(model: Model) -> nn.Linear:
     return model.classifier
 
 
-def _out_proj(model: nn.Module) -> nn.Linear:
+def _out_proj(model: Model) -> nn.Linear:
     return model.classifier.out_proj
 
 
-def _last_linear(model: nn.Module) -> nn.Linear:
+def _last_linear(model: Model) -> nn.Linear:
     """Any other family: the last Linear layer outside the encoder with one output per class."""
     prefix = model.base_model_prefix
     layers = [m for n, m in model.named_modules() if not n.startswith(prefix) and isinstance(m, nn.Linear)
@@ -152,13 +156,13 @@ def _last_linear(model: nn.Module) -> nn.Linear:
     return layers[-1]
 
 
-def _bert_last_attention_output(model: nn.Module) -> nn.Module:
+def _bert_last_attention_output(model: Model) -> nn.Module:
     """BERT, RoBERTa, ELECTRA, DeBERTa-v2: the last layer's attention output (projection, residual, LayerNorm),
     then its feed-forward block, run per position."""
     return model.base_model.encoder.layer[-1].attention.output
 
 
-def _distilbert_last_norm(model: nn.Module) -> nn.Module:
+def _distilbert_last_norm(model: Model) -> nn.Module:
     """DistilBERT projects inside its attention module; from the LayerNorm after it on, each position alone."""
     return model.base_model.transformer.layer[-1].sa_layer_norm
 
@@ -237,7 +241,7 @@ def supports_feature_cache(model: nn.Module) -> bool:
     return isinstance(model, MeanPooled) or adapter_for(model).features is not None
 
 
-def features(model: nn.Module, inputs: Inputs) -> torch.Tensor:
+def features(model: Model, inputs: Inputs) -> torch.Tensor:
     """What the head reads, computed by the encoder (train_only_on_top_layer computes it once per row)."""
     if isinstance(model, MeanPooled):
         return mean_of_tokens(model.base_model(**inputs).last_hidden_state, inputs["attention_mask"])
@@ -247,7 +251,7 @@ def features(model: nn.Module, inputs: Inputs) -> torch.Tensor:
     return compute(model, inputs)
 
 
-def head(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+def head(model: Model, feats: torch.Tensor) -> torch.Tensor:
     """The head alone on features: model(**x).logits == head(model, features(model, x)) in eval mode."""
     if isinstance(model, MeanPooled):
         last = adapter_for(model).last_layer(model)
@@ -258,13 +262,13 @@ def head(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
     return run(model, feats)
 
 
-def head_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+def head_parameters(model: Model) -> list[tuple[str, nn.Parameter]]:
     """The classification head's parameters: everything outside the pretrained encoder."""
     prefix = model.base_model_prefix + "."
     return [(n, p) for n, p in model.named_parameters() if not n.startswith(prefix)]
 
 
-def token_embeddings(model: nn.Module) -> nn.Module | None:
+def token_embeddings(model: Model) -> nn.Module | None:
     """The encoder's token-embedding table (freeze_token_embeddings), None where the model does not name one."""
     try:
         table = model.get_input_embeddings()
@@ -273,7 +277,7 @@ def token_embeddings(model: nn.Module) -> nn.Module | None:
     return table if isinstance(table, nn.Module) else None
 
 
-def reinitialize_head(model: nn.Module) -> None:
+def reinitialize_head(model: Model) -> None:
     """A new random head on a fine-tuned encoder (reinitialize_top_layer=True on an artifact), each layer
     initialised as the architecture initialises it."""
     prefix = model.base_model_prefix
@@ -306,7 +310,7 @@ def attention(model: nn.Module, implementation: str | None) -> Iterator[None]:
     """Run the block with another of transformers' attention implementations ("eager", "sdpa") where the model
     can switch (the families on transformers' AttentionInterface); with None, or a model that cannot switch, as
     it is. The implementation lives in the config object but is not saved with it."""
-    hf = getattr(model, "hf", model)  # a MeanPooled model's attention is the wrapped model's
+    hf: Model = getattr(model, "hf", model)  # a MeanPooled model's attention is the wrapped model's
     current = getattr(hf.config, "_attn_implementation", None)
     can_switch = getattr(hf, "_can_set_attn_implementation", lambda: False)()
     if implementation is None or implementation == current or not can_switch:
@@ -349,7 +353,7 @@ def first_position_only(model: nn.Module) -> Iterator[bool]:
         handle.remove()
 
 
-def describe(model: nn.Module) -> str:
+def describe(model: Model) -> str:
     adapter = adapter_for(model)
     name = adapter.family if adapter is not GENERIC else f"{model.config.model_type} (no textfit adapter)"
     return f"{name}, mean-pooled head" if isinstance(model, MeanPooled) else name

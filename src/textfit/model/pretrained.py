@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from textfit.errors import ArtifactError
 
+
+class _Safe(TypedDict):
+    trust_remote_code: bool
+
+
 # Every load passes these: no code from the checkpoint, never a pickle.
-SAFE = {"trust_remote_code": False}
+SAFE: _Safe = {"trust_remote_code": False}
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:

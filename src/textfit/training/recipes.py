@@ -26,6 +26,7 @@ import logging
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,7 +135,7 @@ def log_recipe(recipe: Recipe, given: Collection[str]) -> None:
     log.info("Not used by the small-data recipe: %s", "; ".join(unused))
 
 
-def _probe_weights(feats: np.ndarray, labels: list[object], n_classes: int, multi_label: bool, l2: float,
+def _probe_weights(feats: np.ndarray, labels: list[Any], n_classes: int, multi_label: bool, l2: float,
                    sample_weight: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Weights and biases of the logistic regression on frozen features (one per class, or per label).
 
@@ -165,7 +166,7 @@ def _probe_weights(feats: np.ndarray, labels: list[object], n_classes: int, mult
         return weight, bias
     matrix = np.zeros((len(labels), n_classes), dtype=np.int64)
     for i, row in enumerate(labels):
-        matrix[i, row] = 1  # type: ignore[index]
+        matrix[i, row] = 1
     for j in range(n_classes):
         positives = int(matrix[:, j].sum())
         if positives in (0, len(labels)):  # a label always off (or always on): its prior, no weights
@@ -177,7 +178,7 @@ def _probe_weights(feats: np.ndarray, labels: list[object], n_classes: int, mult
     return weight, bias
 
 
-def _centroid_weights(feats: np.ndarray, labels: list[object], n_classes: int, multi_label: bool,
+def _centroid_weights(feats: np.ndarray, labels: list[Any], n_classes: int, multi_label: bool,
                       class_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A head scoring each class by cosine similarity to the mean of its rows' (L2-normalised) features.
 
@@ -190,7 +191,7 @@ def _centroid_weights(feats: np.ndarray, labels: list[object], n_classes: int, m
     sums = np.zeros((n_classes, dim), dtype=np.float64)
     counts = np.zeros(n_classes, dtype=np.int64)
     for i, row in enumerate(labels):
-        members = list(row) if multi_label else [row]  # type: ignore[call-overload]
+        members = list(row) if multi_label else [row]
         sums[members] += feats[i]
         counts[members] += 1
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
@@ -202,7 +203,7 @@ def _centroid_weights(feats: np.ndarray, labels: list[object], n_classes: int, m
         return weight, bias.astype(np.float32)
     positive_sim = np.zeros(n_classes, dtype=np.float64)
     for i, row in enumerate(labels):
-        members = list(row)  # type: ignore[call-overload]
+        members = list(row)
         positive_sim[members] += centroids[members] @ feats[i]
     all_sim = centroids @ feats.sum(axis=0)
     bias = np.zeros(n_classes, dtype=np.float64)
