@@ -177,7 +177,9 @@ def tiny_artifact(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("tiny-artifact")
     write_csv(root / "train" / "data.csv", make_rows(128))
     clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "8", "learning_rate": "0.002"}).fit(root / "train")
-    return clf.save(root / "model")
+    from textfit.jobs.train import save_artifact
+
+    return save_artifact(clf, root / "model")  # the training job's artifact: the model and its reports
 
 
 @pytest.fixture
@@ -190,3 +192,13 @@ def channel(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _textfit_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="textfit")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now: jobs started side by side (pytest-xdist workers) each need their own
+    rendezvous port, where torch's default 29500 would collide."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import FAST, make_rows, write_csv
 from textfit import TextClassifier
 from textfit.errors import DataError, HyperparameterError, TextfitError
+from textfit.jobs.train import save_artifact
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def test_predict_keeps_input_order_across_length_sorted_batches(fitted: TextClas
 
 def test_save_load_round_trip(fitted: TextClassifier, tmp_path: Path) -> None:
     texts = ["good film", "awful plot"]
-    fitted.save(tmp_path / "model", tar=True)
+    save_artifact(fitted, tmp_path / "model", tar=True)
     for source in (tmp_path / "model", tmp_path / "model.tar.gz"):
         loaded = TextClassifier.load(source)
         np.testing.assert_allclose(loaded.predict_proba(texts), fitted.predict_proba(texts), atol=1e-6)
@@ -46,7 +47,7 @@ def test_manifest_records_the_run(fitted: TextClassifier, tmp_path: Path, channe
     fitted.save(tmp_path / "model")
     manifest = json.loads((tmp_path / "model" / "textfit.json").read_text())
     assert manifest["fine_tuned"] is True
-    assert manifest["hyperparameters"]["epochs"] == "6" and manifest["hyperparameters"]["optimizer"] == "adam"
+    assert manifest["hyperparameters"]["epochs"] == 6 and manifest["hyperparameters"]["optimizer"] == "adam"
     assert len(manifest["epochs"]) == 6 and 1 <= manifest["best_epoch"] <= 6
     assert manifest["data"]["train"]["rows"] + manifest["data"]["validation"]["rows"] == 48
     assert manifest["data"]["train"]["class_counts"] == {"0": 19, "1": 19}
@@ -86,7 +87,7 @@ def test_validation_channel_is_used_whole(tiny_bert: Path, channel: Path, tmp_pa
 
 
 def test_incremental_training_keeps_the_head(fitted: TextClassifier, tmp_path: Path, channel: Path) -> None:
-    fitted.save(tmp_path / "first", tar=True)
+    save_artifact(fitted, tmp_path / "first", tar=True)
     first_proba = fitted.predict_proba(["good film"])
     more = TextClassifier(hyperparameters={**FAST, "epochs": "1", "learning_rate": "1e-6"},
                           init_model=tmp_path / "first.tar.gz").fit(channel)
@@ -157,7 +158,7 @@ def test_a_channel_with_labels_is_refused(tiny_bert: Path, channel: Path) -> Non
 
 
 def test_load_then_save_keeps_every_file(tiny_artifact: Path, tmp_path: Path) -> None:
-    TextClassifier.load(tiny_artifact).save(tmp_path / "again")
+    save_artifact(TextClassifier.load(tiny_artifact), tmp_path / "again")  # the job's artifact: reports too
     assert {p.name for p in (tmp_path / "again").iterdir()} == {p.name for p in tiny_artifact.iterdir()}
     assert TextClassifier.load(tmp_path / "again").validation_report_ == TextClassifier.load(
         tiny_artifact).validation_report_

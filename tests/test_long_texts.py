@@ -17,6 +17,7 @@ from textfit import TextClassifier
 from textfit.classifier import LONG_TEXT_SHARE, WINDOW_BELOW_ROWS_PER_CLASS, _long_texts
 from textfit.data import batching
 from textfit.hyperparameters import Hyperparameters
+from textfit.jobs.train import save_artifact
 from textfit.serving.server import ServeSettings, create_app
 
 # 16 tokens a window: the rows below (24 words) are all longer, the short ones (6 words) none.
@@ -42,8 +43,8 @@ def windowed(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("windowed")
     write_csv(root / "train" / "data.csv", long_rows(96))
     write_csv(root / "validation" / "data.csv", VALIDATION)
-    return TextClassifier(str(tiny_bert), SHORT_WINDOWS).fit(root / "train", validation=root / "validation").save(
-        root / "model")
+    clf = TextClassifier(str(tiny_bert), SHORT_WINDOWS).fit(root / "train", validation=root / "validation")
+    return save_artifact(clf, root / "model")
 
 
 def tail_rows(n: int, seed: int) -> list[tuple[int, str]]:

@@ -15,6 +15,7 @@ from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE
 from textfit import TextClassifier
 from textfit.data.channels import read_channel
 from textfit.errors import DataError, HyperparameterError
+from textfit.jobs.train import save_artifact
 
 HP = {"epochs": "40", "batch_size": "8", "learning_rate": "0.002", "optimizer": "adamw", "precision": "fp32",
       "multi_label": "True", "training_recipe": "finetune", "freeze_token_embeddings": "False"}  # conftest.FAST
@@ -48,7 +49,7 @@ def write(path: Path, rows: list[tuple[str, str]]) -> Path:
 def trained(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[TextClassifier, Path]:
     root = tmp_path_factory.mktemp("multi")
     clf = TextClassifier(str(tiny_bert), HP).fit(write(root / "train" / "data.csv", make_multi_rows(400)))
-    return clf, clf.save(root / "model")
+    return clf, save_artifact(clf, root / "model")
 
 
 # ------------------------------------------------------------------------------------ data
@@ -238,15 +239,16 @@ def test_tuning_maximises_micro_f1(tiny_bert: Path, tmp_path: Path) -> None:
 
 
 def test_two_workers_match_one_process(tmp_path: Path) -> None:
-    from tests.conftest import build_tiny_bert, finish, start_textfit
+    from tests.conftest import build_tiny_bert, finish, free_port, start_textfit
 
     model = build_tiny_bert(tmp_path / "bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     data = write(tmp_path / "d" / "data.csv", make_multi_rows(52))
     args = ["train", "--train", str(data), "--model-id", str(model),
             *[a for k, v in {**HP, "epochs": "3", "batch_size": "10", "dropout_rate": "0"}.items()
               for a in ("--hp", f"{k}={v}")]]
+    two = ["--nproc-per-node", "2", "--master-port", str(free_port())]
     runs = [finish(p) for p in [start_textfit(*args, "--output", str(tmp_path / name), *workers)
-                                for name, workers in (("one", []), ("two", ["--nproc-per-node", "2"]))]]
+                                for name, workers in (("one", []), ("two", two))]]
     assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
     a = json.loads((tmp_path / "one" / "textfit.json").read_text())
     b = json.loads((tmp_path / "two" / "textfit.json").read_text())

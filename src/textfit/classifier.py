@@ -14,8 +14,9 @@ import inspect
 import logging
 import platform
 import shutil
+import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
@@ -39,7 +40,7 @@ from textfit.data.channels import (
     stratified_split,
 )
 from textfit.errors import ArtifactError, DataError, HyperparameterError, ReportError, TextfitError
-from textfit.hyperparameters import FIELDS, Hyperparameters, canonical_name, parse_hyperparameters, resolve
+from textfit.hyperparameters import FIELDS, Given, Hyperparameters, parse_hyperparameters
 from textfit.model import artifact, export, pretrained
 from textfit.model.zoo import defaults_for, resolve_model
 from textfit.reports import metrics
@@ -187,22 +188,22 @@ def _saved_hyperparameters(folder: Path, manifest: Mapping[str, Any]) -> dict[st
                             f"{artifact.DAMAGED}") from None
 
 
-def _mode(given: Mapping[str, object], source: Path | None) -> _Mode:
+def _mode(given: Given, source: Path | None) -> _Mode:
     """multi_label and label_delimiter as given, else as the model being trained further had them."""
-    values = parse_hyperparameters(given)
+    values = dict(given.values)
     if source is not None and (source / artifact.MANIFEST).is_file():
         earlier = _saved_hyperparameters(source, artifact.read_json(source / artifact.MANIFEST, artifact.MANIFEST_SHAPE))
         values = {**{k: earlier[k] for k in ("multi_label", "label_delimiter") if k in earlier}, **values}
     return _Mode(bool(values.get("multi_label", False)), str(values.get("label_delimiter", "|")))
 
 
-def _position_checked(hp: Hyperparameters, config: Any, given: Mapping[str, object], where: str) -> Hyperparameters:
+def _position_checked(hp: Hyperparameters, config: Any, given: Collection[str], where: str) -> Hyperparameters:
     """max_seq_length within the encoder's positions: a value the user gave above it is an error before training;
     the default is lowered to the limit, and the log says so."""
     limit = architectures.position_limit(config)
     if limit is None or hp.max_seq_length <= limit:
         return hp
-    if "max_seq_length" in {canonical_name(k) for k in given}:
+    if "max_seq_length" in given:
         raise HyperparameterError(f"max_seq_length={hp.max_seq_length} is above the {limit} positions of {where}; "
                                   f"use max_seq_length={limit} or less (and --long-texts window to predict on "
                                   "longer texts)")
@@ -338,7 +339,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         resolved = None if source is not None else resolve_model(self.model_id, allow_network=self.allow_network)
         model_id = resolved.model_id if resolved else (manifest.get("model_id") or self.model_id or str(self.init_model))
         path = str(source) if source is not None else resolved.path  # type: ignore[union-attr]
-        hp = resolve(self.given_, defaults_for(model_id))
+        hp = self.given_.resolve(defaults_for(model_id))
         reinit = self._reinitialize(hp, fine_tuned, str(self.init_model or path))
         if fine_tuned and not reinit:
             info = artifact.read_labels(source / artifact.LABELS)  # type: ignore[operator]
@@ -352,7 +353,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             classes = class_set(train)
         allow_network = self.allow_network and not fine_tuned
         check_model_files(path)  # a local folder's config.json and tokenizer_config.json, before transformers
-        hp = _position_checked(hp, pretrained.load_config(path, allow_network), self.given_, model_id)
+        hp = _position_checked(hp, pretrained.load_config(path, allow_network), self.given_.names, model_id)
         return _Start(path, model_id, manifest.get("base_model") or path, fine_tuned, reinit, hp, classes,
                       allow_network)
 
@@ -416,7 +417,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             DataError, HyperparameterError, ModelNotFoundError, ArtifactError: with what to fix.
             TrainingInterrupted: `stop` was requested; the checkpoint to resume from is written.
         """
-        self.given_ = self.effective_hyperparameters()
+        self.given_ = Given.parse(self.effective_hyperparameters())  # the edge: typed once, here
         if checkpoint_dir is not None:  # before anything is read: a folder that is not textfit's is never written
             channels = [("--train", X), ("--validation", validation)]
             ownership.check_apart(Path(checkpoint_dir), "--checkpoint-dir",
@@ -431,15 +432,13 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                 val_ch = (_as_channel(validation[0], validation[1], "the validation data", mode)
                           if isinstance(validation, tuple) else _as_channel(validation, None, "the validation data", mode))
             start = self._start(source, train_ch)
-            given = {canonical_name(k) for k in self.given_} - {None}
-            if "_tuning_objective_metric" in self.given_:  # SageMaker's tuner reads val_accuracy
-                given.add("validation_split_ratio")
-            recipe = recipes.choose(start.hp, given, len(train_ch.texts), len(start.classes.names),  # type: ignore[arg-type]
+            given = self.given_.names
+            recipe = recipes.choose(start.hp, given, len(train_ch.texts), len(start.classes.names),
                                     validation=val_ch is not None, new_head=start.reinit)
             hp = recipe.hp
             x_train, y_train, x_val, y_val = self._split(train_ch, val_ch, start.classes, hp, recipe.hold_out)
-            log_hyperparameters(hp, self.given_)
-            recipes.log_recipe(recipe, given)  # type: ignore[arg-type]
+            log_hyperparameters(hp, given)
+            recipes.log_recipe(recipe, given)
             model, tokenizer = self._model(start, mean_pooled=recipe.name == recipes.FEWSHOT)
         names = architectures.input_names(model, tokenizer)
         types = "token_type_ids" in names
@@ -469,7 +468,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             "architecture": architectures.describe(model),
             "initialized_from": str(self.init_model) if self.init_model else None,
             "fine_tuned": True,
-            "hyperparameters": hp.to_strings(),
+            "hyperparameters": hp.to_json(),
             "training_recipe": {"name": recipe.name, "reason": recipe.reason,
                                 "head": "mean of the token vectors" if architectures.is_mean_pooled(model)
                                 else "the architecture's own"},
@@ -484,7 +483,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             "versions": _versions(),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
-        self._set_fitted(model.cpu().eval(), tokenizer, manifest, start.classes.names, start.classes.values)
+        self._set_fitted(model.cpu().eval(), tokenizer, manifest, start.classes.names, start.classes.values, hp=hp)
         self.validation_report_ = self._validate(x_val, y_val) if x_val else None
         return self
 
@@ -529,11 +528,14 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     def _set_fitted(self, model: nn.Module | None, tokenizer: Any, manifest: dict[str, Any], classes: Sequence[str],
                     values: Sequence[object], runner: Callable[[dict[str, torch.Tensor]], np.ndarray] | None = None,
-                    backend: str = "torch", input_names: list[str] | None = None) -> None:
+                    backend: str = "torch", input_names: list[str] | None = None, *,
+                    hp: Hyperparameters | None = None) -> None:
         """The one place fitted state is set, from `fit` and from `load` alike (`model` is None when an ONNX
         graph alone serves the predictions)."""
         self.model_, self.tokenizer_, self.manifest_ = model, tokenizer, manifest
-        self.hyperparameters_ = Hyperparameters.from_strings(manifest.get("hyperparameters", {}))
+        # a fit hands its typed values down; a load reads the manifest (typed, or strings before 0.2)
+        self.hyperparameters_ = hp or Hyperparameters.from_strings(manifest.get("hyperparameters", {}))
+        self.manifest_["hyperparameters"] = self.hyperparameters_.to_json()  # one form in memory, and when saved
         self.classes_, self.label_values_ = list(classes), list(values)
         self.model_id_ = manifest.get("model_id")
         self.history_, self.best_epoch_ = list(manifest.get("epochs", [])), int(manifest.get("best_epoch", 0))
@@ -636,9 +638,12 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     # ------------------------------------------------------------------------------------------ persistence
 
-    def _write_model(self, folder: Path, onnx: str) -> list[str]:
-        """What a prediction needs: weights, config, tokenizer, labels, the ONNX graph a server starts from at
-        once, and the manifest with their digests. An export that fails is named in the list returned."""
+    def write_model(self, folder: Path, onnx: str = "fp32") -> list[str]:
+        """What a prediction needs, into `folder`: weights, config, tokenizer, labels, the ONNX graph a server
+        starts from at once (`onnx`: fp32, int8 or none), and the manifest with their digests. An export that
+        fails is named in the list returned (serving then exports at start)."""
+        if onnx not in ("fp32", "int8", "none"):
+            raise ArtifactError(f"onnx={onnx!r} is not valid; use fp32, int8 or none")
         self.model_.save_pretrained(folder)  # safetensors, config.json with id2label / label2id
         self.tokenizer_.save_pretrained(folder)
         artifact.write_json(folder / artifact.LABELS, {"labels": self.classes_, "label_values": self.label_values_})
@@ -653,62 +658,30 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         artifact.write_json(folder / artifact.MANIFEST, self.manifest_)
         return failed
 
-    def _write_reports(self, folder: Path) -> list[str]:
-        """The reports beside the model; each that fails is named in the list returned, never losing the model."""
-        from textfit.reports import plots
-        from textfit.reports.card import model_card
-
-        report = self.validation_report_
-        steps: list[tuple[str, Callable[[], object]]] = [
-            (artifact.CARD, lambda: (folder / artifact.CARD).write_text(model_card(self.manifest_, report),
-                                                                        encoding="utf-8"))]
-        if self.history_:
-            steps.append((artifact.CURVES, lambda: plots.training_curves(self.history_, folder / artifact.CURVES)))
-        if report is not None:
-            steps.append((artifact.REPORT, lambda: artifact.write_json(folder / artifact.REPORT, report)))
-            if report.get("confusion_matrix") is not None:
-                steps.append((artifact.CONFUSION, lambda: plots.confusion_matrix(
-                    report["confusion_matrix"], report["labels"], report["accuracy"], folder / artifact.CONFUSION)))
-        failed = []
-        for name, step in steps:
-            try:
-                step()
-            except Exception as exc:  # a report is not the model: whatever broke it, the model is kept
-                (folder / name).unlink(missing_ok=True)
-                failed.append(f"{name} could not be written ({type(exc).__name__}: {exc})")
-        return failed
-
     def save(self, path: str | Path, *, overwrite: bool = False, tar: bool = False, onnx: str = "fp32") -> Path:
-        """Write the artifact folder atomically; with tar=True also `<path>.tar.gz` (SageMaker's model.tar.gz).
+        """Write the model folder atomically: what `load` reads back (write_model). The reports beside it (model
+        card, validation report, plots) and the tarball are the training job's: `textfit.train(..., output=,
+        tar=True)` writes them.
 
-        `onnx`: "fp32" (default) writes onnx/model.onnx, so that `serve` starts without exporting; "int8" also
-        the quantized graph; "none" neither.
+        `tar=True` still writes `<path>.tar.gz`, deprecated: the job's `tar` replaces it.
 
         Raises:
-            ArtifactError: the model itself could not be written (nothing is left behind).
-            ReportError: the model is saved, but a report, a picture or the tarball is not.
+            ArtifactError: the model could not be written (nothing is left behind).
+            ReportError: the model is saved, but its ONNX graph or the tarball is not.
         """
         self._check_fitted()
         output = Path(path)
-        failed: list[str] = []
-
-        if onnx not in ("fp32", "int8", "none"):
-            raise ArtifactError(f"onnx={onnx!r} is not valid; use fp32, int8 or none")
         if self.model_ is None:
             raise ArtifactError("this model was loaded for ONNX inference only; load it with backend='torch' to "
                                 "save it")
-
-        def write(folder: Path) -> None:
-            failed.extend(self._write_model(folder, onnx))
-            failed.extend(self._write_reports(folder))
-
+        failed: list[str] = []
         tarball = artifact.tarball_path(output) if tar else None
-        artifact.write_atomically(output, write, overwrite=overwrite, tarball=tarball)
+        artifact.write_atomically(output, lambda folder: failed.extend(self.write_model(folder, onnx)),
+                                  overwrite=overwrite, tarball=tarball)
         if tarball is not None:
-            try:
-                artifact.write_tarball(output, tarball)
-            except OSError as exc:
-                failed.append(f"{output.name}.tar.gz could not be written ({exc.strerror or exc})")
+            warnings.warn("TextClassifier.save(tar=True) is deprecated and goes in the next release: "
+                          "textfit.train(..., tar=True) writes the tarball", DeprecationWarning, stacklevel=2)
+            failed.extend(artifact.tarball_failures(output, tarball))
         if failed:
             raise ReportError(f"the model is saved in {output}, but {'; '.join(failed)}")
         return output
@@ -783,9 +756,9 @@ def _with_named_hyperparameters(init: Callable[..., None]) -> None:
 _with_named_hyperparameters(TextClassifier.__init__)
 
 
-def log_hyperparameters(hp: Hyperparameters, given: Mapping[str, object]) -> None:
-    """Every run logs its resolved configuration at start, marking what the user set."""
-    user = {canonical_name(k) for k in given}
+def log_hyperparameters(hp: Hyperparameters, given: Collection[str]) -> None:
+    """Every run logs its resolved configuration at start, marking what the user set (canonical names)."""
+    user = set(given)
     log.info("Hyperparameters (* = given, others are defaults for this model):")
     for name, value in hp.to_strings().items():
         log.info("  %s%s = %s", "*" if name in user else " ", name, value)

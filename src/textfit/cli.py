@@ -308,7 +308,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from textfit.hyperparameters import parse_assignments
     from textfit.jobs.tuning import tune
+    from textfit.training import kernels
 
+    kernels.keep_freed_memory()  # the command's process is the command's: trials run in it (kernels.py says why)
     ranges = _read_json_file(args.ranges, "ranges", '{"ContinuousParameterRanges": [...]}') if args.ranges else None
     fixed = {**_read_hyperparameters_file(args.hyperparameters), **parse_assignments(args.hp)}
     initial = None

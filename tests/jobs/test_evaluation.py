@@ -13,6 +13,7 @@ from tests.conftest import FAST, make_rows, write_csv
 from textfit import TextClassifier, train
 from textfit.cli import main
 from textfit.jobs.evaluation import evaluate
+from textfit.jobs.train import save_artifact
 
 SAMPLE = Path(__file__).parents[2] / "examples" / "reviews" / "data.csv"
 
@@ -75,7 +76,7 @@ def test_calibration_fits_a_temperature_into_the_weights(tiny_bert: Path, channe
     np.testing.assert_allclose(clf.predict_logits(texts), plain.predict_logits(texts) / cal["temperature"],
                                rtol=1e-4, atol=1e-5)
     assert clf.validation_report_["calibration"] == cal  # type: ignore[index]
-    clf.save(tmp_path / "m")
+    save_artifact(clf, tmp_path / "m")
     np.testing.assert_allclose(TextClassifier.load(tmp_path / "m").predict_proba(texts), clf.predict_proba(texts),
                                atol=1e-6)  # the temperature travels in the weights
     assert "Probabilities are calibrated" in (tmp_path / "m" / "README.md").read_text()

@@ -15,11 +15,17 @@ from tests.conftest import FAST
 from textfit import TextClassifier
 from textfit.core import ownership
 from textfit.errors import ArtifactError
+from textfit.jobs.train import save_artifact
 from textfit.model import artifact
 
 
 def test_exact_file_set(tiny_bert: Path, channel: Path, tmp_path: Path) -> None:
-    TextClassifier(str(tiny_bert), FAST).fit(channel).save(tmp_path / "m")
+    clf = TextClassifier(str(tiny_bert), FAST).fit(channel)
+    # the estimator saves the model alone: no reports, no tarball (those are the training job's)
+    assert {p.name for p in clf.save(tmp_path / "plain").iterdir()} == {
+        "config.json", "model.safetensors", "labels_info.json", "textfit.json", "tokenizer.json",
+        "tokenizer_config.json", "onnx", ".textfit"}
+    save_artifact(clf, tmp_path / "m")
     names = {p.name for p in (tmp_path / "m").iterdir()}
     assert names == {"config.json", "model.safetensors", "labels_info.json", "textfit.json", "tokenizer.json",
                      "tokenizer_config.json", "README.md", "validation_report.json", "training_curves.png",

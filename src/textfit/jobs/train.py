@@ -17,7 +17,7 @@ from pathlib import Path
 
 from textfit.classifier import TextClassifier
 from textfit.core import ownership
-from textfit.errors import ReportError, TextfitError
+from textfit.errors import ArtifactError, ReportError, TextfitError
 from textfit.jobs import remote
 from textfit.model import artifact
 from textfit.training import distributed
@@ -48,13 +48,68 @@ def _tensorboard(folder: str | Path) -> Iterator[Callable[[int, EpochMetrics], N
         writer.close()
 
 
+def write_reports(clf: TextClassifier, folder: Path) -> list[str]:
+    """The reports beside the model (the model card, the validation report, the training curves and confusion
+    matrix); each that fails is named in the list returned, never losing the model."""
+    from textfit.reports import plots
+    from textfit.reports.card import model_card
+
+    report = clf.validation_report_
+    steps: list[tuple[str, Callable[[], object]]] = [
+        (artifact.CARD, lambda: (folder / artifact.CARD).write_text(model_card(clf.manifest_, report),
+                                                                    encoding="utf-8"))]
+    if clf.history_:
+        steps.append((artifact.CURVES, lambda: plots.training_curves(clf.history_, folder / artifact.CURVES)))
+    if report is not None:
+        steps.append((artifact.REPORT, lambda: artifact.write_json(folder / artifact.REPORT, report)))
+        if report.get("confusion_matrix") is not None:
+            steps.append((artifact.CONFUSION, lambda: plots.confusion_matrix(
+                report["confusion_matrix"], report["labels"], report["accuracy"], folder / artifact.CONFUSION)))
+    failed = []
+    for name, step in steps:
+        try:
+            step()
+        except Exception as exc:  # a report is not the model: whatever broke it, the model is kept
+            (folder / name).unlink(missing_ok=True)
+            failed.append(f"{name} could not be written ({type(exc).__name__}: {exc})")
+    return failed
+
+
+def save_artifact(clf: TextClassifier, output: str | Path, *, overwrite: bool = False, tar: bool = False,
+                  onnx: str = "fp32") -> Path:
+    """The training job's artifact: the model folder (TextClassifier.write_model: weights, tokenizer, labels,
+    manifest, ONNX graph) and its reports, written atomically together; with `tar`, `<output>.tar.gz` beside it
+    (SageMaker's model.tar.gz).
+
+    Raises:
+        ArtifactError: the model itself could not be written (nothing is left behind).
+        ReportError: the model is saved, but a report, a picture, the ONNX graph or the tarball is not.
+    """
+    output = Path(output)
+    if clf.model_ is None:
+        raise ArtifactError("this model was loaded for ONNX inference only; load it with backend='torch' to save it")
+    failed: list[str] = []
+
+    def write(folder: Path) -> None:
+        failed.extend(clf.write_model(folder, onnx))
+        failed.extend(write_reports(clf, folder))
+
+    tarball = artifact.tarball_path(output) if tar else None
+    artifact.write_atomically(output, write, overwrite=overwrite, tarball=tarball)
+    if tarball is not None:
+        failed.extend(artifact.tarball_failures(output, tarball))
+    if failed:
+        raise ReportError(f"the model is saved in {output}, but {'; '.join(failed)}")
+    return output
+
+
 def _save(clf: TextClassifier, output: str | Path, tar: bool, overwrite: bool, onnx: str) -> None:
     if not remote.is_remote(output):
-        clf.save(output, overwrite=overwrite, tar=tar, onnx=onnx)
+        save_artifact(clf, output, overwrite=overwrite, tar=tar, onnx=onnx)
         return
     with tempfile.TemporaryDirectory(prefix="textfit-out-") as tmp:
         try:
-            folder = clf.save(Path(tmp) / "model", tar=tar, onnx=onnx)
+            folder = save_artifact(clf, Path(tmp) / "model", tar=tar, onnx=onnx)
         except ReportError as exc:  # upload what was saved, then say what is missing
             folder, missing = Path(tmp) / "model", str(exc)
         else:

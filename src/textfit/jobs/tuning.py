@@ -454,9 +454,10 @@ def _storage(job: TuningJob) -> Any:
         try:
             with _experimental():
                 retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
-                storage.__init__(job.storage, engine_kwargs=_engine_kwargs(url, job.storage_timeout),
-                                 heartbeat_interval=min(HEARTBEAT[kind], max(1, grace // 3)),
-                                 grace_period=grace, heartbeat_stale_trial_callback=retry)
+                optuna.storages.RDBStorage.__init__(
+                    storage, job.storage, engine_kwargs=_engine_kwargs(url, job.storage_timeout),
+                    heartbeat_interval=min(HEARTBEAT[kind], max(1, grace // 3)), grace_period=grace,
+                    heartbeat_stale_trial_callback=retry)
             return storage
         except BaseException as exc:
             if getattr(storage, "engine", None) is not None:
@@ -511,6 +512,7 @@ def _objective(job: TuningJob) -> Any:
     import optuna
 
     from textfit.classifier import TextClassifier
+    from textfit.jobs.train import save_artifact
 
     def objective(trial: optuna.Trial) -> float:
         params = sample(trial, job.ranges, job.fixed, job.default_optimizer)
@@ -528,7 +530,8 @@ def _objective(job: TuningJob) -> Any:
             # a trial is scored on held-out rows; the small-data recipe holds rows out only when asked to
             params = {**params, "validation_split_ratio": str(FIELDS["validation_split_ratio"].default)}
         clf = TextClassifier(job.model_id, params).fit(job.train, validation=job.validation, on_epoch=report)
-        saved = clf.save(Path(job.output) / "trials" / f"trial-{trial.number}", overwrite=True, onnx="none")
+        saved = save_artifact(clf, Path(job.output) / "trials" / f"trial-{trial.number}", overwrite=True,
+                              onnx="none")
         trial.set_user_attr("model", f"{socket.gethostname()}:{saved.resolve()}")
         best = clf.history_[clf.best_epoch_ - 1][job.objective]
         trial.set_user_attr("epochs_run", len(clf.history_))
@@ -544,6 +547,14 @@ def _stop_at(max_jobs: int) -> Any:
             study.stop()
 
     return callback
+
+
+def _worker_process(job: TuningJob, index: int) -> None:
+    """A worker in a process of its own, textfit's: its allocator setting is its own to choose (kernels.py)."""
+    from textfit.training import kernels
+
+    kernels.keep_freed_memory()
+    run_worker(job, index)
 
 
 def run_worker(job: TuningJob, index: int = 0) -> None:
@@ -805,7 +816,8 @@ def _run(job: TuningJob, parallel: int) -> None:
         run_worker(job)
         return
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    workers = [context.Process(target=run_worker, args=(job, i), name=f"textfit-tune-{i}") for i in range(parallel)]
+    workers = [context.Process(target=_worker_process, args=(job, i), name=f"textfit-tune-{i}")
+               for i in range(parallel)]
     for w in workers:
         w.start()
     for w in workers:

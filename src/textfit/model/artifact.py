@@ -534,6 +534,15 @@ def tarball_path(folder: Path) -> Path:
     return folder.with_name(folder.name + ".tar.gz")
 
 
+def tarball_failures(folder: Path, tarball: Path) -> list[str]:
+    """Write the tarball of a saved model folder; what failed, in words (the model itself is already saved)."""
+    try:
+        write_tarball(folder, tarball)
+    except OSError as exc:
+        return [f"{tarball.name} could not be written ({exc.strerror or exc})"]
+    return []
+
+
 def write_tarball(folder: Path, tarball: Path) -> None:
     """SageMaker's model.tar.gz: the folder's files at the top level of the archive."""
     with staged(tarball) as tmp, tarfile.open(tmp, "w:gz") as tar:
