@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import kill, make_rows, run_until, write_csv
+from tests.conftest import free_port, kill, make_rows, run_until, write_csv
 from textfit import TextClassifier
 from textfit.errors import TextfitError
 
@@ -109,7 +109,7 @@ def test_the_sagemaker_job_checkpoints_when_its_folder_exists(tmp_path: Path) ->
 
 def test_a_distributed_job_checkpoints_on_sigterm_and_resumes(tiny_bert: Path, tmp_path: Path) -> None:
     data = write_csv(tmp_path / "train" / "data.csv", make_rows(1600)).parent
-    cmd = [*_cmd(tiny_bert, data, tmp_path / "model", tmp_path / "ckpt"), "--hp", "epochs=2", "--nproc-per-node", "2"]
+    cmd = [*_cmd(tiny_bert, data, tmp_path / "model", tmp_path / "ckpt"), "--hp", "epochs=2", "--nproc-per-node", "2", "--master-port", str(free_port())]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**env, "PYTHONUNBUFFERED": "1"})
     assert proc.stderr is not None
@@ -134,7 +134,7 @@ def test_a_distributed_job_checkpoints_on_sigterm_and_resumes(tiny_bert: Path, t
 def test_a_distributed_job_without_checkpoints_stops_on_sigterm_with_one_line(tiny_bert: Path, tmp_path: Path
                                                                                ) -> None:
     data = write_csv(tmp_path / "train" / "data.csv", make_rows(1600)).parent
-    cmd = [*_cmd(tiny_bert, data, tmp_path / "model", tmp_path / "ckpt"), "--hp", "epochs=2", "--nproc-per-node", "2"]
+    cmd = [*_cmd(tiny_bert, data, tmp_path / "model", tmp_path / "ckpt"), "--hp", "epochs=2", "--nproc-per-node", "2", "--master-port", str(free_port())]
     cmd.remove("--checkpoint-dir")
     cmd.remove(str(tmp_path / "ckpt"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import build_tiny_bert, finish, make_rows, start_textfit, write_csv
+from tests.conftest import build_tiny_bert, finish, free_port, make_rows, start_textfit, write_csv
 from textfit.training.distributed import World, my_rows, split_message
 
 # 52 rows, batch 10: the split leaves 42 training rows, so the last global batch (2 rows) gives each worker one
@@ -62,7 +62,7 @@ def test_every_worker_gets_rows_in_every_step(world: int) -> None:
 
 def test_forty_one_rows_in_batches_of_ten_on_two_workers(no_dropout_bert: Path, tmp_path: Path) -> None:
     data = write_csv(tmp_path / "train" / "data.csv", make_rows(41)).parent
-    run = train(no_dropout_bert, data, tmp_path / "out", "--nproc-per-node", "2", "--hp",
+    run = train(no_dropout_bert, data, tmp_path / "out", "--nproc-per-node", "2", "--master-port", str(free_port()), "--hp",
                 "validation_split_ratio=0", "--hp", "epochs=4")
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads((tmp_path / "out" / "textfit.json").read_text())["workers"] == 2
@@ -75,7 +75,7 @@ def test_two_workers_match_one(no_dropout_bert: Path, tmp_path: Path, recipe: st
     extra = ("--hp", f"training_recipe={recipe}", "--hp", "validation_split_ratio=0.2")
     # side by side: one thread each, so the job of one process computes as it would alone
     started = start(no_dropout_bert, data, tmp_path / "one", *extra), start(no_dropout_bert, data, tmp_path / "two",
-                                                                          "--nproc-per-node", "2", *extra)
+                                                                          "--nproc-per-node", "2", "--master-port", str(free_port()), *extra)
     one, two = (finish(p) for p in started)
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
@@ -95,7 +95,7 @@ def test_two_workers_match_one(no_dropout_bert: Path, tmp_path: Path, recipe: st
 def test_a_killed_worker_stops_the_job_with_a_message(no_dropout_bert: Path, tmp_path: Path) -> None:
     data = write_csv(tmp_path / "train" / "data.csv", make_rows(400)).parent
     cmd = [sys.executable, "-m", "textfit", "train", "--train", str(data), "--model-id", str(no_dropout_bert),
-           "--output", str(tmp_path / "out"), *HP, "--hp", "epochs=2000", "--nproc-per-node", "2"]
+           "--output", str(tmp_path / "out"), *HP, "--hp", "epochs=2000", "--nproc-per-node", "2", "--master-port", str(free_port())]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stderr is not None
     deadline = time.monotonic() + 120
