@@ -86,7 +86,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_model_defaults_apply_to_full_fine_tuning_only() -> None:
-    model = {"optimizer": "adamw", "learning_rate": "5e-5", "epochs": "3"}
+    model = {"optimizer": "adamw", "learning_rate": 5e-5, "epochs": 3}  # typed, as the zoo holds them
     assert resolve({}, model).learning_rate == 5e-5
     assert resolve({"learning_rate": "1e-4"}, model).learning_rate == 1e-4
     assert resolve({"epochs": "7"}, model).optimizer == "adamw"
