@@ -268,7 +268,7 @@ class _Start:
     allow_network: bool
 
 
-class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+class TextClassifier(ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained encoder for text classification.
 
     Args:
@@ -282,6 +282,10 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     ['positive']
     >>> TextClassifier().fit(["great film", "dull plot", ...], ["pos", "neg", ...])  # doctest: +SKIP
     """
+
+    # fitted attributes that more than one method assigns (_set_fitted, then a fit's validation or a load)
+    thresholds_: list[float] | None
+    validation_report_: dict[str, Any] | None
 
     def __init__(self, model_id: str | None = None, hyperparameters: Mapping[str, object] | Hyperparameters | None = None,
                  *, init_model: str | Path | None = None, allow_network: bool = False, **named: object) -> None:
@@ -382,7 +386,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             tr, va = stratified_split(y, hp.validation_split_ratio, hp.seed, path=train.path)
         return [train.texts[i] for i in tr], [y[i] for i in tr], [train.texts[i] for i in va], [y[i] for i in va]
 
-    def _model(self, start: _Start, mean_pooled: bool = False) -> tuple[nn.Module, Any]:
+    def _model(self, start: _Start, mean_pooled: bool = False) -> tuple[architectures.Model, Any]:
         torch.manual_seed(start.hp.seed)  # the new head's initial weights
         if not start.reinit:
             model = _load_model(start.path, False)  # incremental training keeps the trained head and its dropout
@@ -506,9 +510,11 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         prefix_only = self.long_texts_ == "truncate"
         # The first windows' logits: the served probabilities of a truncating model, and what a temperature fits.
         logits = self.predict_logits(texts) if prefix_only or self.hyperparameters_.calibrate else None
-        before = metrics.report(labels, _softmax(logits) if prefix_only else self.predict_proba(texts), self.classes_)
+        before = metrics.report(labels, _softmax(logits) if logits is not None and prefix_only
+                                else self.predict_proba(texts), self.classes_)
         calibration = None
         if self.hyperparameters_.calibrate:
+            assert logits is not None and self.model_ is not None  # computed above; a fit's model is PyTorch's
             temperature, held_out = _cross_fitted_temperature(logits, np.asarray(labels), self.hyperparameters_.seed)
             architectures.scale_logits(self.model_, 1.0 / temperature)  # stored in the weights: every engine applies it
             after = metrics.report(labels, held_out, self.classes_)
@@ -526,8 +532,8 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     # ------------------------------------------------------------------------------------------ fitted state
 
-    def _set_fitted(self, model: nn.Module | None, tokenizer: Any, manifest: dict[str, Any], classes: Sequence[str],
-                    values: Sequence[object], runner: Callable[[dict[str, torch.Tensor]], np.ndarray] | None = None,
+    def _set_fitted(self, model: architectures.Model | None, tokenizer: Any, manifest: dict[str, Any],
+                    classes: Sequence[str], values: Sequence[object], runner: export.Runner | None = None,
                     backend: str = "torch", input_names: list[str] | None = None, *,
                     hp: Hyperparameters | None = None) -> None:
         """The one place fitted state is set, from `fit` and from `load` alike (`model` is None when an ONNX
@@ -539,10 +545,14 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         self.classes_, self.label_values_ = list(classes), list(values)
         self.model_id_ = manifest.get("model_id")
         self.history_, self.best_epoch_ = list(manifest.get("epochs", [])), int(manifest.get("best_epoch", 0))
-        self.input_names_ = input_names or architectures.input_names(model, tokenizer)  # type: ignore[arg-type]
-        self.runner_ = runner or export.TorchRunner(model)  # type: ignore[arg-type]
+        if model is None:  # the ONNX graph alone: its runner and its input names come with it
+            assert runner is not None and input_names
+            self.input_names_, self.runner_ = input_names, runner
+        else:
+            self.input_names_ = input_names or architectures.input_names(model, tokenizer)
+            self.runner_ = runner or export.TorchRunner(model)
         self.backend_ = backend
-        self.validation_report_: dict[str, Any] | None = None
+        self.validation_report_ = None
         self.multi_label_ = self.hyperparameters_.multi_label
         self.label_delimiter_ = self.hyperparameters_.label_delimiter
         # An artifact from before long_texts (its hyperparameters lack it, so it parses as auto) truncated.
@@ -600,6 +610,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                 counts["truncated"] = counts.get("truncated", 0) + data.truncated
             return _sigmoid(logits) if self.multi_label_ else _softmax(logits)
         logits, data = self._logits(texts, batch_size, overlap=self.hyperparameters_.max_seq_length // 4)
+        assert data.owners is not None  # windows: each row names the text it is part of
         if self.multi_label_:  # a label is in a text when it is in any part of it: the most confident window
             out = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
             np.maximum.at(out, data.owners, _sigmoid(logits))
@@ -644,6 +655,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         fails is named in the list returned (serving then exports at start)."""
         if onnx not in ("fp32", "int8", "none"):
             raise ArtifactError(f"onnx={onnx!r} is not valid; use fp32, int8 or none")
+        assert self.model_ is not None  # save and save_artifact refuse a model loaded as an ONNX graph alone
         self.model_.save_pretrained(folder)  # safetensors, config.json with id2label / label2id
         self.tokenizer_.save_pretrained(folder)
         artifact.write_json(folder / artifact.LABELS, {"labels": self.classes_, "label_values": self.label_values_})
@@ -704,6 +716,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             labels = artifact.read_labels(folder / artifact.LABELS)
             _saved_hyperparameters(folder, manifest)
             graph = export.onnx_path(folder, quantized)
+            runner: export.Runner
             if backend == "onnx" and graph.is_file():  # the graph alone: neither torch nor its weights in memory
                 if (folder / "tokenizer_config.json").is_file():  # config.json is for the weights: unread here
                     check_tokenizer_config(folder / "tokenizer_config.json")

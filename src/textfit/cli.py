@@ -12,9 +12,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar, overload
 
 from textfit import __version__
 from textfit.errors import (
@@ -149,6 +149,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             summary = predict_file_parallel(args.model, Path(args.input), args.format, out, args.workers,
                                             backend=args.backend, quantized=args.quantized, long_texts=args.long_texts)
         else:
+            assert clf is not None  # loaded above: one worker
             bar = _progress(args.input)
             summary = predict_file(clf, records, out, long_texts=args.long_texts, progress=bar)
             bar.close()
@@ -313,12 +314,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     kernels.keep_freed_memory()  # the command's process is the command's: trials run in it (kernels.py says why)
     ranges = _read_json_file(args.ranges, "ranges", '{"ContinuousParameterRanges": [...]}') if args.ranges else None
     fixed = {**_read_hyperparameters_file(args.hyperparameters), **parse_assignments(args.hp)}
-    initial = None
+    initial: list[Mapping[str, object]] | None = None
     if args.initial:
         data = _read_json_file(args.initial, "initial configurations", '{"configurations": [{"learning_rate": "5e-5"}]}')
-        initial = data.get("configurations")
-        if not isinstance(initial, list) or not all(isinstance(c, dict) for c in initial):
+        configurations = data.get("configurations")
+        if not isinstance(configurations, list) or not all(isinstance(c, dict) for c in configurations):
             raise HyperparameterError(f'{args.initial}: expected {{"configurations": [{{...}}, ...]}}')
+        initial = configurations
     result = tune(args.train, args.validation, model_id=args.model_id, output=args.output, max_jobs=args.max_jobs,
                   max_parallel_jobs=args.max_parallel_jobs, ranges=ranges, hyperparameters=fixed,
                   storage=args.storage, study_name=args.study, strategy=args.strategy,
@@ -427,6 +429,9 @@ def _shown(text: str) -> str:
     return cut if cut and cut.isprintable() and not any(c.isspace() for c in cut) else repr(cut)
 
 
+_N = TypeVar("_N")
+
+
 class Parser(argparse.ArgumentParser):
     """textfit's parser (and, through add_subparsers, every subcommand's): a mistake on the command line is one
     line on stderr and exit code 2, as every other refusal of textfit, not a usage dump (--help has that)."""
@@ -436,8 +441,16 @@ class Parser(argparse.ArgumentParser):
         self.checks: list[Callable[[argparse.Namespace], str | None]] = []
         """Checks across flags (a rank below the node count), run once this parser has parsed its part."""
 
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-                         ) -> tuple[argparse.Namespace, list[str]]:
+    # argparse's own overloads: a namespace of the caller's class comes back as that class
+    @overload
+    def parse_known_args(self, args: Iterable[str] | None = None, namespace: None = None
+                         ) -> tuple[argparse.Namespace, list[str]]: ...
+    @overload
+    def parse_known_args(self, args: Iterable[str] | None, namespace: _N) -> tuple[_N, list[str]]: ...
+    @overload
+    def parse_known_args(self, *, namespace: _N) -> tuple[_N, list[str]]: ...
+
+    def parse_known_args(self, args: Iterable[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
         parsed, extras = super().parse_known_args(args, namespace)
         for check in self.checks:
             if problem := check(parsed):  # a whole sentence already, naming both flags

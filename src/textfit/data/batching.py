@@ -58,7 +58,7 @@ class Encoded:
             return torch.tensor([self.labels[r] for r in rows], dtype=torch.long)
         out = torch.zeros((len(rows), self.n_labels), dtype=torch.float32)
         for i, r in enumerate(rows):
-            out[i, self.labels[r]] = 1.0  # type: ignore[index]
+            out[i, self.labels[r]] = 1.0
         return out
 
     def __len__(self) -> int:
@@ -90,10 +90,11 @@ def check_texts(texts: Sequence[object]) -> list[str]:
     """
     if isinstance(texts, str):
         raise DataError("expected a list of texts, not a single string; wrap it: [text]")
-    out = list(texts)
-    for i, text in enumerate(out):
+    out: list[str] = []
+    for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise DataError(f"text {i + 1} is a {type(text).__name__}, not a string; pass texts as str")
+        out.append(text)
     return out
 
 
@@ -140,7 +141,7 @@ def _encode(tokenizer: Any, texts: list[str], max_length: int, labels: Sequence[
     budget = max_length * MAX_WINDOWS * CHARS_PER_TOKEN
     enc = tokenizer([t[:budget] for t in texts], truncation=True, max_length=max_length, stride=window_overlap,
                     padding=False, return_overflowing_tokens=True)
-    ids: list[list[int]] = []
+    ids = []
     owners: list[int] = []
     for row, owner in zip(enc["input_ids"], enc["overflow_to_sample_mapping"]):
         if len(owners) < MAX_WINDOWS or owners[-MAX_WINDOWS] != owner:  # a text's windows come in a row

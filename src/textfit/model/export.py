@@ -12,7 +12,7 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -96,6 +96,12 @@ def load_tokenizer(folder: Path) -> Any:
                             "tokenizer files") from None
 
 
+class Runner(Protocol):
+    """A forward pass, ONNX Runtime's or PyTorch's: padded inputs (batching.pad) in, logits out."""
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
 class OnnxRunner:
     """The ONNX Runtime forward pass: inputs as int64 numpy arrays (batching.pad), logits as a numpy array."""
 
@@ -142,7 +148,7 @@ class TorchRunner:
 
 
 def runner(model: torch.nn.Module, folder: Path | None, backend: str, input_names: list[str],
-           quantized: bool = False, threads: int | None = None) -> Any:
+           quantized: bool = False, threads: int | None = None) -> Runner:
     """A forward pass for `backend`: torch, or onnx from the artifact's onnx/ folder (exported if missing)."""
     if backend == "torch":
         return TorchRunner(model)

@@ -142,8 +142,9 @@ _EPOCH = Closed({"loss": float, "accuracy": float, "val_loss": Maybe(float | Non
 SHAPE = {
     "version": int,
     "fingerprint": str,
-    "loop": Closed({"epoch": int, "step": int, "totals": list[float], "history": list[_EPOCH], "best_epoch": int,
-                    "wait": int, "es_best": float, "stopped_early": bool}),
+    "loop": Closed({"epoch": int, "step": int, "totals": list[float],
+                    "history": list[_EPOCH],  # type: ignore[valid-type]  # a shape, not a type: items are checked
+                    "best_epoch": int, "wait": int, "es_best": float, "stopped_early": bool}),
     "optimizer": {"param_groups": list[dict[str, Any]], "scalars": dict[str, Any]},
     "schedule": dict[str, Any] | None,
     "scaler": dict[str, Any] | None,

@@ -209,7 +209,8 @@ def evaluate(model: nn.Module, data: Encoded, batch_size: int, device: torch.dev
     model.eval()
     rows = list(range(world.rank, len(data), world.size))
     lengths = [len(data.input_ids[r]) for r in rows]
-    total, correct = 0.0, 0
+    total: float = 0.0
+    correct: float = 0  # a count, until all_sum hands the sums back as floats
     counts = torch.zeros((3, data.n_labels), dtype=torch.float64)  # true positives, false positives, false negatives
     for group in batching.plan_batches(lengths, batch_size * 2, shuffle=False):
         mine = [rows[i] for i in group]
@@ -348,7 +349,7 @@ def class_weights(spec: str, labels: list[Any], n_classes: int, multi_label: boo
     return torch.tensor(parsed, dtype=torch.float32)
 
 
-def train(model: nn.Module, train_data: Encoded, val_data: Encoded | None, hp: Hyperparameters,
+def train(model: architectures.Model, train_data: Encoded, val_data: Encoded | None, hp: Hyperparameters,
           device: torch.device | None = None, on_epoch: Callable[[int, EpochMetrics], None] | None = None,
           checkpoint: Checkpointer | None = None) -> TrainResult:
     """Fine-tune `model` in place and leave it holding the weights of the best epoch by val_accuracy.
