@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo test lint bench clean wheelhouse container container-gpu container-test
+.PHONY: install demo test typecheck lint bench clean wheelhouse container container-gpu container-test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,12 @@ demo: $(STAMP)
 # second core idle in a serial run.
 TEST_WORKERS ?= auto
 test: $(DEV_STAMP)
+	$(PY) -m mypy
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
+
+# mypy on src/textfit ([tool.mypy] in pyproject.toml), as `make test` runs it first
+typecheck: $(DEV_STAMP)
+	$(PY) -m mypy
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check src tests bench
