@@ -18,7 +18,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from textfit.errors import ArtifactError, TextfitError
 
@@ -183,7 +183,7 @@ def require(data: object, shape: Any, path: Path | str, error: type[TextfitError
     why = problem(data, shape, where)
     if why is not None:
         raise error(f"{path}: {why}; {fix}")
-    return data  # type: ignore[return-value]
+    return cast(dict[str, Any], data)  # an object of `shape`: problem() found none
 
 
 def like(value: object, reference: object, where: str) -> str | None:

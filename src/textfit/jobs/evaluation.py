@@ -26,20 +26,20 @@ def true_classes(channel: Channel, clf: TextClassifier) -> list[int]:
         line, label = unknown[0]
         raise DataError(f"{channel.path}, line {line}: label {label!r} is not a class of this model "
                         f"({', '.join(map(str, clf.label_values_))}); {len(unknown)} row(s) have unknown labels")
-    return indices  # type: ignore[return-value]
+    return [i for i in indices if i is not None]  # every one, by now
 
 
 def _true_label_matrix(channel: Channel, clf: TextClassifier) -> np.ndarray:
     """The 0/1 label matrix of a multi-label channel, by label value or name; an unknown label is an error."""
-    rows = []
+    rows: list[list[int]] = []
     for line, labels in zip(channel.lines, channel.labels):
         indices = [clf.class_index(label) for label in labels]
         if None in indices:
             label = labels[indices.index(None)]
             raise DataError(f"{channel.path}, line {line}: label {label!r} is not a label of this model "
                             f"({', '.join(clf.classes_)})")
-        rows.append(indices)
-    return metrics.label_matrix(rows, len(clf.classes_))  # type: ignore[arg-type]
+        rows.append([i for i in indices if i is not None])  # every one, by now
+    return metrics.label_matrix(rows, len(clf.classes_))
 
 
 def evaluate_multi_label(clf: TextClassifier, data: str | Path, output: str | Path | None = None, *,

@@ -60,8 +60,8 @@ class ModelSpec:
 
 
 def _bert(mid: str, name: str, hf: str, layers: int, hidden: int, heads: int, defaults: dict[str, Any],
-          **extra: object) -> ModelSpec:
-    return ModelSpec(f"tensorflow-tc-{mid}", name, hf, layers, hidden, heads, defaults, **extra)  # type: ignore[arg-type]
+          **extra: Any) -> ModelSpec:
+    return ModelSpec(f"tensorflow-tc-{mid}", name, hf, layers, hidden, heads, defaults, **extra)
 
 
 def _small_berts() -> list[ModelSpec]:
@@ -204,16 +204,17 @@ def resolve_model(model_id: str | None, *, allow_network: bool = False, store: P
         raise ModelNotFoundError(f"model_id {model_id} ({spec.name}): {spec.note}. Looked in the model store "
                                  f"({store_path(model_id, store)}). Fix: textfit models import {model_id} PATH")
     repo = spec.hf_id if spec is not None else model_id
-    if spec is None and "/" not in repo:  # type: ignore[operator]
+    assert repo is not None  # a zoo entry with no Hugging Face copy was refused above
+    if spec is None and "/" not in repo:
         raise ModelNotFoundError(
             f"model_id {model_id!r} is neither a zoo id, a local folder nor a Hugging Face repo id; "
             "run `textfit models list` to see the zoo"
         )
-    cached = hf_cached(repo)  # type: ignore[arg-type]
+    cached = hf_cached(repo)
     if cached is not None:
         return ResolvedModel(model_id, str(cached), "hf-cache", spec)
     if allow_network:
-        return ResolvedModel(model_id, repo, "hub", spec)  # type: ignore[arg-type]
+        return ResolvedModel(model_id, repo, "hub", spec)
     raise ModelNotFoundError(
         f"model_id {model_id} (Hugging Face {repo}) is not available offline: looked in the model store "
         f"({store_path(model_id, store)}) and the Hugging Face cache. Fix: `textfit models pull {model_id}` where "

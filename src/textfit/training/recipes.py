@@ -109,9 +109,9 @@ def choose(hp: Hyperparameters, given: Collection[str], n_rows: int, n_classes: 
     else:
         return Recipe(FINETUNE, f"auto: {per_class:.0f} training rows a class", hp, True, new_head)
     hold_out = validation or any(name in given for name in HOLD_OUT_NAMES) or hp.early_stopping or hp.calibrate
-    values: dict[str, object] = {k: v for k, v in FEWSHOT_DEFAULTS.items() if k not in given}
+    values: dict[str, Any] = {k: v for k, v in FEWSHOT_DEFAULTS.items() if k not in given}
     kept = n_rows - math.floor(n_rows * hp.validation_split_ratio) if hold_out and not validation else n_rows
-    batch = int(values.get("batch_size", hp.batch_size))  # type: ignore[call-overload]
+    batch = int(values.get("batch_size", hp.batch_size))
     if "epochs" not in given:
         values["epochs"] = max(1, math.ceil(FEWSHOT_STEPS / max(1, math.ceil(kept / batch))))
     return Recipe(FEWSHOT, reason, hp.with_values(**values), hold_out, new_head)
