@@ -257,7 +257,8 @@ def _log_ignored(name: str) -> None:
 class Given:
     """What the user set, typed once at the edge (a CLI flag, hyperparameters.json, an API mapping), and the one
     order in which defaults fill the rest: SageMaker's (the fields' own), then the model's (the zoo), then the
-    chosen recipe's; a value the user gave is never overridden."""
+    chosen recipe's (training/recipes.choose, for the names not in `names`); a value the user gave is never
+    overridden."""
 
     values: Mapping[str, Any]
     """The user's values, typed, by canonical name."""
@@ -283,10 +284,6 @@ class Given:
             merged.update(model_defaults)
         merged.update(self.values)
         return Hyperparameters(**merged)
-
-    def fill(self, hp: Hyperparameters, defaults: Mapping[str, Any]) -> Hyperparameters:
-        """A later layer of defaults (a recipe's) over `hp`, for the names the user did not set."""
-        return hp.with_values(**{k: v for k, v in defaults.items() if k not in self.names})
 
 
 def resolve(given: Mapping[str, object], model_defaults: Mapping[str, Any] | None = None) -> Hyperparameters:
