@@ -172,14 +172,13 @@ def tiny_artifact(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     classify 200 unseen rows of the same kind at 0.99-1.0 for each of 31 training seeds tried, whether or not the
     last layer is cut to [CLS]. FAST's 0.01 collapses to a constant answer (0.5) on 3-6 seeds of those 31: a
     test that passes by the luck of its seed."""
-    from textfit import TextClassifier
+    from textfit.jobs.train import train
 
     root = tmp_path_factory.mktemp("tiny-artifact")
     write_csv(root / "train" / "data.csv", make_rows(128))
-    clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "8", "learning_rate": "0.002"}).fit(root / "train")
-    from textfit.jobs.train import save_artifact
-
-    return save_artifact(clf, root / "model")  # the training job's artifact: the model and its reports
+    train(root / "train", model_id=str(tiny_bert), hyperparameters={**FAST, "epochs": "8", "learning_rate": "0.002"},
+          output=root / "model")
+    return root / "model"  # the training job's artifact: the model and its reports
 
 
 @pytest.fixture

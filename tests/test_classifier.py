@@ -8,13 +8,14 @@ import pytest
 
 from tests.conftest import FAST, make_rows, write_csv
 from textfit import TextClassifier
+from textfit.data.channels import read_channel
 from textfit.errors import DataError, HyperparameterError, TextfitError
-from textfit.jobs.train import save_artifact
+from textfit.jobs.train import save_artifact, train
 
 
 @pytest.fixture
 def fitted(tiny_bert: Path, channel: Path) -> TextClassifier:
-    return TextClassifier(str(tiny_bert), {**FAST, "epochs": "6"}).fit(channel)
+    return TextClassifier(str(tiny_bert), {**FAST, "epochs": "6"}).fit(read_channel(channel))
 
 
 def test_fit_predict_and_classes_order(fitted: TextClassifier) -> None:
@@ -43,7 +44,7 @@ def test_save_load_round_trip(fitted: TextClassifier, tmp_path: Path) -> None:
         assert loaded.classes_ == fitted.classes_ and loaded.best_epoch_ == fitted.best_epoch_
 
 
-def test_manifest_records_the_run(fitted: TextClassifier, tmp_path: Path, channel: Path) -> None:
+def test_manifest_records_the_run(fitted: TextClassifier, tiny_bert: Path, tmp_path: Path, channel: Path) -> None:
     fitted.save(tmp_path / "model")
     manifest = json.loads((tmp_path / "model" / "textfit.json").read_text())
     assert manifest["fine_tuned"] is True
@@ -51,8 +52,33 @@ def test_manifest_records_the_run(fitted: TextClassifier, tmp_path: Path, channe
     assert len(manifest["epochs"]) == 6 and 1 <= manifest["best_epoch"] <= 6
     assert manifest["data"]["train"]["rows"] + manifest["data"]["validation"]["rows"] == 48
     assert manifest["data"]["train"]["class_counts"] == {"0": 19, "1": 19}
-    assert len(manifest["data"]["train"]["sha256"]) == 64
-    assert {"torch", "transformers", "textfit"} <= set(manifest["versions"])
+    # where the data came from, which versions trained it and when: the job's to record, not the estimator's
+    assert "sha256" not in manifest["data"]["train"] and "versions" not in manifest
+    job = train(channel, model_id=str(tiny_bert), hyperparameters={**FAST, "epochs": "1"}, output=tmp_path / "job")
+    recorded = json.loads((tmp_path / "job" / "textfit.json").read_text())
+    assert recorded["data"]["train"]["sha256"] == read_channel(channel).fingerprint
+    assert recorded["data"]["train"]["file"] == str(channel / "data.csv")
+    assert recorded["data"]["validation"]["sha256"] == recorded["data"]["train"]["sha256"]  # a split of it
+    assert {"torch", "transformers", "textfit"} <= set(recorded["versions"]) and recorded["created"]
+    assert job.manifest_["versions"] == recorded["versions"]
+
+
+def test_fit_from_a_path_or_a_tarball_still_works_deprecated(fitted: TextClassifier, tmp_path: Path,
+                                                              channel: Path) -> None:
+    with pytest.warns(DeprecationWarning, match=r"fit\(path\) is deprecated"):
+        clf = TextClassifier(fitted.manifest_["base_model"], {**FAST, "epochs": "1"}).fit(channel)
+    assert clf.manifest_["data"]["train"]["rows"] == 38
+    save_artifact(fitted, tmp_path / "first", tar=True)
+    with pytest.warns(DeprecationWarning, match=r"init_model=<tarball>\) is deprecated"):
+        more = TextClassifier(hyperparameters={**FAST, "epochs": "1"},
+                              init_model=tmp_path / "first.tar.gz").fit(read_channel(channel))
+    assert more.classes_ == fitted.classes_
+    with pytest.warns(DeprecationWarning, match=r"save\(tar=..., onnx=...\) is deprecated"):
+        fitted.save(tmp_path / "with-graph", onnx="fp32")
+    assert (tmp_path / "with-graph" / "onnx" / "model.onnx").is_file()
+    assert "onnx/model.onnx" in json.loads((tmp_path / "with-graph" / "textfit.json").read_text())["files"]
+    fitted.save(tmp_path / "plain")  # the estimator's own: the model alone
+    assert not (tmp_path / "plain" / "onnx").exists() and not (tmp_path / "plain" / "README.md").exists()
 
 
 def test_hugging_face_pipeline_loads_the_artifact(fitted: TextClassifier, tmp_path: Path) -> None:
@@ -68,7 +94,7 @@ def test_hugging_face_pipeline_loads_the_artifact(fitted: TextClassifier, tmp_pa
 def test_names_and_one_to_n_labels_carry_into_predictions(tiny_bert: Path, tmp_path: Path) -> None:
     write_csv(tmp_path / "d" / "data.csv", make_rows(48, labels=(1, 2)))
     (tmp_path / "d" / "labels_info.json").write_text('{"1": "negative", "2": "positive"}')
-    clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "6"}).fit(tmp_path / "d")
+    clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "6"}).fit(read_channel(tmp_path / "d"))
     assert clf.classes_ == ["negative", "positive"] and clf.label_values_ == [1, 2]
     assert clf.predict(["good great lovely film"]) == ["positive"]
     assert clf.model_.config.id2label == {0: "negative", 1: "positive"}
@@ -76,21 +102,21 @@ def test_names_and_one_to_n_labels_carry_into_predictions(tiny_bert: Path, tmp_p
 
 def test_string_labels(tiny_bert: Path, tmp_path: Path) -> None:
     write_csv(tmp_path / "data.csv", make_rows(48, labels=("neg", "pos")))
-    clf = TextClassifier(str(tiny_bert), FAST).fit(tmp_path / "data.csv")
+    clf = TextClassifier(str(tiny_bert), FAST).fit(read_channel(tmp_path / "data.csv"))
     assert clf.classes_ == ["neg", "pos"]
 
 
 def test_validation_channel_is_used_whole(tiny_bert: Path, channel: Path, tmp_path: Path) -> None:
     val = write_csv(tmp_path / "val" / "data.csv", make_rows(10, seed=9))
-    clf = TextClassifier(str(tiny_bert), FAST).fit(channel, validation=val.parent)
+    clf = TextClassifier(str(tiny_bert), FAST).fit(read_channel(channel), validation=read_channel(val.parent))
     assert clf.manifest_["data"]["train"]["rows"] == 48 and clf.manifest_["data"]["validation"]["rows"] == 10
 
 
 def test_incremental_training_keeps_the_head(fitted: TextClassifier, tmp_path: Path, channel: Path) -> None:
     save_artifact(fitted, tmp_path / "first", tar=True)
     first_proba = fitted.predict_proba(["good film"])
-    more = TextClassifier(hyperparameters={**FAST, "epochs": "1", "learning_rate": "1e-6"},
-                          init_model=tmp_path / "first.tar.gz").fit(channel)
+    more = train(channel, hyperparameters={**FAST, "epochs": "1", "learning_rate": "1e-6"},
+                 model=tmp_path / "first.tar.gz")
     # Auto keeps the trained head: one tiny step cannot move a well-trained model far
     np.testing.assert_allclose(more.predict_proba(["good film"]), first_proba, atol=0.05)
     assert more.manifest_["initialized_from"].endswith("first.tar.gz")
@@ -101,20 +127,20 @@ def test_incremental_training_with_new_classes_is_refused(fitted: TextClassifier
     fitted.save(tmp_path / "first")
     write_csv(tmp_path / "new" / "data.csv", make_rows(20, labels=(0, 5)))
     with pytest.raises(DataError, match="label 5 is not among the classes of the model being trained further"):
-        TextClassifier(hyperparameters=FAST, init_model=tmp_path / "first").fit(tmp_path / "new")
+        TextClassifier(hyperparameters=FAST, init_model=tmp_path / "first").fit(read_channel(tmp_path / "new"))
 
 
 def test_reinitialized_head_accepts_new_classes(fitted: TextClassifier, tmp_path: Path) -> None:
     fitted.save(tmp_path / "first")
     write_csv(tmp_path / "new" / "data.csv", make_rows(30, labels=("a", "b")))
     clf = TextClassifier(hyperparameters={**FAST, "reinitialize_top_layer": "True"},
-                         init_model=tmp_path / "first").fit(tmp_path / "new")
+                         init_model=tmp_path / "first").fit(read_channel(tmp_path / "new"))
     assert clf.classes_ == ["a", "b"]
 
 
 def test_keeping_a_head_that_a_pretrained_encoder_lacks_is_an_error(tiny_bert: Path, channel: Path) -> None:
     with pytest.raises(HyperparameterError, match="reinitialize_top_layer=False needs a fine-tuned textfit model"):
-        TextClassifier(str(tiny_bert), {**FAST, "reinitialize_top_layer": "False"}).fit(channel)
+        TextClassifier(str(tiny_bert), {**FAST, "reinitialize_top_layer": "False"}).fit(read_channel(channel))
 
 
 def test_unfitted_and_wrong_input() -> None:
@@ -133,7 +159,7 @@ def test_fit_on_texts_and_labels_in_memory(tiny_bert: Path, tmp_path: Path) -> N
     clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "8"}).fit(texts, labels)
     assert clf.classes_ == ["neg", "pos"]
     assert clf.predict(["good great film", "bad awful plot"]) == ["pos", "neg"]
-    assert clf.manifest_["data"]["train"]["file"] == "<the training data>"
+    assert clf.manifest_["data"]["train"]["rows"] == 38  # 20% held out for validation
     val = make_rows(10, seed=5)
     with_val = TextClassifier(str(tiny_bert), {**FAST, "epochs": "1"}).fit(
         texts, labels, validation=([t for _, t in val], ["pos" if y else "neg" for y, _ in val]))
@@ -154,7 +180,7 @@ def test_fit_in_memory_checks_its_input(tiny_bert: Path, texts: list[object], la
 
 def test_a_channel_with_labels_is_refused(tiny_bert: Path, channel: Path) -> None:
     with pytest.raises(DataError, match="labels come with texts in memory"):
-        TextClassifier(str(tiny_bert), FAST).fit(channel, ["a", "b"])
+        TextClassifier(str(tiny_bert), FAST).fit(read_channel(channel), ["a", "b"])
 
 
 def test_load_then_save_keeps_every_file(tiny_artifact: Path, tmp_path: Path) -> None:

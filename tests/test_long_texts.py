@@ -16,6 +16,7 @@ from tests.conftest import FAST, NEGATIVE, NEUTRAL, POSITIVE, write_csv
 from textfit import TextClassifier
 from textfit.classifier import LONG_TEXT_SHARE, WINDOW_BELOW_ROWS_PER_CLASS, _long_texts
 from textfit.data import batching
+from textfit.data.channels import read_channel
 from textfit.hyperparameters import Hyperparameters
 from textfit.jobs.train import save_artifact
 from textfit.serving.server import ServeSettings, create_app
@@ -43,7 +44,7 @@ def windowed(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("windowed")
     write_csv(root / "train" / "data.csv", long_rows(96))
     write_csv(root / "validation" / "data.csv", VALIDATION)
-    clf = TextClassifier(str(tiny_bert), SHORT_WINDOWS).fit(root / "train", validation=root / "validation")
+    clf = TextClassifier(str(tiny_bert), SHORT_WINDOWS).fit(read_channel(root / "train"), validation=read_channel(root / "validation"))
     return save_artifact(clf, root / "model")
 
 
@@ -75,17 +76,17 @@ def test_auto_reads_texts_as_windows_when_the_training_texts_are_long(windowed: 
 def test_auto_is_logged_and_keeps_truncation_for_short_texts(tiny_bert: Path, tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     write_csv(tmp_path / "long" / "data.csv", long_rows(24))
-    clf = TextClassifier(str(tiny_bert), {**SHORT_WINDOWS, "epochs": "1"}).fit(tmp_path / "long")
+    clf = TextClassifier(str(tiny_bert), {**SHORT_WINDOWS, "epochs": "1"}).fit(read_channel(tmp_path / "long"))
     assert clf.long_texts_ == "window" and clf.hyperparameters_.long_texts == "window"
     assert "long_texts: window (100% of the training texts are longer than max_seq_length=16 tokens" in caplog.text
     caplog.clear()
     write_csv(tmp_path / "short" / "data.csv", long_rows(24, words=6))
-    clf = TextClassifier(str(tiny_bert), {**SHORT_WINDOWS, "epochs": "1"}).fit(tmp_path / "short")
+    clf = TextClassifier(str(tiny_bert), {**SHORT_WINDOWS, "epochs": "1"}).fit(read_channel(tmp_path / "short"))
     assert clf.long_texts_ == "truncate"
     assert "long_texts: truncate (0% of the training texts" in caplog.text
     caplog.clear()
     forced = TextClassifier(str(tiny_bert), {**SHORT_WINDOWS, "epochs": "1", "long_texts": "Window"})
-    assert forced.fit(tmp_path / "short").long_texts_ == "window"  # given, not chosen: no auto line
+    assert forced.fit(read_channel(tmp_path / "short")).long_texts_ == "window"  # given, not chosen: no auto line
     assert "long_texts: " not in caplog.text
 
 

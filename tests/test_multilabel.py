@@ -15,7 +15,7 @@ from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE
 from textfit import TextClassifier
 from textfit.data.channels import read_channel
 from textfit.errors import DataError, HyperparameterError
-from textfit.jobs.train import save_artifact
+from textfit.jobs.train import save_artifact, train
 
 HP = {"epochs": "40", "batch_size": "8", "learning_rate": "0.002", "optimizer": "adamw", "precision": "fp32",
       "multi_label": "True", "training_recipe": "finetune", "freeze_token_embeddings": "False"}  # conftest.FAST
@@ -48,7 +48,7 @@ def write(path: Path, rows: list[tuple[str, str]]) -> Path:
 @pytest.fixture(scope="module")
 def trained(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[TextClassifier, Path]:
     root = tmp_path_factory.mktemp("multi")
-    clf = TextClassifier(str(tiny_bert), HP).fit(write(root / "train" / "data.csv", make_multi_rows(400)))
+    clf = TextClassifier(str(tiny_bert), HP).fit(read_channel(write(root / "train" / "data.csv", make_multi_rows(400)), multi_label=True))
     return clf, save_artifact(clf, root / "model")
 
 
@@ -75,14 +75,15 @@ def test_a_delimiter_in_single_label_data_suggests_multi_label(tiny_bert: Path, 
     data = write(tmp_path / "d" / "data.csv", make_multi_rows(20))
     with pytest.raises(DataError, match=r"line 1: label 'good\|bad\|plot' holds '\|'; for several labels per text "
                                         "set multi_label=True"):
-        TextClassifier(str(tiny_bert), {k: v for k, v in HP.items() if k != "multi_label"}).fit(data)
+        train(data, model_id=str(tiny_bert), hyperparameters={k: v for k, v in HP.items() if k != "multi_label"})
 
 
 def test_a_validation_label_unseen_in_training_is_an_error(tiny_bert: Path, tmp_path: Path) -> None:
-    train = write(tmp_path / "t" / "data.csv", make_multi_rows(30))
+    train_file = write(tmp_path / "t" / "data.csv", make_multi_rows(30))
     val = write(tmp_path / "v" / "data.csv", [("good|surprise", "good film"), ("bad", "bad film")])
     with pytest.raises(DataError, match=r"v/data.csv, line 1: label 'surprise' is not among the labels"):
-        TextClassifier(str(tiny_bert), HP).fit(train, validation=val)
+        TextClassifier(str(tiny_bert), HP).fit(read_channel(train_file, multi_label=True),
+                                               validation=read_channel(val, multi_label=True))
 
 
 def test_another_delimiter(tmp_path: Path) -> None:
@@ -183,19 +184,19 @@ def test_incremental_training_keeps_the_labels_and_refuses_new_ones(trained: tup
                                                                      tmp_path: Path) -> None:
     _, folder = trained
     data = write(tmp_path / "more" / "data.csv", make_multi_rows(40, seed=3))
-    further = TextClassifier(hyperparameters={**HP, "epochs": "1"}, init_model=folder).fit(data)
+    further = TextClassifier(hyperparameters={**HP, "epochs": "1"}, init_model=folder).fit(read_channel(data, multi_label=True))
     assert further.classes_ == ["bad", "good", "plot"] and further.multi_label_
     other = write(tmp_path / "other" / "data.csv", [("good|twist", "good film twist"), ("bad", "bad film")] * 10)
     with pytest.raises(DataError, match="label 'twist' is not among the labels of the model being trained further"):
-        TextClassifier(hyperparameters={**HP, "epochs": "1"}, init_model=folder).fit(other)
+        TextClassifier(hyperparameters={**HP, "epochs": "1"}, init_model=folder).fit(read_channel(other, multi_label=True))
     with pytest.raises(HyperparameterError, match="is a multi-label model; train it further with multi_label=True"):
-        TextClassifier(hyperparameters={"multi_label": "False"}, init_model=folder).fit(
-            write(tmp_path / "single" / "data.csv", [("good", "good film"), ("bad", "bad film")] * 10))
+        train(write(tmp_path / "single" / "data.csv", [("good", "good film"), ("bad", "bad film")] * 10),
+              hyperparameters={"multi_label": "False"}, model=folder)
 
 
 def test_top_layer_training_with_cached_features(tiny_bert: Path, tmp_path: Path) -> None:
     data = write(tmp_path / "d" / "data.csv", make_multi_rows(120))
-    clf = TextClassifier(str(tiny_bert), {**HP, "train_only_on_top_layer": "True", "epochs": "3"}).fit(data)
+    clf = TextClassifier(str(tiny_bert), {**HP, "train_only_on_top_layer": "True", "epochs": "3"}).fit(read_channel(data, multi_label=True))
     assert clf.history_[-1]["val_f1_micro"] is not None and clf.multi_label_
 
 
@@ -203,8 +204,8 @@ def test_epoch_lines_carry_f1_in_both_forms(tiny_bert: Path, tmp_path: Path, cap
                                             ) -> None:
     import re
 
-    TextClassifier(str(tiny_bert), {**HP, "epochs": "2"}).fit(write(tmp_path / "d" / "data.csv",
-                                                                    make_multi_rows(60)))
+    TextClassifier(str(tiny_bert), {**HP, "epochs": "2"}).fit(read_channel(write(tmp_path / "d" / "data.csv",
+                                                                    make_multi_rows(60)), multi_label=True))
     assert re.search(r"val_f1_micro: [0-9.]+ - val_f1_macro: [0-9.]+", caplog.text)
     assert re.search(r"epoch=2 val_loss=[0-9.]+ val_accuracy=[0-9.]+ val_f1_micro=[0-9.]+ val_f1_macro=[0-9.]+",
                      caplog.text)

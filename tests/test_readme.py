@@ -38,7 +38,7 @@ def test_every_readme_command_parses(command: str) -> None:
 @pytest.mark.slow
 def test_the_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     text = README.read_text(encoding="utf-8")
-    example = re.search(r"## Python API\n\n```python\n(.*?)```", text, flags=re.S)
+    example = re.search(r"## Python API\n\n.*?```python\n(.*?)```", text, flags=re.S)
     assert example is not None
     root = README.parent
     monkeypatch.chdir(tmp_path)
@@ -47,5 +47,6 @@ def test_the_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     shutil.copytree(root / "examples" / "reviews", tmp_path / "examples" / "reviews")
     namespace: dict[str, object] = {}
     exec(compile(example.group(1), "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
-    assert (tmp_path / "model" / "textfit.json").is_file() and (tmp_path / "runs" / "api-model").is_dir()
+    assert (tmp_path / "model" / "onnx" / "model.onnx").is_file() and (tmp_path / "model" / "README.md").is_file()
+    assert (tmp_path / "runs" / "api-model" / "textfit.json").is_file()
     assert namespace["clf"].classes_ == ["negative", "positive"]  # as the example's comments show

@@ -1,18 +1,18 @@
 """TextClassifier: a pretrained encoder with its classification head, in scikit-learn's shape.
 
-`fit` trains (fresh from a zoo model, or incrementally from an earlier artifact) on a channel or on texts and
-labels in memory, `predict_proba` returns probabilities whose columns are `classes_`, `save`/`load` round-trip
-the artifact folder. What wraps a fit into a job (remote data, distributed workers, TensorBoard, the tarball)
-is in job.py; what knows an architecture is in architectures.py.
+`fit` trains (fresh from a zoo model, or incrementally from an earlier model folder) on texts and labels in
+memory (or a Channel already read), `predict_proba` returns probabilities whose columns are `classes_`,
+`save`/`load` round-trip the model folder. The estimator reads no files of data, extracts no tarball, installs no
+signal handler and writes no report: the training job (jobs/train.py, behind `textfit train` and
+`textfit.train()`) reads the channels, opens model.tar.gz, records where the data and the model came from, and
+writes the ONNX graph, the reports and the tarball beside the model.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import inspect
 import logging
-import platform
 import shutil
 import warnings
 from collections import Counter
@@ -118,20 +118,10 @@ def _load_model(path: str, allow_network: bool, classes: ClassSet | None = None,
     return architectures.MeanPooled(model)
 
 
-def _versions() -> dict[str, str]:
-    import tokenizers
-    import transformers
-
-    from textfit import __version__
-
-    return {"textfit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "tokenizers": tokenizers.__version__, "python": platform.python_version()}
-
-
-def _data_summary(channel: Channel, labels: list[Any], classes: ClassSet, truncated: int) -> dict[str, Any]:
+def _data_summary(labels: list[Any], classes: ClassSet, truncated: int) -> dict[str, Any]:
+    """What the model was trained or validated on, counted: where the rows came from is the job's to add."""
     counts = Counter(label for row in labels for label in (row if isinstance(row, list) else [row]))
-    return {"file": str(channel.path), "sha256": channel.fingerprint, "rows": len(labels),
-            "class_counts": {classes.names[i]: counts.get(i, 0) for i in range(len(classes.names))},
+    return {"rows": len(labels), "class_counts": {classes.names[i]: counts.get(i, 0) for i in range(len(classes.names))},
             "truncated_texts": truncated}
 
 
@@ -157,22 +147,25 @@ def _cross_fitted_temperature(logits: np.ndarray, labels: np.ndarray, seed: int)
 
 
 @dataclass(frozen=True)
-class _Mode:
+class LabelMode:
     """How labels are read: one per text, or (multi_label) several, separated by `delimiter` in data.csv."""
 
     multi_label: bool = False
     delimiter: str = "|"
 
 
-def _as_channel(data: ChannelLike | Sequence[str], labels: Sequence[object] | None, what: str, mode: _Mode
+def _as_channel(data: ChannelLike | Sequence[str], labels: Sequence[object] | None, what: str, mode: LabelMode
                 ) -> Channel:
-    """A channel from a path, a Channel, or texts and labels in memory."""
+    """A Channel, or texts and labels in memory checked as a channel's rows are; a path is read (deprecated)."""
     if isinstance(data, (str, Path, Channel)):
         if labels is not None:
             raise DataError(f"{what}: labels come with texts in memory, fit(texts, labels); a channel holds its own "
                             "labels (pass a validation channel as validation=...)")
         if isinstance(data, Channel):
             return data
+        warnings.warn("TextClassifier.fit(path) is deprecated and goes in the next release: fit takes texts and "
+                      "labels (or a Channel from textfit.data.channels.read_channel); textfit.train(path, ...) "
+                      "trains from files", DeprecationWarning, stacklevel=4)
         return read_channel(data, multi_label=mode.multi_label, delimiter=mode.delimiter)
     if labels is None:
         raise DataError(f"{what}: texts in memory need their labels: fit(texts, labels)")
@@ -188,13 +181,14 @@ def _saved_hyperparameters(folder: Path, manifest: Mapping[str, Any]) -> dict[st
                             f"{artifact.DAMAGED}") from None
 
 
-def _mode(given: Given, source: Path | None) -> _Mode:
-    """multi_label and label_delimiter as given, else as the model being trained further had them."""
+def label_mode(given: Given, source: Path | None) -> LabelMode:
+    """multi_label and label_delimiter as given, else as the model being trained further (a folder) had them:
+    how the job reads the channels before a fit."""
     values = dict(given.values)
     if source is not None and (source / artifact.MANIFEST).is_file():
         earlier = _saved_hyperparameters(source, artifact.read_json(source / artifact.MANIFEST, artifact.MANIFEST_SHAPE))
         values = {**{k: earlier[k] for k in ("multi_label", "label_delimiter") if k in earlier}, **values}
-    return _Mode(bool(values.get("multi_label", False)), str(values.get("label_delimiter", "|")))
+    return LabelMode(bool(values.get("multi_label", False)), str(values.get("label_delimiter", "|")))
 
 
 def _position_checked(hp: Hyperparameters, config: Any, given: Collection[str], where: str) -> Hyperparameters:
@@ -274,13 +268,14 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
     Args:
         model_id: a zoo id, a Hugging Face repo id or a local checkpoint folder (default: the embedded model).
         hyperparameters: SageMaker-style values (strings are fine); unset ones take the model's defaults.
-        init_model: an earlier textfit artifact (folder or model.tar.gz) to continue training from.
+        init_model: an earlier textfit model folder to continue training from (textfit.train(model=...) also
+            takes its model.tar.gz or an s3:// URI).
         allow_network: let transformers download a model missing from the local cache.
 
-    >>> clf = TextClassifier(hyperparameters={"epochs": "2"}).fit("examples/reviews")  # doctest: +SKIP
+    >>> clf = TextClassifier(hyperparameters={"epochs": "2"}).fit(["great film", "dull plot", ...],
+    ...                                                           ["pos", "neg", ...])  # doctest: +SKIP
     >>> clf.predict(["a wonderful, moving film"])  # doctest: +SKIP
-    ['positive']
-    >>> TextClassifier().fit(["great film", "dull plot", ...], ["pos", "neg", ...])  # doctest: +SKIP
+    ['pos']
     """
 
     # fitted attributes that more than one method assigns (_set_fitted, then a fit's validation or a load)
@@ -397,16 +392,27 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
                 architectures.reinitialize_head(model)
         return model, pretrained.load_tokenizer(start.path, start.allow_network)
 
-    def fit(self, X: ChannelLike | Sequence[str], y: Sequence[object] | None = None, *,
-            validation: ChannelLike | tuple[Sequence[str], Sequence[object]] | None = None,
+    def _opened_init_model(self) -> contextlib.AbstractContextManager[Path]:
+        """The model folder to train further. A tarball is the job's to open (textfit.train(model=...)); here it
+        is still extracted, deprecated."""
+        assert self.init_model is not None
+        if artifact.is_tarball(Path(self.init_model)):
+            warnings.warn("TextClassifier(init_model=<tarball>) is deprecated and goes in the next release: pass the "
+                          "model folder, or textfit.train(..., model='model.tar.gz')", DeprecationWarning, stacklevel=4)
+        return artifact.opened(self.init_model)
+
+    def fit(self, X: Channel | Sequence[str], y: Sequence[object] | None = None, *,
+            validation: Channel | tuple[Sequence[str], Sequence[object]] | None = None,
             on_epoch: Callable[[int, training.EpochMetrics], None] | None = None,
             checkpoint_dir: str | Path | None = None, stop: checkpoints.StopSignal | None = None) -> TextClassifier:
         """Train; returns self.
 
         Args:
-            X: a channel (a folder with data.csv, or a CSV file), or a list of texts.
-            y: with texts, their labels (integers or names), as scikit-learn's fit(X, y).
-            validation: a validation channel, or (texts, labels); default: a stratified split of X.
+            X: the texts (a list), or a Channel already read (textfit.data.channels.read_channel). A path is read
+                too, deprecated: `textfit.train(path, ...)` trains from files.
+            y: with texts, their labels (integers or names; for a multi-label model, lists of labels), as
+                scikit-learn's fit(X, y).
+            validation: (texts, labels), or a Channel; default: a stratified split of X.
             on_epoch: called with (epoch, metrics) after each epoch.
             checkpoint_dir: write a checkpoint there at each epoch end and when `stop` is requested, and resume
                 from the one it holds (same data, hyperparameters and model).
@@ -424,12 +430,13 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         self.given_ = Given.parse(self.effective_hyperparameters())  # the edge: typed once, here
         if checkpoint_dir is not None:  # before anything is read: a folder that is not textfit's is never written
             channels = [("--train", X), ("--validation", validation)]
-            ownership.check_apart(Path(checkpoint_dir), "--checkpoint-dir",
-                                  [(flag, Path(c)) for flag, c in channels if isinstance(c, (str, Path))])
+            ownership.check_apart(Path(checkpoint_dir), "--checkpoint-dir", [
+                (flag, c.path if isinstance(c, Channel) else Path(c)) for flag, c in channels
+                if isinstance(c, (str, Path)) or (isinstance(c, Channel) and c.path.exists())])
             ownership.check_writable(Path(checkpoint_dir), ownership.CHECKPOINT, "--checkpoint-dir")
         with contextlib.ExitStack() as stack:
-            source = stack.enter_context(artifact.opened(self.init_model)) if self.init_model else None
-            mode = _mode(self.given_, source)
+            source = stack.enter_context(self._opened_init_model()) if self.init_model else None
+            mode = label_mode(self.given_, source)
             train_ch = _as_channel(X, y, "the training data", mode)
             val_ch = None
             if validation is not None:
@@ -480,12 +487,10 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
             "epochs": history,
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
-            "data": {"train": _data_summary(train_ch, y_train, start.classes, train_data.truncated),
-                     "validation": _data_summary(val_ch or train_ch, y_val, start.classes,
-                                                 val_data.truncated if val_data else 0) if y_val else None,
+            "data": {"train": _data_summary(y_train, start.classes, train_data.truncated),
+                     "validation": _data_summary(y_val, start.classes, val_data.truncated if val_data else 0)
+                     if y_val else None,
                      "validation_source": "channel" if val_ch else f"split {hp.validation_split_ratio}"},
-            "versions": _versions(),
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         self._set_fitted(model.cpu().eval(), tokenizer, manifest, start.classes.names, start.classes.values, hp=hp)
         self.validation_report_ = self._validate(x_val, y_val) if x_val else None
@@ -649,33 +654,23 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------------------------------ persistence
 
-    def write_model(self, folder: Path, onnx: str = "fp32") -> list[str]:
-        """What a prediction needs, into `folder`: weights, config, tokenizer, labels, the ONNX graph a server
-        starts from at once (`onnx`: fp32, int8 or none), and the manifest with their digests. An export that
-        fails is named in the list returned (serving then exports at start)."""
-        if onnx not in ("fp32", "int8", "none"):
-            raise ArtifactError(f"onnx={onnx!r} is not valid; use fp32, int8 or none")
+    def write_model(self, folder: Path) -> None:
+        """What a prediction needs, into `folder`: weights, config, tokenizer, labels, and the manifest with the
+        digest of every model file there (an ONNX graph the job exported into `folder` first included)."""
         assert self.model_ is not None  # save and save_artifact refuse a model loaded as an ONNX graph alone
         self.model_.save_pretrained(folder)  # safetensors, config.json with id2label / label2id
         self.tokenizer_.save_pretrained(folder)
         artifact.write_json(folder / artifact.LABELS, {"labels": self.classes_, "label_values": self.label_values_})
-        failed = []
-        if onnx != "none":
-            try:
-                self.export_onnx(folder, quantize=onnx == "int8")
-            except Exception as exc:  # serving exports at start instead: slower to start, same answers
-                shutil.rmtree(folder / export.ONNX_DIR, ignore_errors=True)
-                failed.append(f"the ONNX export failed ({type(exc).__name__}: {exc}); `serve` will export at start")
         self.manifest_[artifact.DIGESTS] = artifact.digests(folder)
         artifact.write_json(folder / artifact.MANIFEST, self.manifest_)
-        return failed
 
-    def save(self, path: str | Path, *, overwrite: bool = False, tar: bool = False, onnx: str = "fp32") -> Path:
-        """Write the model folder atomically: what `load` reads back (write_model). The reports beside it (model
-        card, validation report, plots) and the tarball are the training job's: `textfit.train(..., output=,
-        tar=True)` writes them.
+    def save(self, path: str | Path, *, overwrite: bool = False, tar: bool = False, onnx: str | None = None) -> Path:
+        """Write the model folder atomically: what `load` reads back (write_model). The ONNX graph, the reports
+        beside the model (model card, validation report, plots) and the tarball are the training job's:
+        `textfit.train(..., output=, tar=True)` writes them; `export_onnx` adds a graph to a saved folder.
 
-        `tar=True` still writes `<path>.tar.gz`, deprecated: the job's `tar` replaces it.
+        `tar=True` (writes `<path>.tar.gz`) and `onnx` (fp32 or int8: the graph too) are deprecated: the job's
+        `tar` and `onnx` replace them.
 
         Raises:
             ArtifactError: the model could not be written (nothing is left behind).
@@ -686,17 +681,37 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         if self.model_ is None:
             raise ArtifactError("this model was loaded for ONNX inference only; load it with backend='torch' to "
                                 "save it")
+        if onnx not in (None, "none", "fp32", "int8"):
+            raise ArtifactError(f"onnx={onnx!r} is not valid; use fp32, int8 or none")
+        if tar or onnx not in (None, "none"):
+            warnings.warn("TextClassifier.save(tar=..., onnx=...) is deprecated and goes in the next release: "
+                          "textfit.train(..., tar=True, onnx=...) writes the tarball and the ONNX graph, "
+                          "TextClassifier.export_onnx adds a graph", DeprecationWarning, stacklevel=2)
         failed: list[str] = []
+
+        def write(folder: Path) -> None:
+            if onnx not in (None, "none"):
+                failed.extend(self.write_graph(folder, onnx == "int8"))
+            self.write_model(folder)
+
         tarball = artifact.tarball_path(output) if tar else None
-        artifact.write_atomically(output, lambda folder: failed.extend(self.write_model(folder, onnx)),
-                                  overwrite=overwrite, tarball=tarball)
+        artifact.write_atomically(output, write, overwrite=overwrite, tarball=tarball)
         if tarball is not None:
-            warnings.warn("TextClassifier.save(tar=True) is deprecated and goes in the next release: "
-                          "textfit.train(..., tar=True) writes the tarball", DeprecationWarning, stacklevel=2)
             failed.extend(artifact.tarball_failures(output, tarball))
         if failed:
             raise ReportError(f"the model is saved in {output}, but {'; '.join(failed)}")
         return output
+
+    def write_graph(self, folder: Path, quantize: bool = False) -> list[str]:
+        """The ONNX graph a server starts from at once, into a model folder being written (before write_model,
+        whose digests then cover it); an export that fails is named in the list returned (serving then exports
+        at start: slower to start, the same answers)."""
+        try:
+            self.export_onnx(folder, quantize=quantize)
+        except Exception as exc:  # the model is not lost to its graph
+            shutil.rmtree(folder / export.ONNX_DIR, ignore_errors=True)
+            return [f"the ONNX export failed ({type(exc).__name__}: {exc}); `serve` will export at start"]
+        return []
 
     @classmethod
     def load(cls, path: str | Path, *, backend: str = "torch", quantized: bool = False,

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import FAST, make_rows, write_csv
 from textfit import TextClassifier
+from textfit.data.channels import read_channel
 from textfit.model import architectures
 from textfit.training import loop as training
 
@@ -72,11 +73,11 @@ def test_the_contrastive_term_changes_a_real_fit_and_is_removed_after_it(tiny_be
     folder = tmp_path / "small"
     write_csv(folder / "data.csv", make_rows(40))
     features, batch_loss = architectures.features, training.batch_loss
-    plain = TextClassifier(str(tiny_bert), FEWSHOT).fit(folder)
+    plain = TextClassifier(str(tiny_bert), FEWSHOT).fit(read_channel(folder))
     with recipe_bench.contrastive_term(1.0, 0.1):
-        term = TextClassifier(str(tiny_bert), FEWSHOT).fit(folder)
+        term = TextClassifier(str(tiny_bert), FEWSHOT).fit(read_channel(folder))
     assert (architectures.features, training.batch_loss) == (features, batch_loss)
-    again = TextClassifier(str(tiny_bert), FEWSHOT).fit(folder)  # training is deterministic: the term made the change
+    again = TextClassifier(str(tiny_bert), FEWSHOT).fit(read_channel(folder))  # training is deterministic: the term made the change
     weight = "classifier.weight"
     state = {name: dict(clf.model_.named_parameters())[weight].detach() for name, clf in
              (("plain", plain), ("term", term), ("again", again))}
@@ -91,7 +92,7 @@ def test_the_start_weights_are_the_fitted_models_parameters_before_fine_tuning(t
     write_csv(folder / "data.csv", make_rows(40))
     averages = recipe_bench.WeightAverages(decay=0.9)
     with averages.hooked():
-        clf = TextClassifier(str(tiny_bert), FEWSHOT).fit(folder)
+        clf = TextClassifier(str(tiny_bert), FEWSHOT).fit(read_channel(folder))
     params, start = averages.weights("start", 0.0)
     fitted = {id(p) for p in clf.model_.parameters()}
     assert params and all(id(p) in fitted for p in params)

@@ -114,7 +114,7 @@ MODEL_FILES = {
                         "training_recipe": {"name": "finetune", "reason": "r", "head": "h"},
                         "classes": {"labels": ["0", "1"], "label_values": [0, 1]},
                         "epochs": [{"loss": 0.5, "val_loss": None}], "best_epoch": 1, "stopped_early": False,
-                        "data": {"train": {}}, "versions": {"textfit": "0.1.0"}, "created": "2026-01-01",
+                        "data": {"train": {}}, "versions": {"textfit": "0.1.0"}, "created": "2026-01-01", "workers": 1,
                         "files": {"config.json": "0" * 64}},
     artifact.LABELS: {"labels": ["0", "1"], "label_values": [0, 1]},
     artifact.CONFIG: {"add_cross_attention": False, "architectures": ["BertForSequenceClassification"],

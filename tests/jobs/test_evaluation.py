@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import FAST, make_rows, write_csv
 from textfit import TextClassifier, train
 from textfit.cli import main
+from textfit.data.channels import read_channel
 from textfit.jobs.evaluation import evaluate
 from textfit.jobs.train import save_artifact
 
@@ -68,8 +69,8 @@ def test_training_writes_curves_report_and_a_model_card(tiny_artifact: Path) -> 
 
 
 def test_calibration_fits_a_temperature_into_the_weights(tiny_bert: Path, channel: Path, tmp_path: Path) -> None:
-    plain = TextClassifier(str(tiny_bert), {**FAST, "epochs": "8"}).fit(channel)
-    clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "8", "calibrate": "True"}).fit(channel)
+    plain = TextClassifier(str(tiny_bert), {**FAST, "epochs": "8"}).fit(read_channel(channel))
+    clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "8", "calibrate": "True"}).fit(read_channel(channel))
     cal = clf.manifest_["calibration"]
     texts = ["good great film", "awful plot", "the film was quite bad"]
     # the same training (same seed), then the logits divided by the temperature: folded into the last layer
@@ -102,7 +103,7 @@ def test_calibration_without_validation_data_is_an_error(tiny_bert: Path, channe
     from textfit.errors import HyperparameterError
 
     with pytest.raises(HyperparameterError, match="calibrate=True needs validation data"):
-        TextClassifier(str(tiny_bert), {**FAST, "calibrate": "True", "validation_split_ratio": "0"}).fit(channel)
+        TextClassifier(str(tiny_bert), {**FAST, "calibrate": "True", "validation_split_ratio": "0"}).fit(read_channel(channel))
 
 
 def test_tensorboard_event_files(tiny_bert: Path, channel: Path, tmp_path: Path) -> None:
@@ -129,7 +130,7 @@ def test_balanced_class_weights_raise_minority_recall(tmp_path: Path) -> None:
     for weights in ("none", "balanced"):
         clf = TextClassifier(hyperparameters={"train_only_on_top_layer": "True", "epochs": "40",
                                               "learning_rate": "0.01", "class_weights": weights})
-        clf.fit(tmp_path / "train", validation=tmp_path / "val")
+        clf.fit(read_channel(tmp_path / "train"), validation=read_channel(tmp_path / "val"))
         recall[weights] = evaluate(clf, tmp_path / "val").per_class[1].recall
     assert recall["balanced"] >= recall["none"] + 0.1, recall
 

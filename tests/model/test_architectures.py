@@ -14,7 +14,7 @@ from tests.conftest import FAMILIES, FAST, build_tiny_family, make_rows, write_c
 from textfit import TextClassifier
 from textfit.classifier import _load_model
 from textfit.data import batching
-from textfit.data.channels import ClassSet
+from textfit.data.channels import ClassSet, read_channel
 from textfit.errors import HyperparameterError
 from textfit.model import architectures
 from textfit.training import kernels
@@ -155,7 +155,7 @@ def test_frozen_token_embeddings_stay_as_pretrained_and_the_rest_trains(
     pretrained = _load_model(str(folder), False, CLASSES, 0.1)
     hp = {**FAST, "epochs": "1", "freeze_token_embeddings": str(freeze)}
     with caplog.at_level("INFO", logger="textfit"):
-        clf = TextClassifier(str(folder), hp).fit(rows)
+        clf = TextClassifier(str(folder), hp).fit(read_channel(rows))
     table = pretrained.get_input_embeddings().weight
     assert torch.equal(clf.model_.get_input_embeddings().weight, table) == freeze
     trained = dict(clf.model_.named_parameters())
@@ -169,7 +169,7 @@ def test_frozen_token_embeddings_stay_as_pretrained_and_the_rest_trains(
 def test_top_layer_training_trains_the_whole_head_and_only_it(family: tuple[str, Path], rows: Path) -> None:
     name, folder = family
     pretrained = _load_model(str(folder), False, CLASSES, 0.1)
-    clf = TextClassifier(str(folder), {**FAST, "epochs": "1", "train_only_on_top_layer": "True"}).fit(rows)
+    clf = TextClassifier(str(folder), {**FAST, "epochs": "1", "train_only_on_top_layer": "True"}).fit(read_channel(rows))
     trained = dict(clf.model_.named_parameters())
     head = dict(architectures.head_parameters(pretrained))
     for n, p in pretrained.named_parameters():
@@ -188,7 +188,7 @@ LEARNS = {**FAST, "epochs": "6", "learning_rate": "0.005"}
 def test_full_training_learns_exports_and_trains_incrementally(family: tuple[str, Path], rows: Path,
                                                                tmp_path: Path) -> None:
     name, folder = family
-    clf = TextClassifier(str(folder), {**LEARNS, "calibrate": "True"}).fit(rows)
+    clf = TextClassifier(str(folder), {**LEARNS, "calibrate": "True"}).fit(read_channel(rows))
     assert clf.manifest_["architecture"] == FAMILY_NAMES[name]
     training = make_rows(40)
     accuracy = np.mean(np.array(clf.predict([text for _, text in training])) == [str(y) for y, _ in training])
@@ -202,7 +202,7 @@ def test_full_training_learns_exports_and_trains_incrementally(family: tuple[str
     np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-4)
     int8 = TextClassifier.load(saved, backend="onnx", quantized=True).predict_proba(texts)
     assert int8.shape == torch_probs.shape and np.abs(int8 - torch_probs).max() < 0.2
-    further = TextClassifier(hyperparameters={**FAST, "epochs": "1"}, init_model=saved).fit(rows)
+    further = TextClassifier(hyperparameters={**FAST, "epochs": "1"}, init_model=saved).fit(read_channel(rows))
     assert further.classes_ == clf.classes_ and further.manifest_["architecture"] == clf.manifest_["architecture"]
 
 
@@ -215,14 +215,14 @@ def test_max_seq_length_above_the_positions_is_refused_before_training(family: t
         return
     assert limit == 128
     with pytest.raises(HyperparameterError, match=r"max_seq_length=512 is above the 128 positions of"):
-        TextClassifier(str(folder), {**FAST, "max_seq_length": "512"}).fit(rows)
+        TextClassifier(str(folder), {**FAST, "max_seq_length": "512"}).fit(read_channel(rows))
     assert "Epoch 1/" not in caplog.text  # refused before any training
 
 
 def test_the_default_max_seq_length_is_lowered_to_a_shorter_encoder(rows: Path, tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     folder = build_tiny_family("bert", tmp_path / "short", max_position_embeddings=64)
-    clf = TextClassifier(str(folder), LEARNS).fit(rows)
+    clf = TextClassifier(str(folder), LEARNS).fit(read_channel(rows))
     assert clf.hyperparameters_.max_seq_length == 64
     assert "max_seq_length: 64, the positions of" in caplog.text
     # texts of 240 tokens, past the 64 positions: no position error, and each is read right
@@ -236,7 +236,7 @@ def test_truncated_training_texts_are_counted(tiny_bert: Path, tmp_path: Path,
     data[0] = (data[0][0], " ".join(["good"] * 100))
     write_csv(tmp_path / "t" / "data.csv", data)
     clf = TextClassifier(str(tiny_bert), {**FAST, "epochs": "1", "max_seq_length": "16",
-                                          "validation_split_ratio": "0"}).fit(tmp_path / "t")
+                                          "validation_split_ratio": "0"}).fit(read_channel(tmp_path / "t"))
     assert "1 of 40 training texts are longer than max_seq_length=16 tokens" in caplog.text
     assert clf.manifest_["data"]["train"]["truncated_texts"] == 1
 
@@ -259,13 +259,13 @@ def test_a_family_without_an_adapter_trains_frozen_without_a_cache(rows: Path, t
                                       pad_token_id=0)
     transformers.AutoModel.from_config(config).save_pretrained(folder)
     caplog.set_level(logging.INFO, logger="textfit")
-    clf = TextClassifier(str(folder), {**FAST, "epochs": "2", "train_only_on_top_layer": "True"}).fit(rows)
+    clf = TextClassifier(str(folder), {**FAST, "epochs": "2", "train_only_on_top_layer": "True"}).fit(read_channel(rows))
     assert "has no feature cache in textfit, so the frozen encoder runs at every step" in caplog.text
     assert clf.input_names_ == ["input_ids", "attention_mask"]  # MPNet takes no token types
     assert clf.manifest_["architecture"] == "mpnet (no textfit adapter)"
-    TextClassifier(str(folder), {**FAST, "epochs": "1"}).fit(rows)  # full fine-tuning too
+    TextClassifier(str(folder), {**FAST, "epochs": "1"}).fit(read_channel(rows))  # full fine-tuning too
     # and the small-data recipe: its mean-pooled head on the last layer transformers' class has (out_proj)
-    small = TextClassifier(str(folder), {"epochs": "1", "precision": "fp32", "training_recipe": "fewshot"}).fit(rows)
+    small = TextClassifier(str(folder), {"epochs": "1", "precision": "fp32", "training_recipe": "fewshot"}).fit(read_channel(rows))
     assert small.manifest_["architecture"] == "mpnet (no textfit adapter), mean-pooled head"
     saved = small.save(tmp_path / "mpnet-model")
     texts = [t for _, t in make_rows(10, seed=4)]

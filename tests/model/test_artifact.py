@@ -14,17 +14,18 @@ import pytest
 from tests.conftest import FAST
 from textfit import TextClassifier
 from textfit.core import ownership
+from textfit.data.channels import read_channel
 from textfit.errors import ArtifactError
 from textfit.jobs.train import save_artifact
 from textfit.model import artifact
 
 
 def test_exact_file_set(tiny_bert: Path, channel: Path, tmp_path: Path) -> None:
-    clf = TextClassifier(str(tiny_bert), FAST).fit(channel)
+    clf = TextClassifier(str(tiny_bert), FAST).fit(read_channel(channel))
     # the estimator saves the model alone: no reports, no tarball (those are the training job's)
     assert {p.name for p in clf.save(tmp_path / "plain").iterdir()} == {
         "config.json", "model.safetensors", "labels_info.json", "textfit.json", "tokenizer.json",
-        "tokenizer_config.json", "onnx", ".textfit"}
+        "tokenizer_config.json", ".textfit"}
     save_artifact(clf, tmp_path / "m")
     names = {p.name for p in (tmp_path / "m").iterdir()}
     assert names == {"config.json", "model.safetensors", "labels_info.json", "textfit.json", "tokenizer.json",
@@ -253,6 +254,6 @@ def test_an_artifact_of_the_first_format_still_loads_and_predicts_as_it_did(tmp_
     proba = clf.predict_proba(["good great film", "bad awful plot", "the movie was very lovely"])
     np.testing.assert_allclose(proba, [[0.48896053, 0.51103944], [0.49814436, 0.50185561],
                                        [0.49112731, 0.50887263]], atol=1e-6)
-    saved = clf.save(tmp_path / "again", onnx="none")  # saved again, in today's form: typed values
+    saved = clf.save(tmp_path / "again")  # saved again, in today's form: typed values
     assert json.loads((saved / "textfit.json").read_text())["hyperparameters"]["epochs"] == 6
     np.testing.assert_allclose(TextClassifier.load(saved).predict_proba(["good great film"]), proba[:1], atol=1e-6)

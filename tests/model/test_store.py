@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import FAST
 from textfit import TextClassifier
+from textfit.data.channels import read_channel
 from textfit.errors import ModelNotFoundError
 from textfit.model import store, zoo
 
@@ -83,7 +84,7 @@ def test_resolution_order_store_before_embedded(tiny_bert: Path, tmp_path: Path)
 def test_training_from_the_store(tmp_path: Path, channel: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEXTFIT_MODEL_STORE", str(tmp_path / "store"))
     store.import_model(SMALL_ID, small_bert(tmp_path / "ckpt"))
-    clf = TextClassifier(SMALL_ID, {**FAST, "epochs": "1"}).fit(channel)
+    clf = TextClassifier(SMALL_ID, {**FAST, "epochs": "1"}).fit(read_channel(channel))
     assert clf.model_id_ == SMALL_ID and clf.manifest_["base_model"].startswith(str(tmp_path / "store"))
     assert clf.hyperparameters_.optimizer == "adam"  # FAST's, over the zoo entry's adamw
 

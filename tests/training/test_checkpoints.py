@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import free_port, kill, make_rows, run_until, write_csv
 from textfit import TextClassifier
+from textfit.data.channels import read_channel
 from textfit.errors import TextfitError
 
 HP = {"epochs": "3", "batch_size": "8", "learning_rate": "0.01", "optimizer": "adamw", "precision": "fp32",
@@ -95,7 +96,7 @@ def test_a_checkpoint_of_another_run_is_refused(tiny_bert: Path, data: Path, tmp
                                                 uninterrupted: Path) -> None:
     ckpt = uninterrupted.parent / "ckpt"
     with pytest.raises(TextfitError, match="holds a checkpoint of another training run"):
-        TextClassifier(str(tiny_bert), {**HP, "learning_rate": "0.02"}).fit(data, checkpoint_dir=ckpt)
+        TextClassifier(str(tiny_bert), {**HP, "learning_rate": "0.02"}).fit(read_channel(data), checkpoint_dir=ckpt)
 
 
 def test_the_sagemaker_job_checkpoints_when_its_folder_exists(tmp_path: Path) -> None:

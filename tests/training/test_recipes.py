@@ -19,8 +19,9 @@ from tests.test_multilabel import make_multi_rows, write
 from textfit import TextClassifier
 from textfit.classifier import _load_model
 from textfit.data import batching
-from textfit.data.channels import ClassSet
+from textfit.data.channels import ClassSet, read_channel
 from textfit.hyperparameters import Hyperparameters
+from textfit.jobs.train import save_artifact
 from textfit.model import architectures
 from textfit.training import recipes
 
@@ -70,7 +71,7 @@ def test_what_the_user_gives_is_kept_and_asking_for_validation_holds_rows_out() 
 def test_auto_chooses_fewshot_on_a_small_channel_and_says_why(tiny_bert: Path, tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="textfit"):
-        clf = TextClassifier(str(tiny_bert), {**AUTO, "epochs": "2"}).fit(_channel(tmp_path / "small", 40))
+        clf = TextClassifier(str(tiny_bert), {**AUTO, "epochs": "2"}).fit(read_channel(_channel(tmp_path / "small", 40)))
     assert "Training recipe: fewshot (auto: 40 training rows for 2 classes (20 a class, fewer than 200))" in caplog.text
     assert "Not used by the small-data recipe: dropout_rate" in caplog.text
     assert "Linear probe on the frozen encoder's features" in caplog.text
@@ -85,7 +86,7 @@ def test_sagemakers_tuner_gets_its_validation_metric_from_the_small_data_recipe(
                                                                                  ) -> None:
     hp = {**AUTO, "epochs": "1", "_tuning_objective_metric": "validation:accuracy"}
     with caplog.at_level(logging.INFO, logger="textfit"):
-        clf = TextClassifier(str(tiny_bert), hp).fit(_channel(tmp_path / "small", 40))
+        clf = TextClassifier(str(tiny_bert), hp).fit(read_channel(_channel(tmp_path / "small", 40)))
     assert clf.manifest_["training_recipe"]["name"] == "fewshot"
     assert clf.manifest_["data"]["validation"]["rows"] == 8
     assert re.search(r"val_accuracy=[0-9.]+", caplog.text)
@@ -94,7 +95,7 @@ def test_sagemakers_tuner_gets_its_validation_metric_from_the_small_data_recipe(
 def test_auto_chooses_finetune_on_a_large_channel(tiny_bert: Path, tmp_path: Path,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="textfit"):
-        clf = TextClassifier(str(tiny_bert), {**AUTO, "epochs": "1"}).fit(_channel(tmp_path / "large", 400))
+        clf = TextClassifier(str(tiny_bert), {**AUTO, "epochs": "1"}).fit(read_channel(_channel(tmp_path / "large", 400)))
     assert "Training recipe: finetune (auto: 200 training rows a class)" in caplog.text
     assert "small-data" not in caplog.text
     assert clf.manifest_["training_recipe"]["name"] == "finetune"
@@ -104,9 +105,9 @@ def test_auto_chooses_finetune_on_a_large_channel(tiny_bert: Path, tmp_path: Pat
 
 
 def test_forcing_finetune_on_small_data_and_fewshot_on_large(tiny_bert: Path, tmp_path: Path) -> None:
-    small = TextClassifier(str(tiny_bert), {**FAST, "epochs": "1"}).fit(_channel(tmp_path / "small", 40))
+    small = TextClassifier(str(tiny_bert), {**FAST, "epochs": "1"}).fit(read_channel(_channel(tmp_path / "small", 40)))
     assert small.manifest_["training_recipe"]["name"] == "finetune" and small.history_[0]["val_accuracy"] is not None
-    large = TextClassifier(str(tiny_bert), {**FEWSHOT, "epochs": "1"}).fit(_channel(tmp_path / "large", 240))
+    large = TextClassifier(str(tiny_bert), {**FEWSHOT, "epochs": "1"}).fit(read_channel(_channel(tmp_path / "large", 240)))
     assert large.manifest_["training_recipe"]["name"] == "fewshot"
     assert large.manifest_["data"]["train"]["rows"] == 240
 
@@ -219,7 +220,7 @@ def test_past_the_probes_budget_the_head_starts_from_the_class_means(tiny_bert: 
     class means cost one pass. Trained end to end with the real recipe on a channel past the budget."""
     monkeypatch.setattr(recipes, "PROBE_MAX_CELLS", 100)
     caplog.set_level(logging.INFO, logger="textfit")
-    clf = TextClassifier(str(tiny_bert), {"epochs": "1", "precision": "fp32"}).fit(_channel(tmp_path / "t", 80))
+    clf = TextClassifier(str(tiny_bert), {"epochs": "1", "precision": "fp32"}).fit(read_channel(_channel(tmp_path / "t", 80)))
     assert "Head started from the class means of the frozen encoder's features (80 rows x 2 classes" in caplog.text
     assert "Linear probe" not in caplog.text
     assert clf.manifest_["training_recipe"]["name"] == "fewshot"
@@ -250,8 +251,8 @@ def fewshot_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     root = tmp_path_factory.mktemp(f"fewshot-{name}")
     folder = build_tiny_family(name, root / "encoder")
     # the recipe's own learning rate: the probe on the random encoder's features does the learning here
-    clf = TextClassifier(str(folder), {"epochs": "3", "precision": "fp32"}).fit(_channel(root / "train", 32))
-    return name, clf, clf.save(root / "model", onnx="int8")
+    clf = TextClassifier(str(folder), {"epochs": "3", "precision": "fp32"}).fit(read_channel(_channel(root / "train", 32)))
+    return name, clf, save_artifact(clf, root / "model", onnx="int8")
 
 
 def test_fewshot_artifact_reloads_exports_and_evaluates_the_same_predictions(
@@ -281,23 +282,23 @@ def test_fewshot_artifact_reloads_exports_and_evaluates_the_same_predictions(
 
 def test_fewshot_trains_further_keeps_its_head_kind_and_a_new_finetune_head_drops_it(tiny_bert: Path,
                                                                                     tmp_path: Path) -> None:
-    first = TextClassifier(str(tiny_bert), {"epochs": "2", "precision": "fp32"}).fit(_channel(tmp_path / "t", 32))
-    folder = first.save(tmp_path / "first", onnx="none")
+    first = TextClassifier(str(tiny_bert), {"epochs": "2", "precision": "fp32"}).fit(read_channel(_channel(tmp_path / "t", 32)))
+    folder = first.save(tmp_path / "first")
     more = _channel(tmp_path / "more", 24, seed=3)
-    further = TextClassifier(hyperparameters={**AUTO, "epochs": "1"}, init_model=folder).fit(more)
+    further = TextClassifier(hyperparameters={**AUTO, "epochs": "1"}, init_model=folder).fit(read_channel(more))
     assert isinstance(further.model_, architectures.MeanPooled)
     assert further.manifest_["training_recipe"] == {"name": "fewshot", "reason": "auto: 24 training rows for 2 "
                                                     "classes (12 a class, fewer than 200)", "head": "mean of the token vectors"}
     own = TextClassifier(hyperparameters={**FAST, "epochs": "1", "reinitialize_top_layer": "True"},
-                         init_model=folder).fit(more)
+                         init_model=folder).fit(read_channel(more))
     assert not isinstance(own.model_, architectures.MeanPooled)
-    saved = own.save(tmp_path / "own", onnx="none")
+    saved = own.save(tmp_path / "own")
     assert "textfit_pooling" not in json.loads((saved / "config.json").read_text())
 
 
 def test_fewshot_calibrates_and_evaluates_on_a_validation_channel(tiny_bert: Path, tmp_path: Path) -> None:
     clf = TextClassifier(str(tiny_bert), {**AUTO, "epochs": "2", "calibrate": "True"}).fit(
-        _channel(tmp_path / "train", 40), validation=_channel(tmp_path / "val", 20, seed=9))
+        read_channel(_channel(tmp_path / "train", 40)), validation=read_channel(_channel(tmp_path / "val", 20, seed=9)))
     assert clf.manifest_["training_recipe"]["name"] == "fewshot"
     assert all(m["val_accuracy"] is not None for m in clf.history_)
     assert clf.validation_report_ is not None and clf.validation_report_["rows"] == 20
@@ -321,7 +322,7 @@ def test_fewshot_calibrates_and_evaluates_on_a_validation_channel(tiny_bert: Pat
 def test_fewshot_multi_label(tiny_bert: Path, tmp_path: Path) -> None:
     data = write(tmp_path / "train" / "data.csv", make_multi_rows(48))
     hp = {"epochs": "20", "batch_size": "8", "learning_rate": "0.002", "precision": "fp32", "multi_label": "True"}
-    clf = TextClassifier(str(tiny_bert), hp).fit(data)
+    clf = TextClassifier(str(tiny_bert), hp).fit(read_channel(data, multi_label=True))
     assert clf.manifest_["training_recipe"]["name"] == "fewshot"
     assert clf.thresholds_ == [0.5, 0.5, 0.5]  # no rows held out to choose them on
     held_out = make_multi_rows(60, seed=11)
@@ -337,7 +338,7 @@ def test_fewshot_multi_label_past_the_label_budget_starts_from_the_class_means(
     caplog.set_level(logging.INFO, logger="textfit")
     data = write(tmp_path / "train" / "data.csv", make_multi_rows(48))
     hp = {"epochs": "20", "batch_size": "8", "learning_rate": "0.002", "precision": "fp32", "multi_label": "True"}
-    clf = TextClassifier(str(tiny_bert), hp).fit(data)
+    clf = TextClassifier(str(tiny_bert), hp).fit(read_channel(data, multi_label=True))
     assert "(3 labels: past the 2 the linear probe is fitted on)" in caplog.text
     held_out = make_multi_rows(60, seed=11)
     predicted = clf.predict([t for _, t in held_out])
@@ -359,7 +360,7 @@ def test_embedded_minilm_learns_from_sixteen_examples_a_class_with_the_defaults(
     rng.shuffle(rows)
     picked = [r for label in ("0", "1") for r in [r for r in rows if r[0] == label][:16]]
     rest = [r for r in rows if r not in picked]
-    clf = TextClassifier(hyperparameters={"precision": "fp32"}).fit(write_csv(tmp_path / "t" / "data.csv", picked).parent)
+    clf = TextClassifier(hyperparameters={"precision": "fp32"}).fit(read_channel(write_csv(tmp_path / "t" / "data.csv", picked).parent))
     assert clf.manifest_["training_recipe"]["name"] == "fewshot"
     accuracy = np.mean([p == y for p, (y, _) in zip(clf.predict([t for _, t in rest]), rest)])
     assert accuracy >= 0.85, accuracy

@@ -17,6 +17,7 @@ import torch
 from tests.conftest import make_rows, write_csv
 from textfit import TextClassifier
 from textfit.cli import main
+from textfit.data.channels import read_channel
 from textfit.errors import TrainingInterrupted
 from textfit.training import kernels, loop
 from textfit.training.checkpoints import StopSignal
@@ -55,7 +56,7 @@ def test_fit_with_a_checkpoint_folder_installs_no_signal_handler_and_leaves_the_
         tiny_bert: Path, data: Path, tmp_path: Path, own_handlers: dict[int, Any], allocator_calls: list[str]) -> None:
     during: list[dict[int, Any]] = []
     clf = TextClassifier(str(tiny_bert), HP).fit(
-        data, checkpoint_dir=tmp_path / "ckpt", on_epoch=lambda epoch, m: during.append(
+        read_channel(data), checkpoint_dir=tmp_path / "ckpt", on_epoch=lambda epoch, m: during.append(
             {sig: signal.getsignal(sig) for sig in SIGNALS}))
     assert len(clf.history_) == 2 and (tmp_path / "ckpt" / "checkpoint.json").is_file()  # it did checkpoint
     assert during == [own_handlers, own_handlers]  # the program's own handlers, while it trains
@@ -74,7 +75,7 @@ def test_a_library_caller_stops_a_run_with_its_own_stop_object(tiny_bert: Path, 
             requester.join()
 
     with pytest.raises(TrainingInterrupted, match="at epoch 2, step 0") as stopped:
-        TextClassifier(str(tiny_bert), HP).fit(data, checkpoint_dir=tmp_path / "ckpt", on_epoch=after, stop=stop)
+        TextClassifier(str(tiny_bert), HP).fit(read_channel(data), checkpoint_dir=tmp_path / "ckpt", on_epoch=after, stop=stop)
     assert stopped.value.signum == signal.SIGTERM
     assert json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())["loop"]["epoch"] == 2
     assert {sig: signal.getsignal(sig) for sig in SIGNALS} == own_handlers
@@ -111,7 +112,7 @@ def test_the_faster_dropout_stays_in_the_training_thread(tiny_bert: Path, data: 
     worker = threading.Thread(target=other_thread)
     worker.start()
     try:
-        TextClassifier(str(tiny_bert), HP).fit(data)
+        TextClassifier(str(tiny_bert), HP).fit(read_channel(data))
         asks.put(True)  # and once more after fit
     finally:
         asks.put(False)
@@ -127,7 +128,7 @@ def test_disabled_kernels_train_with_torchs_dropout_and_eager_attention(
         tiny_bert: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kernels, "enabled", False)
     monkeypatch.setattr(kernels, "keep_mask", lambda *args: pytest.fail("the faster mask was drawn"))
-    TextClassifier(str(tiny_bert), HP).fit(data)
+    TextClassifier(str(tiny_bert), HP).fit(read_channel(data))
     assert loop.training_attention(torch.device("cpu"), None, 16) == "eager"
 
 

@@ -10,6 +10,7 @@ import torch
 
 from tests.conftest import make_rows
 from textfit.data import batching
+from textfit.data.channels import read_channel
 from textfit.hyperparameters import OPTIMIZERS, Hyperparameters
 from textfit.model import architectures
 from textfit.training import kernels, optimizers
@@ -332,7 +333,7 @@ def test_validation_is_scored_as_the_served_model_computes(tiny_bert: Path, tmp_
     channel = write_csv(tmp_path / "d" / "data.csv", make_rows(80)).parent
     clf = TextClassifier(str(tiny_bert), {"epochs": "3", "batch_size": "8", "learning_rate": "0.01",
                                           "optimizer": "adam", "precision": "bf16",
-                                          "training_recipe": "finetune"}).fit(channel)
+                                          "training_recipe": "finetune"}).fit(read_channel(channel))
     kept = clf.history_[clf.best_epoch_ - 1]
     assert clf.validation_report_ is not None
     assert kept["val_accuracy"] == clf.validation_report_["accuracy"]  # same rows, same fp32 computation

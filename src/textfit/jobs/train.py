@@ -8,16 +8,21 @@ rank 0 alone. The estimator it wraps (classifier.TextClassifier) knows none of t
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
+import platform
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from textfit.classifier import TextClassifier
+from textfit.classifier import LabelMode, TextClassifier, label_mode
 from textfit.core import ownership
+from textfit.data.channels import Channel, read_channel
 from textfit.errors import ArtifactError, ReportError, TextfitError
+from textfit.hyperparameters import Given
 from textfit.jobs import remote
 from textfit.model import artifact
 from textfit.training import distributed
@@ -77,8 +82,8 @@ def write_reports(clf: TextClassifier, folder: Path) -> list[str]:
 
 def save_artifact(clf: TextClassifier, output: str | Path, *, overwrite: bool = False, tar: bool = False,
                   onnx: str = "fp32") -> Path:
-    """The training job's artifact: the model folder (TextClassifier.write_model: weights, tokenizer, labels,
-    manifest, ONNX graph) and its reports, written atomically together; with `tar`, `<output>.tar.gz` beside it
+    """The training job's artifact: the model folder (the ONNX graph, then TextClassifier.write_model: weights,
+    tokenizer, labels, manifest) and its reports, written atomically together; with `tar`, `<output>.tar.gz` beside it
     (SageMaker's model.tar.gz).
 
     Raises:
@@ -90,8 +95,15 @@ def save_artifact(clf: TextClassifier, output: str | Path, *, overwrite: bool = 
         raise ArtifactError("this model was loaded for ONNX inference only; load it with backend='torch' to save it")
     failed: list[str] = []
 
+    if onnx not in ("fp32", "int8", "none"):
+        raise ArtifactError(f"onnx={onnx!r} is not valid; use fp32, int8 or none")
+
+    _stamp(clf.manifest_)  # a model fitted in memory is saved as an artifact too (tuning's trials)
+
     def write(folder: Path) -> None:
-        failed.extend(clf.write_model(folder, onnx))
+        if onnx != "none":  # first: the manifest's digests then cover the graph
+            failed.extend(clf.write_graph(folder, quantize=onnx == "int8"))
+        clf.write_model(folder)
         failed.extend(write_reports(clf, folder))
 
     tarball = artifact.tarball_path(output) if tar else None
@@ -172,14 +184,18 @@ def train(train: str | Path, validation: str | Path | None = None, *, model_id: 
                 (flag, Path(p)) for flag, p in (("--train", train), ("--validation", validation), ("--output", output),
                                                 ("--model", model)) if p is not None and not remote.is_remote(p)])
         with contextlib.ExitStack() as stack:
-            local = lambda loc: None if loc is None else stack.enter_context(remote.local_copy(loc))  # noqa: E731
-            clf = TextClassifier(model_id, hyperparameters, init_model=local(model), allow_network=allow_network)
+            def local(location: str | Path) -> Path:
+                return stack.enter_context(remote.local_copy(location))
+
+            source = stack.enter_context(artifact.opened(local(model))) if model is not None else None
+            given = Given.parse(dict(hyperparameters or {}))  # a wrong value is told before any data is read
+            train_ch, val_ch = read_channels(local(train), local(validation) if validation is not None else None,
+                                             label_mode(given, source))
+            clf = TextClassifier(model_id, hyperparameters, init_model=source, allow_network=allow_network)
             on_epoch = stack.enter_context(_tensorboard(tensorboard)) if tensorboard and world.is_main else None
-            clf.fit(local(train), validation=local(validation), on_epoch=on_epoch,  # type: ignore[arg-type]
-                    checkpoint_dir=checkpoint_dir, stop=stop)
-            clf.init_model = model  # the manifest names where it came from, not the temporary copy
-            if model is not None:
-                clf.manifest_["initialized_from"] = str(model)
+            clf.fit(train_ch, validation=val_ch, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir, stop=stop)
+            clf.init_model = model  # where it came from, not the folder it was extracted to
+        record_provenance(clf, train_ch, val_ch, model)
         clf.manifest_["workers"] = world.size
         if output is not None and world.is_main:  # one artifact, written by rank 0 alone
             _save(clf, output, tar, overwrite, onnx)
@@ -187,6 +203,45 @@ def train(train: str | Path, validation: str | Path | None = None, *, model_id: 
         if world.active:
             distributed.shutdown()
     return clf
+
+
+def read_channels(train: str | Path, validation: str | Path | None, mode: LabelMode
+                  ) -> tuple[Channel, Channel | None]:
+    """The training channel and the validation channel (if any), every row checked, labels read as `mode` says."""
+    def read(path: str | Path) -> Channel:
+        return read_channel(path, multi_label=mode.multi_label, delimiter=mode.delimiter)
+
+    return read(train), read(validation) if validation is not None else None
+
+
+def _versions() -> dict[str, str]:
+    import tokenizers
+    import torch
+    import transformers
+
+    from textfit import __version__
+
+    return {"textfit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__, "python": platform.python_version()}
+
+
+def record_provenance(clf: TextClassifier, train: Channel, validation: Channel | None,
+                      model: str | Path | None) -> None:
+    """What the manifest says of where a fit's model came from: each channel's file and digest, the model trained
+    further, the versions that trained it and when."""
+    data = clf.manifest_["data"]
+    data["train"] = {"file": str(train.path), "sha256": train.fingerprint, **data["train"]}
+    if data.get("validation") is not None:
+        source = validation or train  # a split of the training channel
+        data["validation"] = {"file": str(source.path), "sha256": source.fingerprint, **data["validation"]}
+    clf.manifest_["initialized_from"] = str(model) if model is not None else None
+    _stamp(clf.manifest_)
+
+
+def _stamp(manifest: dict[str, Any]) -> None:
+    """The versions that trained the model and when, unless the job recorded them already."""
+    manifest.setdefault("versions", _versions())
+    manifest.setdefault("created", datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
 
 
 def load(path: str | Path, *, backend: str = "torch", quantized: bool = False,

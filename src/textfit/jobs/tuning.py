@@ -511,8 +511,12 @@ def _counted(study: Any) -> int:
 def _objective(job: TuningJob) -> Any:
     import optuna
 
-    from textfit.classifier import TextClassifier
-    from textfit.jobs.train import save_artifact
+    from textfit.classifier import LabelMode, TextClassifier
+    from textfit.jobs.train import read_channels, save_artifact
+
+    typed = parse_hyperparameters(job.fixed)  # the label mode is fixed for the study: the channels are read once
+    mode = LabelMode(bool(typed.get("multi_label", False)), str(typed.get("label_delimiter", "|")))
+    train, validation = read_channels(job.train, job.validation, mode)
 
     def objective(trial: optuna.Trial) -> float:
         params = sample(trial, job.ranges, job.fixed, job.default_optimizer)
@@ -529,7 +533,7 @@ def _objective(job: TuningJob) -> Any:
         if job.validation is None and "validation_split_ratio" not in params:
             # a trial is scored on held-out rows; the small-data recipe holds rows out only when asked to
             params = {**params, "validation_split_ratio": str(FIELDS["validation_split_ratio"].default)}
-        clf = TextClassifier(job.model_id, params).fit(job.train, validation=job.validation, on_epoch=report)
+        clf = TextClassifier(job.model_id, params).fit(train, validation=validation, on_epoch=report)
         saved = save_artifact(clf, Path(job.output) / "trials" / f"trial-{trial.number}", overwrite=True,
                               onnx="none")
         trial.set_user_attr("model", f"{socket.gethostname()}:{saved.resolve()}")

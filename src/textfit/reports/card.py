@@ -70,7 +70,8 @@ layer on its pooled output, fine-tuned with textfit {manifest['versions']['textf
     ("base model", base),
     ("base model licence", license_),
     ("classes", ", ".join(manifest["classes"]["labels"])),
-    ("training data", f"`{train['file']}`, {train['rows']} rows, sha256 `{train['sha256'][:16]}...`"),
+    ("training data", f"`{train['file']}`, {train['rows']} rows, sha256 `{train['sha256'][:16]}...`" if "sha256" in train
+     else f"{train['rows']} rows given in memory"),
     ("rows per class", classes),
     ("validation", manifest["data"]["validation_source"]),
     ("kept epoch", f"{manifest['best_epoch']} of {len(manifest['epochs'])} (best val_accuracy)"),

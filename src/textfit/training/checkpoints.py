@@ -64,7 +64,7 @@ class StopSignal:
     another thread), and fit raises TrainingInterrupted once the checkpoint is written.
 
     >>> stop = StopSignal()
-    >>> clf.fit("data/", checkpoint_dir="ckpt/", stop=stop)  # doctest: +SKIP
+    >>> clf.fit(texts, labels, checkpoint_dir="ckpt/", stop=stop)  # doctest: +SKIP
     >>> stop.request()  # from another thread: the run writes its checkpoint and stops  # doctest: +SKIP
     """
 
