@@ -41,7 +41,7 @@ def main() -> None:
         rows = []
         for name, hp in CANDIDATES.items():
             start = time.perf_counter()
-            clf = TextClassifier(hyperparameters={**hp, "max_seq_length": str(args.max_seq_length)}).fit(train)
+            clf = TextClassifier(hyperparameters={**hp, "max_seq_length": str(args.max_seq_length)}).fit(read_channel(train))
             seconds = time.perf_counter() - start
             predicted = clf.predict(test_ch.texts)
             acc = sum(int(p) == y for p, y in zip(predicted, test_ch.labels)) / len(predicted)

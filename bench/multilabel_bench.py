@@ -89,11 +89,12 @@ def micro_f1(y: np.ndarray, predicted: np.ndarray) -> float:
 
 def run_textfit(root: Path, labels: list[str], epochs: int, seq: int) -> dict[str, float]:
     from textfit import TextClassifier
+    from textfit.data.channels import read_channel
 
     hp = {"multi_label": "True", "optimizer": "adamw", "learning_rate": str(LR), "epochs": str(epochs),
           "batch_size": str(BATCH), "max_seq_length": str(seq), "validation_split_ratio": "0.1", "seed": "42"}
     start = time.perf_counter()
-    clf = TextClassifier(hyperparameters=hp).fit(root / "train")
+    clf = TextClassifier(hyperparameters=hp).fit(read_channel(root / "train", multi_label=True))
     seconds = sum(m["seconds"] for m in clf.history_)  # the epochs themselves, as the Trainer's train_runtime
     total = time.perf_counter() - start
     texts, y = read(root / "test", labels)

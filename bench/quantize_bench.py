@@ -27,7 +27,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         train, test = channels(Path(tmp))
-        TextClassifier().fit(train).save(Path(tmp) / "model")
+        TextClassifier().fit(read_channel(train)).save(Path(tmp) / "model")
         model = Path(tmp) / "model"
         TextClassifier.load(model).export_onnx(model, quantize=True)
         test_ch = read_channel(test)

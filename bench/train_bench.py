@@ -66,7 +66,7 @@ def run_textfit(train: Path, test: Path, epochs: int, seq: int, extra: dict[str,
 
     hp = {**HP, "epochs": str(epochs), "max_seq_length": str(seq), **extra}
     start = time.perf_counter()
-    clf = TextClassifier(hyperparameters=hp).fit(train)
+    clf = TextClassifier(hyperparameters=hp).fit(read_channel(train))
     fit_seconds = time.perf_counter() - start  # everything: reading, loading, tokenizing, feature cache, epochs
     seconds = sum(m["seconds"] for m in clf.history_)
     rows = clf.manifest_["data"]["train"]["rows"]

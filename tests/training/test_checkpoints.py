@@ -85,6 +85,11 @@ def test_a_sigkill_loses_at_most_the_epoch_in_progress(tiny_bert: Path, data: Pa
     while not (tmp_path / "ckpt" / "checkpoint.json").is_file() and time.monotonic() < deadline:
         time.sleep(0.05)  # the epoch-end checkpoint is written just after the epoch's line
     kill(proc)
+    # as textfit 0.1 wrote it: its warm-up was a plain function, saved by LambdaLR as null; that checkpoint resumes
+    state = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
+    assert state["schedule"]["lr_lambdas"] and all(isinstance(f, dict) for f in state["schedule"]["lr_lambdas"])
+    state["schedule"]["lr_lambdas"] = [None] * len(state["schedule"]["lr_lambdas"])
+    (tmp_path / "ckpt" / "checkpoint.json").write_text(json.dumps(state))
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming from checkpoint" in resumed.stderr and "epoch 2, step 0" in resumed.stderr

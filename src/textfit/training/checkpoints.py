@@ -154,6 +154,18 @@ SHAPE = {
 DAMAGED = "the checkpoint is damaged or edited; delete the folder to start over"
 
 
+def _schedule_state(saved: Any, current: dict[str, Any]) -> Any:
+    """A saved schedule's state as this run's schedule loads it. textfit before 0.2 built its warm-up from a plain
+    function, whose entry in `lr_lambdas` a LambdaLR saves as null; the schedule it saved is, like today's
+    transformers schedule, a pure function of the step count (`last_epoch`), so its entries take today's, which
+    hold no state either, and a checkpoint of that version resumes."""
+    if isinstance(saved, dict) and isinstance(saved.get("lr_lambdas"), list) and \
+            isinstance(current.get("lr_lambdas"), list) and len(saved["lr_lambdas"]) == len(current["lr_lambdas"]):
+        lambdas = [now if was is None else was for was, now in zip(saved["lr_lambdas"], current["lr_lambdas"])]
+        return {**saved, "lr_lambdas": lambdas}
+    return saved
+
+
 def _read_state(folder: Path) -> dict[str, Any]:
     """checkpoint.json, of the shape `save` writes and with values a loop can resume at; one line if not."""
     path = folder / STATE
@@ -239,6 +251,8 @@ class Checkpointer:
             if (meta[name] is not None) != used:
                 raise TextfitError(f"{self.folder / STATE}: field {name!r} is {shapes.found(meta[name])}, but this run "
                                    f"{'has a' if used else 'has no'} {what}; {DAMAGED}")
+        if schedule is not None and meta["schedule"] is not None:
+            meta["schedule"] = _schedule_state(meta["schedule"], schedule.state_dict())
         why = (shapes.like(meta["optimizer"]["param_groups"], optimizer.state_dict()["param_groups"],
                            "optimizer.param_groups")
                or (shapes.like(meta["schedule"], schedule.state_dict(), "schedule") if schedule is not None else None)
