@@ -21,18 +21,20 @@ _PUBLIC = {
     "TextClassifier": "textfit.classifier",
     "TextfitError": "textfit.errors",
     "create_app": "textfit.serving.server",
+    "inspect": "textfit.jobs.inspection",
     "load": "textfit.jobs.train",
     "read_channel": "textfit.data.channels",
     "train": "textfit.jobs.train",
 }
-__all__ = ["Hyperparameters", "TextClassifier", "TextfitError", "__version__", "create_app", "load", "read_channel",
-           "train"]
+__all__ = ["Hyperparameters", "TextClassifier", "TextfitError", "__version__", "create_app", "inspect", "load",
+           "read_channel", "train"]
 
 if TYPE_CHECKING:
     from textfit.classifier import TextClassifier
     from textfit.data.channels import read_channel
     from textfit.errors import TextfitError
     from textfit.hyperparameters import Hyperparameters
+    from textfit.jobs.inspection import inspect
     from textfit.jobs.train import load, train
     from textfit.serving.server import create_app
 

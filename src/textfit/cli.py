@@ -306,6 +306,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from textfit.hyperparameters import Given, parse_assignments
+    from textfit.jobs.inspection import inspect, write_clean
+
+    hyperparameters = parse_assignments(args.hp or [])
+    given = Given.parse(hyperparameters).values  # typed at the edge: a wrong value is one line before any work
+    multi = bool(given.get("multi_label", False))
+    delimiter = str(given.get("label_delimiter", "|"))
+    if args.write_clean:  # checked before the encoder runs: a folder textfit may not write is refused at once
+        from textfit.core import ownership
+
+        ownership.check_writable(Path(args.write_clean), ownership.INSPECTION, "--write-clean")
+    found = inspect(args.train, args.validation, args.test, model_id=args.model_id, output=args.output,
+                    multi_label=multi, label_delimiter=delimiter, label_errors=args.label_errors, folds=args.folds,
+                    max_seq_length=given.get("max_seq_length"), near=args.near, seed=int(given.get("seed", 0)),
+                    hyperparameters=hyperparameters, allow_network=args.allow_network)
+    for line in found.summary():
+        print(line)
+    if args.output:
+        log.info("Wrote inspect.json and label_issues.csv to %s", args.output)
+    if args.write_clean:
+        counts = write_clean(args.train, args.write_clean, decisions=args.decisions, found=found,
+                             below=args.drop_below, multi_label=multi, label_delimiter=delimiter)
+        print(f"Clean channel: {counts['kept']} rows in {Path(args.write_clean) / 'data.csv'} ({counts['duplicates']} "
+              f"duplicates and {counts['dropped']} chosen rows left out, {counts['relabelled']} relabelled)")
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from textfit.hyperparameters import parse_assignments
     from textfit.jobs.tuning import tune
@@ -602,6 +630,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="folder for metrics.json and PNG plots")
     _inference_options(evaluate, default_backend="torch")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    insp = sub.add_parser("inspect", help="find duplicates, leaks, conflicting labels and likely label errors")
+    insp.add_argument("--train", required=True, help="training channel (folder with data.csv, or a CSV file)")
+    insp.add_argument("--validation", help="validation channel, checked for copies of training rows")
+    insp.add_argument("--test", help="test channel or CSV file, checked for copies of training and validation rows")
+    insp.add_argument("--model-id", help="encoder for lengths and label errors (default: the embedded model)")
+    insp.add_argument("--output", help="folder for inspect.json, label_issues.csv and label_quality.png")
+    insp.add_argument("--label-errors", choices=("probe", "finetune", "none"), default="probe",
+                      help="how out-of-sample probabilities are made: probe (the frozen encoder's features and a "
+                           "logistic regression per fold, the default), finetune (the model fine-tuned per fold), "
+                           "or none")
+    insp.add_argument("--folds", type=int_in(2, 20), default=5, help="k of the k-fold cross-validation (default 5)")
+    insp.add_argument("--near", type=float_in(0.5, 1.0), help="also report texts whose embeddings are at this "
+                      "cosine or above (0.95, say)")
+    insp.add_argument("--hp", action="append", metavar="NAME=VALUE",
+                      help="multi_label, label_delimiter, max_seq_length, seed; for --label-errors finetune, "
+                           "the training hyperparameters too")
+    insp.add_argument("--write-clean", metavar="DIR", help="write a training channel without the duplicates and "
+                      "the rows chosen (--decisions, --drop-below)")
+    insp.add_argument("--decisions", help="an edited label_issues.csv: its action column (drop, keep, relabel) "
+                      "decides each row")
+    insp.add_argument("--drop-below", type=float_in(0.0, 1.0), help="leave out the flagged rows whose label "
+                      "quality score is below this")
+    insp.add_argument("--allow-network", action="store_true", help="let a model missing here be downloaded")
+    insp.set_defaults(func=cmd_inspect)
 
     tune = sub.add_parser("tune", help="search hyperparameters to maximise val_accuracy (Optuna)")
     tune.add_argument("--train", required=True, help="training channel (folder with data.csv, or a CSV file)")

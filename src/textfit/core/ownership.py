@@ -18,6 +18,7 @@ from textfit.errors import ArtifactError
 
 MARKER = ".textfit"
 ARTIFACT, CHECKPOINT, TUNING, EVALUATION, STORE = "artifact", "checkpoint", "tuning", "evaluation", "store"
+INSPECTION = "inspection"
 
 # The entries each kind of folder held before the marker existed: a folder of one of these kinds written by an
 # earlier textfit is still textfit's to replace.

@@ -20,6 +20,7 @@ from typing import Any
 
 from textfit.classifier import LabelMode, TextClassifier, label_mode
 from textfit.core import ownership
+from textfit.data import quality
 from textfit.data.channels import Channel, read_channel
 from textfit.errors import ArtifactError, ReportError, TextfitError
 from textfit.hyperparameters import Given
@@ -191,6 +192,8 @@ def train(train: str | Path, validation: str | Path | None = None, *, model_id: 
             given = Given.parse(dict(hyperparameters or {}))  # a wrong value is told before any data is read
             train_ch, val_ch = read_channels(local(train), local(validation) if validation is not None else None,
                                              label_mode(given, source))
+            if world.is_main:
+                log_data_checks(train_ch, val_ch)
             clf = TextClassifier(model_id, hyperparameters, init_model=source, allow_network=allow_network)
             on_epoch = stack.enter_context(_tensorboard(tensorboard)) if tensorboard and world.is_main else None
             clf.fit(train_ch, validation=val_ch, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir, stop=stop)
@@ -212,6 +215,16 @@ def read_channels(train: str | Path, validation: str | Path | None, mode: LabelM
         return read_channel(path, multi_label=mode.multi_label, delimiter=mode.delimiter)
 
     return read(train), read(validation) if validation is not None else None
+
+
+def log_data_checks(train: Channel, validation: Channel | None) -> None:
+    """One line each for copies between training and validation rows and for conflicting labels: hashing only
+    (data/quality.py), nothing refused."""
+    splits = {"train": (train.texts, train.labels, train.lines)}
+    if validation is not None:
+        splits["validation"] = (validation.texts, validation.labels, validation.lines)
+    for line in quality.training_lines(quality.inspect_splits(splits, flag_texts=False)):
+        log.info("%s", line)
 
 
 def _versions() -> dict[str, str]:

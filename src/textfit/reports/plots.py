@@ -131,3 +131,37 @@ def per_label_outcomes(report: metrics.MultiLabelReport, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def label_quality(scores: np.ndarray, flagged: np.ndarray, pairs: list[tuple[str, str]], path: Path,
+                  top: int = 20) -> Path:
+    """Left: the label quality score of every training row, the rows flagged as likely label errors apart; right:
+    given against suggested label among the flagged rows (the `top` most frequent labels)."""
+    plt = _pyplot()
+    fig, (hist_ax, pair_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    bins = np.linspace(0.0, 1.0, 41)
+    hist_ax.hist(scores[~flagged], bins=bins, color="#4c72b0", label=f"not flagged ({int((~flagged).sum())})")
+    hist_ax.hist(scores[flagged], bins=bins, color="#dd5555", label=f"likely label errors ({int(flagged.sum())})")
+    hist_ax.set(xlabel="label quality (cleanlab's score of the given label)", ylabel="training rows",
+                title="label quality of every training row")
+    hist_ax.legend()
+    given = [g for g, _ in pairs]
+    suggested = [s for _, s in pairs]
+    names = [name for name, _ in sorted(((n, given.count(n) + suggested.count(n)) for n in set(given + suggested)),
+                                        key=lambda kv: (-kv[1], kv[0]))[:top]]
+    counts = np.zeros((len(names), len(names)), dtype=int)
+    for g, s in pairs:
+        if g in names and s in names:
+            counts[names.index(g), names.index(s)] += 1
+    pair_ax.imshow(counts if names else np.zeros((1, 1)), cmap="Reds")
+    pair_ax.set(xlabel="suggested label", ylabel="given label", title="flagged rows: given against suggested")
+    pair_ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    pair_ax.set_yticks(range(len(names)), names, fontsize=8)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if counts[i, j]:
+                pair_ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
