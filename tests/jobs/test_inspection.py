@@ -134,6 +134,9 @@ def test_multi_label_issues(tmp_path: Path) -> None:
     top = [issue.line for issue in found.label_issues[:6]]
     assert {i + 1 for i in flipped} <= set(top), (top, found.label_issues[:6])
     assert all("good" in issue.suggested for issue in found.label_issues if issue.line in {i + 1 for i in flipped})
+    per_label = {(e["label"], e["given"], e["suggested"]): e["rows"] for e in found.method["per_label"]}
+    assert per_label[("good", False, True)] >= len(flipped)  # the rows given without "good" that have it
+    assert any(line.startswith("Label issues (good): ") and "miss it" in line for line in found.summary())
 
 
 def test_fine_tuned_folds(tiny_bert: Path, tmp_path: Path) -> None:
@@ -230,3 +233,14 @@ def test_training_logs_copies_and_conflicts(tiny_bert: Path, tmp_path: Path,
                  "--onnx", "none"]) == 0
     assert "Duplicates: 2 of 3 validation texts appear in the training data" in caplog.text
     assert "Conflicts: 1 texts appear with different labels (2 rows" in caplog.text
+
+
+def test_near_duplicates_by_embedding_leave_copies_out(tmp_path: Path) -> None:
+    rows = [("sport", "the striker scored two goals in the final"), ("sport", "in the final the striker scored two goals"),
+            ("money", "shares fell sharply on the stock market"), ("money", "Shares fell sharply on the stock  market"),
+            ("science", "the telescope found a distant planet"), ("science", "a new vaccine passed its trial")]
+    folder = write_csv(tmp_path / "t" / "data.csv", rows).parent
+    found = inspect(folder, label_errors="none", near=0.9)
+    assert [(p.a.line, p.b.line) for p in found.near_duplicates] == [(1, 2)]  # lines 3 and 4 are copies
+    assert found.near_count == 1 and found.near_duplicates[0].cosine > 0.9
+    assert "Near-duplicates: 1 pairs of texts at cosine >= 0.9 that are not copies" in found.summary()
