@@ -97,11 +97,56 @@ def test_a_sigkill_loses_at_most_the_epoch_in_progress(tiny_bert: Path, data: Pa
     _same_weights(tmp_path / "model", uninterrupted)
 
 
-def test_a_checkpoint_of_another_run_is_refused(tiny_bert: Path, data: Path, tmp_path: Path,
-                                                uninterrupted: Path) -> None:
-    ckpt = uninterrupted.parent / "ckpt"
-    with pytest.raises(TextfitError, match="holds a checkpoint of another training run"):
+def _copy_checkpoint(finished_run: Path, to: Path, **changes: object) -> Path:
+    import shutil
+
+    shutil.copytree(finished_run, to)
+    state = json.loads((to / "checkpoint.json").read_text())
+    (to / "checkpoint.json").write_text(json.dumps({**state, **changes}))
+    return to
+
+
+def test_an_unfinished_checkpoint_of_another_run_is_refused(tiny_bert: Path, data: Path, tmp_path: Path,
+                                                            uninterrupted: Path) -> None:
+    ckpt = _copy_checkpoint(uninterrupted.parent / "ckpt", tmp_path / "ckpt", finished=False)
+    before = (ckpt / "checkpoint.json").read_bytes()
+    with pytest.raises(TextfitError, match="another training run that has not finished"):
         TextClassifier(str(tiny_bert), {**HP, "learning_rate": "0.02"}).fit(read_channel(data), checkpoint_dir=ckpt)
+    assert (ckpt / "checkpoint.json").read_bytes() == before
+    # a checkpoint written before runs said whether they finished is taken as unfinished
+    state = json.loads(before)
+    del state["finished"]
+    (ckpt / "checkpoint.json").write_text(json.dumps(state))
+    with pytest.raises(TextfitError, match="has not finished"):
+        TextClassifier(str(tiny_bert), {**HP, "learning_rate": "0.02"}).fit(read_channel(data), checkpoint_dir=ckpt)
+
+
+def test_a_finished_run_s_checkpoint_gives_way_to_a_new_job(tiny_bert: Path, data: Path, tmp_path: Path,
+                                                            uninterrupted: Path, caplog: pytest.LogCaptureFixture
+                                                            ) -> None:
+    """Every job given the same checkpoint location: the next one starts fresh over a finished run's checkpoint,
+    which stays until the new run's own first checkpoint is written."""
+    finished = json.loads((uninterrupted.parent / "ckpt" / "checkpoint.json").read_text())
+    assert finished["finished"] is True and finished["loop"]["epoch"] == 4
+    ckpt = _copy_checkpoint(uninterrupted.parent / "ckpt", tmp_path / "ckpt")
+
+    class Hopeless(Exception):
+        pass
+
+    def give_up(epoch: int, metrics: object) -> None:
+        raise Hopeless  # the new run fails before its first checkpoint: the old one must still be there
+
+    other = {**HP, "learning_rate": "0.02", "epochs": "1"}
+    with pytest.raises(Hopeless):
+        TextClassifier(str(tiny_bert), other).fit(read_channel(data), checkpoint_dir=ckpt, on_epoch=give_up)
+    assert json.loads((ckpt / "checkpoint.json").read_text()) == finished
+    with caplog.at_level("INFO", logger="textfit"):
+        TextClassifier(str(tiny_bert), other).fit(read_channel(data), checkpoint_dir=ckpt)
+    assert "is of an earlier training run that finished: starting afresh" in caplog.text
+    assert "Resuming" not in caplog.text
+    mine = json.loads((ckpt / "checkpoint.json").read_text())
+    assert mine["fingerprint"] != finished["fingerprint"] and mine["finished"] is True
+    assert mine["loop"]["epoch"] == 2 and len(mine["loop"]["history"]) == 1
 
 
 def test_the_sagemaker_job_checkpoints_when_its_folder_exists(tmp_path: Path) -> None:

@@ -5,7 +5,10 @@ checkpoint at every epoch end and, once its StopSignal is requested, at the next
 `textfit train` and `textfit sagemaker train` request it on SIGTERM or SIGINT; fit installs no handler, and a
 program that calls it passes a StopSignal of its own to stop a run.
 A new run with the same folder, data and hyperparameters resumes from it with the same data order and random
-state, so it ends with the weights an uninterrupted run would have. A checkpoint is safetensors (every tensor:
+state, so it ends with the weights an uninterrupted run would have. A checkpoint says whether its run finished:
+a later job of other data or hyperparameters given the same folder (SageMaker users often give every job the same
+checkpoint_s3_uri) starts fresh over a finished run's checkpoint, which stays until the new run's first checkpoint
+replaces it; an unfinished one of another run is refused, its state never mixed into another run. A checkpoint is safetensors (every tensor:
 weights, the best epoch's weights, optimizer moments, random generator states) and JSON (counters, history,
 scheduler): nothing is pickled.
 """
@@ -149,6 +152,7 @@ SHAPE = {
     "schedule": dict[str, Any] | None,
     "scaler": dict[str, Any] | None,
     "has_best": bool,
+    "finished": Maybe(bool),  # absent before 0.2: such a checkpoint is taken as unfinished
 }
 """checkpoint.json, as `save` writes it (the loop is LoopState's fields)."""
 DAMAGED = "the checkpoint is damaged or edited; delete the folder to start over"
@@ -210,8 +214,10 @@ class Checkpointer:
     """The run stops at the next step boundary once it is requested; by default nothing requests it."""
 
     def save(self, state: LoopState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             schedule: Any, scaler: torch.amp.GradScaler, best: dict[str, torch.Tensor] | None) -> None:
-        """Both files into a staged folder, renamed into place: a kill while writing leaves the previous one."""
+             schedule: Any, scaler: torch.amp.GradScaler, best: dict[str, torch.Tensor] | None,
+             finished: bool = False) -> None:
+        """Both files into a staged folder, renamed into place: a kill while writing leaves the previous one.
+        `finished`: the run has no step left (its last epoch, or early stopping, is done)."""
         from safetensors.torch import save_file
 
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -223,7 +229,8 @@ class Checkpointer:
             tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
         meta = {"version": VERSION, "fingerprint": self.fingerprint, "loop": asdict(state), "optimizer": optim_meta,
                 "schedule": schedule.state_dict() if schedule is not None else None,
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None, "has_best": best is not None}
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None, "has_best": best is not None,
+                "finished": finished}
         with artifact.staged(self.folder, folder=True, kind="checkpoint") as tmp:
             # tied weights (an embedding shared with a decoder) are one tensor twice: safetensors wants copies
             save_file({k: v.clone() for k, v in tensors.items()}, str(tmp / TENSORS))
@@ -231,10 +238,12 @@ class Checkpointer:
 
     def load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
              scaler: torch.amp.GradScaler) -> tuple[LoopState, dict[str, torch.Tensor] | None] | None:
-        """Restore a checkpoint of this run (same data, hyperparameters and model) in place; None if there is none.
+        """Restore a checkpoint of this run (same data, hyperparameters and model) in place; None if there is none,
+        or if it is a finished run's of other data, hyperparameters or model (this run starts fresh, and its first
+        checkpoint replaces that one).
 
         Raises:
-            TextfitError: the folder holds a checkpoint of another run, or a damaged one.
+            TextfitError: the folder holds an unfinished checkpoint of another run, or a damaged one.
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -243,8 +252,13 @@ class Checkpointer:
             return None
         meta = _read_state(self.folder)
         if meta["fingerprint"] != self.fingerprint:
-            raise TextfitError(f"{self.folder} holds a checkpoint of another training run (other data, "
-                               "hyperparameters or model); use another --checkpoint-dir, or delete it to start over")
+            if meta.get("finished"):
+                log.info("Checkpoint %s is of an earlier training run that finished: starting afresh (it stays until "
+                         "this run's first checkpoint replaces it)", self.folder)
+                return None
+            raise TextfitError(f"{self.folder} holds the checkpoint of another training run that has not finished "
+                               "(other data, hyperparameters or model); run that job again to finish it, use another "
+                               "--checkpoint-dir, or delete it to start over")
         # the JSON parts are of the kinds this run's own optimizer, schedule and scaler hold, before any is loaded
         for name, what, used in (("schedule", "learning-rate schedule", schedule is not None),
                                  ("scaler", "gradient scaler (fp16)", scaler.is_enabled())):

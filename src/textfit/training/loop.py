@@ -498,7 +498,8 @@ def train(model: architectures.Model, train_data: Encoded, val_data: Encoded | N
         if checkpoint is not None and world.is_main:  # an epoch's work is never lost to a kill
             checkpoint.save(LoopState(hp.epochs + 1 if stop else epoch + 1, 0, [0.0, 0.0, 0, 0],
                                       [m.as_dict(full=True) for m in result.history], result.best_epoch, state.wait,
-                                      state.es_best, stop), model, optimizer, schedule, scaler, best_state)
+                                      state.es_best, stop), model, optimizer, schedule, scaler, best_state,
+                            finished=stop or epoch == hp.epochs)
         if stop:
             break
 
