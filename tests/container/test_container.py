@@ -180,7 +180,7 @@ def test_serving_in_network_isolation(server: tuple[str, float], trained: Path) 
     batch = ask(name, "/invocations", json.dumps(["a dull, slow plot", "a wonderful film"]), "application/json")
     assert batch["status"] == 200 and len(json.loads(str(batch["body"]))) == 2
     params = ask(name, "/execution-parameters", method="GET")
-    assert json.loads(str(params["body"]))["MaxPayloadInMB"] == 6
+    assert json.loads(str(params["body"])) == {"MaxConcurrentTransforms": 4, "MaxPayloadInMB": 6}
     assert ask(name, "/invocations", "x", "application/xml")["status"] == 415
 
 

@@ -138,8 +138,8 @@ def test_a_full_queue_is_503_with_retry_after(clf: TextClassifier, monkeypatch: 
 
 
 def test_execution_parameters_and_metrics(client: TestClient) -> None:
-    assert client.get("/execution-parameters").json() == {"MaxConcurrentTransforms": 4, "BatchStrategy": "MULTI_RECORD",
-                                                          "MaxPayloadInMB": 1}
+    # no BatchStrategy: the service and the SageMaker SDK spell it differently, and both default to multi-record
+    assert client.get("/execution-parameters").json() == {"MaxConcurrentTransforms": 4, "MaxPayloadInMB": 1}
     client.post("/invocations", content=GOOD)
     client.post("/invocations", content=b"", headers={"Content-Type": "application/x-text"})
     text = client.get("/metrics").text
@@ -225,6 +225,73 @@ def test_settings_from_the_sagemaker_environment(monkeypatch: pytest.MonkeyPatch
     settings = ServeSettings.from_environment(max_batch=8, max_body_bytes=None)
     assert (settings.max_body_bytes, settings.default_accept, settings.max_batch) == (
         2 * 1024 * 1024, "application/jsonlines", 8)
+    assert (settings.batch, settings.batch_strategy) == (False, "MULTI_RECORD")
+    monkeypatch.setenv("SAGEMAKER_BATCH", "True")
+    monkeypatch.setenv("SAGEMAKER_BATCH_STRATEGY", "SINGLE_RECORD")
+    settings = ServeSettings.from_environment()
+    assert (settings.batch, settings.batch_strategy) == (True, "SINGLE_RECORD")
+
+
+# ------------------------------------------------------------------------------------ batch transform
+
+# Lines as a batch transform's line splitter cuts them: quoted fields with commas, a blank line, UTF-8 beyond
+# Latin (a line separator U+2028 and a next-line U+0085 inside texts, which are not line breaks there), CRLF.
+LINES = ['"the film was good, and great"', "the plot was bad, awful", "", "a film \u2028 that was good",
+         "très bon film 好 \U0001f600", "bad\u0085 and awful", "   ", "good\r"]
+TEXTS = ["the film was good, and great", "the plot was bad, awful", None, "a film \u2028 that was good",
+         "très bon film 好 \U0001f600", "bad\u0085 and awful", None, "good"]
+
+
+def _transform(clf: TextClassifier, strategy: str, content_type: str, accept: str) -> list[str]:
+    """Each record as the SageMaker SDK's local batch transform sends it (MultiRecord: the lines of the file in
+    one body; SingleRecord: one line a body), assembled as AssembleWith=Line does: each answer, then a newline."""
+    settings = ServeSettings(batch=True, batch_strategy=strategy, max_wait_ms=0)
+    lines = LINES if content_type == "text/csv" else [
+        json.dumps({"text": t}, ensure_ascii=False) if t is not None else line for line, t in zip(LINES, TEXTS)]
+    bodies = ["".join(line + "\n" for line in lines)] if strategy == "MULTI_RECORD" else [
+        line + "\n" for line in lines]
+    out = b""
+    with TestClient(create_app(clf, settings)) as c:
+        for body in bodies:
+            response = c.post("/invocations", content=body.encode(),
+                              headers={"Content-Type": content_type, "Accept": accept})
+            assert response.status_code == 200, response.text
+            out += response.content + b"\n"
+    return out.decode().split("\n")[:-1]
+
+
+@pytest.mark.parametrize("strategy", ["MULTI_RECORD", "SINGLE_RECORD"])
+@pytest.mark.parametrize(("content_type", "accept"), [("text/csv", "application/json;verbose"),
+                                                      ("text/csv", "text/csv;verbose"),
+                                                      ("application/jsonlines", "application/jsonlines"),
+                                                      ("text/csv", "application/jsonlines;verbose")])
+def test_batch_transform_answers_one_record_a_line_in_order(clf: TextClassifier, strategy: str, content_type: str,
+                                                            accept: str) -> None:
+    out = _transform(clf, strategy, content_type, accept)
+    expected = clf.predict_proba([t for t in TEXTS if t is not None])
+    if accept.startswith("application/json;") and strategy == "MULTI_RECORD":
+        out = [json.dumps(r) for r in json.loads(out[0])]  # one JSON list for the whole body
+    assert len(out) == len(LINES)  # one to one: no blank line between answers, none missing
+    rows = iter(expected)
+    for line, text in zip(out, TEXTS):
+        if text is None:
+            assert line == "" if accept.startswith("text/csv") else json.loads(line) == {
+                "error": "the line is blank; no text to classify"}
+            continue
+        want = next(rows)
+        if accept.startswith("text/csv"):
+            label, *probs = line.split(",")
+            assert label == str(int(want.argmax())) and np.allclose([float(p) for p in probs], want, atol=1e-6)
+        else:
+            record = json.loads(line)  # SingleRecord: one object for the one record, never a list of one
+            assert isinstance(record, dict) and np.allclose(record["probabilities"], want, atol=1e-6)
+
+
+def test_outside_batch_transform_blank_lines_are_skipped_and_lines_end_with_newlines(client: TestClient) -> None:
+    response = client.post("/invocations", content=f"{GOOD}\n\n{BAD}\n".encode(),
+                           headers={"Content-Type": "text/csv", "Accept": "application/jsonlines"})
+    assert response.status_code == 200 and response.text.endswith("}\n") and response.text.count("\n") == 2
+    assert client.post("/invocations", content=b"\n", headers={"Content-Type": "text/csv"}).status_code == 400
 
 
 # ------------------------------------------------------------------------------------ the documented limits

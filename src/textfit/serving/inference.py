@@ -10,6 +10,11 @@ Response shapes, decided once:
   `predicted_label` when verbose;
 - a batch in: `application/json` gives a JSON list of those objects in input order; `application/jsonlines`
   one object a line; `text/csv` one line per text, the probabilities (verbose: the predicted label first).
+
+In a batch transform (SAGEMAKER_BATCH), records come back one to one: each line of a JSON Lines or CSV body is a
+record, a blank one included (answered `{"error": ...}`, or an empty CSV line, so that line n of the output is
+line n of the input); under SINGLE_RECORD a body of one line is answered as one object; and a JSON Lines or CSV
+answer ends without a newline, since the service's AssembleWith=Line adds one after each answer.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import io
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +48,8 @@ class Request:
     texts: list[str]
     single: bool
     """True when the body held one text (x-text or a JSON string): the response is one object, not a list."""
+    blank: tuple[int, ...] = ()
+    """In a batch transform, the positions of blank lines among the records: answered as such, never classified."""
 
 
 @dataclass(frozen=True)
@@ -147,30 +155,39 @@ def _from_json(text: str) -> Request:
     return Request([_json_item(item, f"item {i + 1}") for i, item in enumerate(data)], single=False)
 
 
-def _from_jsonlines(text: str) -> Request:
-    texts = []
-    for n, line in enumerate(text.splitlines(), start=1):
+def _lines(text: str) -> list[str]:
+    """The lines of a body as a line splitter cuts records (SageMaker's SplitType=Line, Python's universal
+    newlines): at \n, \r\n or \r only, not at the other breaks str.splitlines knows (U+2028, U+0085, form
+    feed), which may sit inside a text; a final newline ends the last line rather than starting one."""
+    lines = re.split(r"\r\n|\r|\n", text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def _from_lines(text: str, parse: Callable[[str, int], str], records: bool) -> Request:
+    """A body of one text a line. `records` (a batch transform): every line is a record, a blank one too."""
+    texts, blank = [], []
+    for n, line in enumerate(_lines(text), start=1):
         if not line.strip():
+            if records:
+                blank.append(n - 1)
             continue
-        item = _loads(line, f"line {n}")
-        texts.append(_json_item(item, f"line {n}"))
-    return Request(texts, single=False)
+        texts.append(parse(line, n))
+    return Request(texts, single=False, blank=tuple(blank))
 
 
-def _from_csv(text: str) -> Request:
-    """One text a line; a line that is one quoted CSV field is unquoted, any other line is the text as it is."""
-    texts = []
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a text of any size, within the body limit
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        row = next(csv.reader([line]), [line])
-        texts.append(row[0] if len(row) == 1 else line)
-    return Request(texts, single=False)
+def _jsonline(line: str, n: int) -> str:
+    return _json_item(_loads(line, f"line {n}"), f"line {n}")
 
 
-def decode_request(body: bytes, content_type: str | None) -> Request:
-    """The texts of a request body.
+def _csvline(line: str, n: int) -> str:
+    """A line that is one quoted CSV field is unquoted, any other line is the text as it is."""
+    row = next(csv.reader([line]), [line])
+    return row[0] if len(row) == 1 else line
+
+
+def decode_request(body: bytes, content_type: str | None, batch_strategy: str | None = None) -> Request:
+    """The texts of a request body. `batch_strategy` (MULTI_RECORD or SINGLE_RECORD) in a batch transform, whose
+    records come back one to one (see the module's docstring); None for a real-time request.
 
     Raises:
         RequestError: 415 for an unsupported content type, 400 for an empty, non-UTF-8 or malformed body.
@@ -179,20 +196,21 @@ def decode_request(body: bytes, content_type: str | None) -> Request:
     kind = CONTENT_TYPES.get(media_type)
     if kind is None:
         raise RequestError(415, f"unsupported Content-Type {content_type!r}; use one of {', '.join(CONTENT_TYPES)}")
-    if not body.strip():
+    records = batch_strategy is not None and kind in (JSONLINES, CSV)
+    if not body.strip() and not (records and body):
         raise RequestError(400, "the body is empty; send the text to classify")
     text = _decode_text(body, params.get("charset"))
     if kind == X_TEXT:
         request = Request([text], single=True)
     elif kind == JSON:
         request = _from_json(text)
-    elif kind == JSONLINES:
-        request = _from_jsonlines(text)
     else:
-        request = _from_csv(text)
-    if not request.texts:
+        csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a text of any size, within the body limit
+        request = _from_lines(text, _jsonline if kind == JSONLINES else _csvline, records)
+    if not request.texts and not request.blank:
         raise RequestError(400, "the body holds no text; send at least one")
-    return Request(_check(request.texts), request.single)
+    single = request.single or (batch_strategy == "SINGLE_RECORD" and len(request.texts) + len(request.blank) == 1)
+    return Request(_check(request.texts), single, request.blank)
 
 
 def negotiate(accept: str | None, default: str = JSON) -> Accept:
@@ -219,22 +237,37 @@ def negotiate(accept: str | None, default: str = JSON) -> Accept:
                             "application/jsonlines or text/csv (each may add ;verbose)")
 
 
+BLANK = "the line is blank; no text to classify"
+"""The answer to a blank line of a batch transform's input."""
+
+
 def encode_response(probabilities: np.ndarray, classes: list[str], accept: Accept, single: bool,
-                    thresholds: list[float] | None = None, delimiter: str = "|") -> tuple[bytes, str]:
-    """(body, content type) for the predictions of a request, rows in input order. For a multi-label model
-    the verbose CSV line starts with its predicted labels joined by `delimiter`."""
-    records = [record(row, classes, accept.verbose, thresholds) for row in probabilities]
-    if accept.media_type == CSV:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        for row, rec in zip(probabilities, records):
-            first = []
-            if accept.verbose:
-                first = [delimiter.join(rec["predicted_labels"]) if thresholds is not None else rec["predicted_label"]]
-            writer.writerow(first + [f"{float(p):.8g}" for p in row])
-        return out.getvalue().encode(), accept.header
-    if accept.media_type == JSONLINES:
-        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        return body.encode(), accept.header
+                    thresholds: list[float] | None = None, delimiter: str = "|", blank: tuple[int, ...] = (),
+                    batch: bool = False) -> tuple[bytes, str]:
+    """(body, content type) for the predictions of a request, rows in input order, the records at the `blank`
+    positions answered as blank lines. For a multi-label model the verbose CSV line starts with its predicted
+    labels joined by `delimiter`. `batch`: a JSON Lines or CSV answer ends without a newline (AssembleWith=Line
+    adds one after each answer)."""
+    rows: list[np.ndarray | None] = list(probabilities)
+    for at in blank:
+        rows.insert(at, None)
+    records = [{"error": BLANK} if row is None else record(row, classes, accept.verbose, thresholds) for row in rows]
+    if accept.media_type in (CSV, JSONLINES):
+        if accept.media_type == CSV:
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            for row, rec in zip(rows, records):
+                if row is None:
+                    out.write("\n")
+                    continue
+                first = []
+                if accept.verbose:
+                    first = [delimiter.join(rec["predicted_labels"]) if thresholds is not None
+                             else rec["predicted_label"]]
+                writer.writerow(first + [f"{float(p):.8g}" for p in row])
+            body = out.getvalue()
+        else:
+            body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        return (body[:-1] if batch else body).encode(), accept.header
     payload: Any = records[0] if single else records
     return json.dumps(payload, ensure_ascii=False).encode(), accept.header

@@ -51,7 +51,10 @@ class ServeSettings:
     default_accept: str = "application/json"
     long_texts: str | None = None
     """truncate or window; None: what the model chose in training (its long_texts hyperparameter)."""
+    batch: bool = False
+    """A batch transform's container (SAGEMAKER_BATCH): its records come back one to one (inference.py)."""
     batch_strategy: str = "MULTI_RECORD"
+    """SAGEMAKER_BATCH_STRATEGY: under SINGLE_RECORD, a body of one record is answered as one object."""
     max_concurrent_transforms: int = 4
     metrics: bool = True
 
@@ -67,7 +70,8 @@ class ServeSettings:
         if not math.isfinite(env.max_payload_mb) or env.max_payload_mb > 1024:  # int() of inf or NaN would raise
             raise LimitError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={env.max_payload_mb:g}: must be a number over 0, up to 1024")
         values: dict[str, Any] = {"max_body_bytes": int(env.max_payload_mb * 1024 * 1024),
-                                  "default_accept": env.default_accept, "batch_strategy": env.batch_strategy,
+                                  "default_accept": env.default_accept, "batch": env.batch,
+                                  "batch_strategy": env.batch_strategy,
                                   "max_concurrent_transforms": env.max_concurrent_transforms}
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
@@ -344,17 +348,25 @@ def create_app(model: TextClassifier | Callable[[], TextClassifier], settings: S
             raise RequestError(503, state.error or "the model is loading")
         accept = negotiate(request.headers.get("accept"), settings.default_accept)
         body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
-        decoded = decode_request(body, request.headers.get("content-type"))
-        probs = await state.batcher.submit(decoded.texts)
+        decoded = decode_request(body, request.headers.get("content-type"),
+                                 settings.batch_strategy if settings.batch else None)
         clf = state.classifier
+        probs = (await state.batcher.submit(decoded.texts) if decoded.texts
+                 else np.empty((0, len(clf.classes_)), dtype=np.float32))  # only blank lines
         content, media_type = encode_response(probs, clf.classes_, accept, decoded.single, clf.thresholds_,
-                                              clf.label_delimiter_)
+                                              clf.label_delimiter_, decoded.blank, settings.batch)
         return Response(content, media_type=media_type)
 
     async def execution_parameters(request: Request) -> Response:
-        """Batch transform asks this once (README: Serve) to size its requests."""
+        """Batch transform asks this once (README: Serve) to size its requests.
+
+        No BatchStrategy: the service and the SageMaker Python SDK's local mode spell it differently. AWS's
+        documentation of this endpoint ("Use your own inference code with batch transform") and AWS's own XGBoost
+        container answer "MULTI_RECORD"; the SDK (2.x, sagemaker/local/entities.py and local/data.py) copies the
+        value into the job and accepts only "MultiRecord" or "SingleRecord", failing on the other ("Invalid Batch
+        Strategy"). Both take the key as optional and then default to multi-record, textfit's choice too: a
+        strategy the user gives reaches the container as SAGEMAKER_BATCH_STRATEGY in either spelling."""
         return JSONResponse({"MaxConcurrentTransforms": settings.max_concurrent_transforms,
-                             "BatchStrategy": settings.batch_strategy,
                              "MaxPayloadInMB": max(1, settings.max_body_bytes // (1024 * 1024))})
 
     async def metrics_endpoint(request: Request) -> Response:
