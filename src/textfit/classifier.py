@@ -449,7 +449,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
             hp = recipe.hp
             x_train, y_train, x_val, y_val = self._split(train_ch, val_ch, start.classes, hp, recipe.hold_out)
             log_hyperparameters(hp, given)
-            recipes.log_recipe(recipe, given)
+            recipes.log_recipe(recipe, given, len(x_train), len(train_ch.texts) - len(x_train))
             model, tokenizer = self._model(start, mean_pooled=recipe.name == recipes.FEWSHOT)
         names = architectures.input_names(model, tokenizer)
         types = "token_type_ids" in names

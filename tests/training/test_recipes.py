@@ -72,7 +72,8 @@ def test_auto_chooses_fewshot_on_a_small_channel_and_says_why(tiny_bert: Path, t
                                                                caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="textfit"):
         clf = TextClassifier(str(tiny_bert), {**AUTO, "epochs": "2"}).fit(read_channel(_channel(tmp_path / "small", 40)))
-    assert "Training recipe: fewshot (auto: 40 training rows for 2 classes (20 a class, fewer than 200))" in caplog.text
+    assert ("Training recipe: fewshot (auto: 40 labelled rows for 2 classes (20 a class, fewer than 200)); 40 rows "
+            "trained\n") in caplog.text
     assert "Not used by the small-data recipe: dropout_rate" in caplog.text
     assert "Linear probe on the frozen encoder's features" in caplog.text
     assert clf.manifest_["training_recipe"]["name"] == "fewshot"
@@ -89,6 +90,7 @@ def test_sagemakers_tuner_gets_its_validation_metric_from_the_small_data_recipe(
         clf = TextClassifier(str(tiny_bert), hp).fit(read_channel(_channel(tmp_path / "small", 40)))
     assert clf.manifest_["training_recipe"]["name"] == "fewshot"
     assert clf.manifest_["data"]["validation"]["rows"] == 8
+    assert "; 32 rows trained, 8 held out for validation" in caplog.text
     assert re.search(r"val_accuracy=[0-9.]+", caplog.text)
 
 
@@ -96,7 +98,9 @@ def test_auto_chooses_finetune_on_a_large_channel(tiny_bert: Path, tmp_path: Pat
                                                   caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="textfit"):
         clf = TextClassifier(str(tiny_bert), {**AUTO, "epochs": "1"}).fit(read_channel(_channel(tmp_path / "large", 400)))
-    assert "Training recipe: finetune (auto: 200 training rows a class)" in caplog.text
+    # the choice is drawn on the labelled rows, and the line says how many of them train (the rest validate)
+    assert ("Training recipe: finetune (auto: 400 labelled rows for 2 classes (200 a class, 200 or more)); 320 rows "
+            "trained, 80 held out for validation") in caplog.text
     assert "small-data" not in caplog.text
     assert clf.manifest_["training_recipe"]["name"] == "finetune"
     assert clf.manifest_["data"]["train"]["rows"] == 320  # the 20% split, as SageMaker holds out
@@ -287,7 +291,7 @@ def test_fewshot_trains_further_keeps_its_head_kind_and_a_new_finetune_head_drop
     more = _channel(tmp_path / "more", 24, seed=3)
     further = TextClassifier(hyperparameters={**AUTO, "epochs": "1"}, init_model=folder).fit(read_channel(more))
     assert isinstance(further.model_, architectures.MeanPooled)
-    assert further.manifest_["training_recipe"] == {"name": "fewshot", "reason": "auto: 24 training rows for 2 "
+    assert further.manifest_["training_recipe"] == {"name": "fewshot", "reason": "auto: 24 labelled rows for 2 "
                                                     "classes (12 a class, fewer than 200)", "head": "mean of the token vectors"}
     own = TextClassifier(hyperparameters={**FAST, "epochs": "1", "reinitialize_top_layer": "True"},
                          init_model=folder).fit(read_channel(more))

@@ -104,10 +104,11 @@ def choose(hp: Hyperparameters, given: Collection[str], n_rows: int, n_classes: 
     if hp.training_recipe == FEWSHOT:
         reason = "training_recipe=fewshot"
     elif per_class < FEWSHOT_BELOW_ROWS_PER_CLASS:
-        reason = (f"auto: {n_rows} training rows for {n_classes} classes ({per_class:.0f} a class, fewer than "
+        reason = (f"auto: {n_rows} labelled rows for {n_classes} classes ({per_class:.0f} a class, fewer than "
                   f"{FEWSHOT_BELOW_ROWS_PER_CLASS})")
     else:
-        return Recipe(FINETUNE, f"auto: {per_class:.0f} training rows a class", hp, True, new_head)
+        return Recipe(FINETUNE, f"auto: {n_rows} labelled rows for {n_classes} classes ({per_class:.0f} a class, "
+                                f"{FEWSHOT_BELOW_ROWS_PER_CLASS} or more)", hp, True, new_head)
     hold_out = validation or any(name in given for name in HOLD_OUT_NAMES) or hp.early_stopping or hp.calibrate
     values: dict[str, Any] = {k: v for k, v in FEWSHOT_DEFAULTS.items() if k not in given}
     kept = n_rows - math.floor(n_rows * hp.validation_split_ratio) if hold_out and not validation else n_rows
@@ -117,9 +118,11 @@ def choose(hp: Hyperparameters, given: Collection[str], n_rows: int, n_classes: 
     return Recipe(FEWSHOT, reason, hp.with_values(**values), hold_out, new_head)
 
 
-def log_recipe(recipe: Recipe, given: Collection[str]) -> None:
-    """The recipe, why, and which of SageMaker's hyperparameters it leaves unused."""
-    log.info("Training recipe: %s (%s)", recipe.name, recipe.reason)
+def log_recipe(recipe: Recipe, given: Collection[str], trained: int, split_off: int) -> None:
+    """The recipe, why (drawn on the labelled rows), the rows it trains on (`split_off` of the training channel's
+    rows held out for validation), and which of SageMaker's hyperparameters it leaves unused."""
+    held = f", {split_off} held out for validation" if split_off else ""
+    log.info("Training recipe: %s (%s); %d rows trained%s", recipe.name, recipe.reason, trained, held)
     if recipe.name != FEWSHOT:
         return
     steps = "the epochs given" if "epochs" in given else f"about {FEWSHOT_STEPS} optimizer steps"
