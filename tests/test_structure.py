@@ -4,7 +4,7 @@ starts light.
 Layers, from the ground up: errors and hyperparameters; core (file shapes, ownership, the environment); data
 (channels, encoding); model (architectures, pretrained checkpoints, the zoo and store, the artifact, ONNX);
 reports (metrics, plots, the model card); training (the loop, recipes, kernels, optimizers, checkpoints,
-distributed); the estimator (classifier); serving; jobs (train, tune, evaluate, predict, SageMaker, remote);
+distributed); the loaded model's predictions (predictor); the estimator (classifier); serving; jobs (train, tune, evaluate, predict, SageMaker, remote);
 the CLI. A module may import its own layer and those below, never one above.
 """
 
@@ -19,7 +19,7 @@ import textfit
 
 PACKAGE = Path(textfit.__file__).parent
 LAYERS = (("errors",), ("hyperparameters",), ("core",), ("data",), ("model",), ("reports",), ("training",),
-          ("classifier",), ("serving",), ("jobs",), ("cli", "__main__"))
+          ("predictor",), ("classifier",), ("serving",), ("jobs",), ("cli", "__main__"))
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 
 

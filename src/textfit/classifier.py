@@ -27,7 +27,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
 from textfit.core import ownership
-from textfit.core.shapes import check_model_files, check_tokenizer_config
+from textfit.core.shapes import check_model_files
 from textfit.data import batching
 from textfit.data.channels import (
     Channel,
@@ -40,11 +40,11 @@ from textfit.data.channels import (
     stratified_split,
 )
 from textfit.errors import ArtifactError, DataError, HyperparameterError, ReportError, TextfitError
-from textfit.hyperparameters import FIELDS, Given, Hyperparameters, parse_hyperparameters
+from textfit.hyperparameters import FIELDS, Given, Hyperparameters
 from textfit.model import artifact, export, pretrained
 from textfit.model.zoo import defaults_for, resolve_model
+from textfit.predictor import Predicting, load_torch_model, read_model, saved_hyperparameters, softmax
 from textfit.reports import metrics
-from textfit.reports.records import verbose_record
 
 
 def _torch_side(name: str) -> ModuleType:
@@ -72,7 +72,6 @@ class _OnFirstUse:
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from textfit.model import architectures
     from textfit.training import checkpoints, recipes
@@ -90,48 +89,11 @@ class NotFitted(TextfitError, NotFittedError):
     """A prediction asked of an estimator before fit: textfit's error, and scikit-learn's NotFittedError."""
 
 
-def _load_model(path: str, allow_network: bool, classes: ClassSet | None = None, dropout: float | None = None,
-                multi_label: bool = False, mean_pooled: bool = False, **kwargs: Any) -> nn.Module:
-    """The checkpoint with a sequence-classification head: its own, or (given `classes`) a new one, reading the
-    mean of the token vectors when `mean_pooled`. A saved mean-pooled model comes back mean-pooled."""
-    config = pretrained.load_config(path, allow_network)
-    if classes is not None:
-        if mean_pooled:
-            config.update({architectures.POOLING_KEY: "mean"})
-        elif hasattr(config, architectures.POOLING_KEY):  # a new head of the model's own kind
-            delattr(config, architectures.POOLING_KEY)
-        config.num_labels = len(classes.names)
-        config.id2label = dict(enumerate(classes.names))
-        config.label2id = {name: i for i, name in enumerate(classes.names)}
-        # a plain transformers pipeline then applies a sigmoid per label (with top_k=None)
-        config.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
-    if dropout is not None:
-        architectures.set_dropout(config, dropout)  # the Dropout before the Dense layer, by this family's name
-    model = pretrained.load_classifier_model(path, config, allow_network, **kwargs)
-    if not architectures.is_mean_pooled(config):
-        return model
-    if not architectures.can_mean_pool(model):  # only a new head can be asked for: an artifact's was checked
-        log.info("%s has no head layer that reads the encoder's hidden vectors: the small-data recipe keeps the "
-                 "architecture's own head", architectures.describe(model))
-        delattr(model.config, architectures.POOLING_KEY)
-        return model
-    return architectures.MeanPooled(model)
-
-
 def _data_summary(labels: list[Any], classes: ClassSet, truncated: int) -> dict[str, Any]:
     """What the model was trained or validated on, counted: where the rows came from is the job's to add."""
     counts = Counter(label for row in labels for label in (row if isinstance(row, list) else [row]))
     return {"rows": len(labels), "class_counts": {classes.names[i]: counts.get(i, 0) for i in range(len(classes.names))},
             "truncated_texts": truncated}
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _cross_fitted_temperature(logits: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float, np.ndarray]:
@@ -142,7 +104,7 @@ def _cross_fitted_temperature(logits: np.ndarray, labels: np.ndarray, seed: int)
     held_out = np.zeros_like(logits, dtype=np.float64)
     for fit_on, apply_to in (halves, halves[::-1]):
         t = metrics.fit_temperature(logits[fit_on], labels[fit_on])
-        held_out[apply_to] = _softmax(logits[apply_to] / t)
+        held_out[apply_to] = softmax(logits[apply_to] / t)
     return metrics.fit_temperature(logits, labels), held_out
 
 
@@ -172,21 +134,12 @@ def _as_channel(data: ChannelLike | Sequence[str], labels: Sequence[object] | No
     return from_memory(data, labels, what=what, multi_label=mode.multi_label, delimiter=mode.delimiter)
 
 
-def _saved_hyperparameters(folder: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """The hyperparameters in a saved model's manifest, parsed; a value not as textfit writes it names the file."""
-    try:
-        return parse_hyperparameters(manifest.get("hyperparameters", {}))
-    except HyperparameterError as exc:
-        raise ArtifactError(f"{folder / artifact.MANIFEST}: field 'hyperparameters': {' '.join(str(exc).split())}; "
-                            f"{artifact.DAMAGED}") from None
-
-
 def label_mode(given: Given, source: Path | None) -> LabelMode:
     """multi_label and label_delimiter as given, else as the model being trained further (a folder) had them:
     how the job reads the channels before a fit."""
     values = dict(given.values)
     if source is not None and (source / artifact.MANIFEST).is_file():
-        earlier = _saved_hyperparameters(source, artifact.read_json(source / artifact.MANIFEST, artifact.MANIFEST_SHAPE))
+        earlier = saved_hyperparameters(source, artifact.read_json(source / artifact.MANIFEST, artifact.MANIFEST_SHAPE))
         values = {**{k: earlier[k] for k in ("multi_label", "label_delimiter") if k in earlier}, **values}
     return LabelMode(bool(values.get("multi_label", False)), str(values.get("label_delimiter", "|")))
 
@@ -262,7 +215,7 @@ class _Start:
     allow_network: bool
 
 
-class TextClassifier(ClassifierMixin, BaseEstimator):
+class TextClassifier(Predicting, ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained encoder for text classification.
 
     Args:
@@ -343,7 +296,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         if fine_tuned and not reinit:
             info = artifact.read_labels(source / artifact.LABELS)  # type: ignore[operator]
             classes = ClassSet(values=list(info["label_values"]), names=list(info["labels"]))
-            earlier = bool(_saved_hyperparameters(source, manifest).get("multi_label", False))  # type: ignore[arg-type]
+            earlier = bool(saved_hyperparameters(source, manifest).get("multi_label", False))  # type: ignore[arg-type]
             if earlier != hp.multi_label:
                 raise HyperparameterError(f"{self.init_model} is a {'multi' if earlier else 'single'}-label model; "
                                           f"train it further with multi_label={earlier}, or build a new head with "
@@ -384,9 +337,9 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
     def _model(self, start: _Start, mean_pooled: bool = False) -> tuple[architectures.Model, Any]:
         torch.manual_seed(start.hp.seed)  # the new head's initial weights
         if not start.reinit:
-            model = _load_model(start.path, False)  # incremental training keeps the trained head and its dropout
+            model = load_torch_model(start.path, False)  # incremental training keeps the trained head and its dropout
         else:
-            model = _load_model(start.path, start.allow_network, start.classes, start.hp.dropout_rate,
+            model = load_torch_model(start.path, start.allow_network, start.classes, start.hp.dropout_rate,
                                 start.hp.multi_label, mean_pooled, ignore_mismatched_sizes=start.fine_tuned)
             if start.fine_tuned:
                 architectures.reinitialize_head(model)
@@ -515,7 +468,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         prefix_only = self.long_texts_ == "truncate"
         # The first windows' logits: the served probabilities of a truncating model, and what a temperature fits.
         logits = self.predict_logits(texts) if prefix_only or self.hyperparameters_.calibrate else None
-        before = metrics.report(labels, _softmax(logits) if logits is not None and prefix_only
+        before = metrics.report(labels, softmax(logits) if logits is not None and prefix_only
                                 else self.predict_proba(texts), self.classes_)
         calibration = None
         if self.hyperparameters_.calibrate:
@@ -531,126 +484,19 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
                      "temperature was not fitted on)", temperature, before.expected_calibration_error,
                      after.expected_calibration_error)
             self.manifest_["calibration"] = calibration
-            before = metrics.report(labels, _softmax(logits / temperature) if prefix_only else self.predict_proba(texts),
+            before = metrics.report(labels, softmax(logits / temperature) if prefix_only else self.predict_proba(texts),
                                     self.classes_)
         return {**before.as_dict(), "class_weights": self.hyperparameters_.class_weights, "calibration": calibration}
 
     # ------------------------------------------------------------------------------------------ fitted state
 
-    def _set_fitted(self, model: architectures.Model | None, tokenizer: Any, manifest: dict[str, Any],
-                    classes: Sequence[str], values: Sequence[object], runner: export.Runner | None = None,
-                    backend: str = "torch", input_names: list[str] | None = None, *,
-                    hp: Hyperparameters | None = None) -> None:
-        """The one place fitted state is set, from `fit` and from `load` alike (`model` is None when an ONNX
-        graph alone serves the predictions)."""
-        self.model_, self.tokenizer_, self.manifest_ = model, tokenizer, manifest
-        # a fit hands its typed values down; a load reads the manifest (typed, or strings before 0.2)
-        self.hyperparameters_ = hp or Hyperparameters.from_strings(manifest.get("hyperparameters", {}))
-        self.manifest_["hyperparameters"] = self.hyperparameters_.to_json()  # one form in memory, and when saved
-        self.classes_, self.label_values_ = list(classes), list(values)
-        self.model_id_ = manifest.get("model_id")
-        self.history_, self.best_epoch_ = list(manifest.get("epochs", [])), int(manifest.get("best_epoch", 0))
-        if model is None:  # the ONNX graph alone: its runner and its input names come with it
-            assert runner is not None and input_names
-            self.input_names_, self.runner_ = input_names, runner
-        else:
-            self.input_names_ = input_names or architectures.input_names(model, tokenizer)
-            self.runner_ = runner or export.TorchRunner(model)
-        self.backend_ = backend
-        self.validation_report_ = None
-        self.multi_label_ = self.hyperparameters_.multi_label
-        self.label_delimiter_ = self.hyperparameters_.label_delimiter
-        # An artifact from before long_texts (its hyperparameters lack it, so it parses as auto) truncated.
-        self.long_texts_ = "truncate" if self.hyperparameters_.long_texts == "auto" else self.hyperparameters_.long_texts
-        stored = manifest.get("thresholds") or {}
-        self.thresholds_ = [float(stored.get(c, 0.5)) for c in self.classes_] if self.multi_label_ else None
-
     # ------------------------------------------------------------------------------------------ predicting
+    # predict_proba, predict, classify, class_index, predict_logits: Predicting's (predictor.py), over the
+    # state _set_fitted gives
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise NotFitted("this TextClassifier is not fitted yet; call fit() or TextClassifier.load()")
-
-    def predict_logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Raw scores before the softmax, one row per text (truncated at max_seq_length tokens)."""
-        return self._logits(texts, batch_size)[0]
-
-    def _logits(self, texts: Sequence[str], batch_size: int, overlap: int | None = None, count: bool = False
-                ) -> tuple[np.ndarray, batching.Encoded]:
-        """Logits of each row (a text, or with `overlap` a window of one) and the encoded rows (with `count`,
-        knowing how many texts were truncated). Rows that fit in one batch are one forward pass in the order
-        given (the server's queue forms its batches so); more are grouped by length into batches."""
-        self._check_fitted()
-        data = batching.encode(self.tokenizer_, texts, self.hyperparameters_.max_seq_length, window_overlap=overlap,
-                               token_types="token_type_ids" in self.input_names_, count_truncated=count)
-        if 0 < len(data) <= batch_size:
-            return self.runner_(batching.pad(data, range(len(data)))), data
-        rows = np.zeros((len(data), len(self.classes_)), dtype=np.float32)
-        for group in batching.plan_batches([len(ids) for ids in data.input_ids], batch_size, shuffle=False):
-            rows[group] = self.runner_(batching.pad(data, group))
-        return rows, data
-
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64, *, long_texts: str | None = None,
-                      counts: dict[str, int] | None = None) -> np.ndarray:
-        """Probabilities, one row per text, columns in the order of `classes_`.
-
-        Args:
-            texts: the texts; they are batched by length and padded per batch (up to `batch_size` of them: one
-                batch, as given).
-            long_texts: "truncate" cuts texts at max_seq_length tokens; "window" classifies overlapping windows
-                of a longer text (up to 64) and averages their probabilities, weighted by window length (for a
-                multi-label model, the most confident window per label); None: the model's `long_texts_`, chosen
-                in training (hyperparameter long_texts).
-            counts: if given, "truncated" is increased by the number of texts cut at max_seq_length tokens.
-        """
-        self._check_fitted()
-        long_texts = self.long_texts_ if long_texts is None else long_texts
-        if long_texts not in ("truncate", "window"):
-            raise DataError(f"long_texts={long_texts!r} is not valid; use truncate or window")
-        if not isinstance(texts, str) and len(texts) == 0:
-            return np.zeros((0, len(self.classes_)), dtype=np.float32)
-        if long_texts == "truncate":
-            logits, data = self._logits(texts, batch_size, count=counts is not None)
-            if counts is not None:
-                counts["truncated"] = counts.get("truncated", 0) + data.truncated
-            return _sigmoid(logits) if self.multi_label_ else _softmax(logits)
-        logits, data = self._logits(texts, batch_size, overlap=self.hyperparameters_.max_seq_length // 4)
-        assert data.owners is not None  # windows: each row names the text it is part of
-        if self.multi_label_:  # a label is in a text when it is in any part of it: the most confident window
-            out = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
-            np.maximum.at(out, data.owners, _sigmoid(logits))
-            return out
-        weights = np.array([len(ids) for ids in data.input_ids], dtype=np.float32)
-        out = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
-        np.add.at(out, data.owners, _softmax(logits) * weights[:, None])
-        return out / out.sum(axis=1, keepdims=True)
-
-    def classify(self, texts: Sequence[str], *, long_texts: str | None = None) -> list[dict[str, Any]]:
-        """Per text, SageMaker's verbose answer: probabilities over all classes, the labels, the predicted label.
-
-        >>> textfit.load("model/").classify(["a lovely film"])  # doctest: +SKIP
-        [{'probabilities': [0.02, 0.98], 'labels': ['negative', 'positive'], 'predicted_label': 'positive'}]
-        """
-        return [verbose_record(row, self.classes_, self.thresholds_)
-                for row in self.predict_proba(texts, long_texts=long_texts)]
-
-    def class_index(self, label: object) -> int | None:
-        """The column of a label given as in the training data (its value) or as a class name; None if unknown."""
-        text = str(label).strip()
-        for i, value in enumerate(self.label_values_):
-            if text == str(value):
-                return i
-        return self.classes_.index(text) if text in self.classes_ else None
-
-    def predict(self, texts: Sequence[str], *, long_texts: str | None = None) -> list[Any]:
-        """The most probable class of each text (its name where the data gave names); for a multi-label model,
-        the list of labels each text has (each label's probability above its threshold). `long_texts`: as in
-        predict_proba."""
-        proba = self.predict_proba(texts, long_texts=long_texts)
-        if self.multi_label_:
-            chosen = proba > np.asarray(self.thresholds_)[None, :]
-            return [[c for c, on in zip(self.classes_, row) if on] for row in chosen]
-        return [self.classes_[i] for i in proba.argmax(axis=1)]
 
     # ------------------------------------------------------------------------------------------ persistence
 
@@ -726,35 +572,11 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         Raises:
             ArtifactError: a file is missing, damaged or changed since it was saved; one message names each.
         """
-        with artifact.opened(path) as folder:
-            manifest = artifact.check_intact(folder)
-            labels = artifact.read_labels(folder / artifact.LABELS)
-            _saved_hyperparameters(folder, manifest)
-            graph = export.onnx_path(folder, quantized)
-            runner: export.Runner
-            if backend == "onnx" and graph.is_file():  # the graph alone: neither torch nor its weights in memory
-                if (folder / "tokenizer_config.json").is_file():  # config.json is for the weights: unread here
-                    check_tokenizer_config(folder / "tokenizer_config.json")
-                model, runner = None, export.OnnxRunner(graph, threads)
-                if runner.outputs not in (None, len(labels["labels"])):
-                    raise ArtifactError(f"{graph}: the graph has {runner.outputs} outputs but labels_info.json names "
-                                        f"{len(labels['labels'])} classes; the artifact is damaged")
-                tokenizer, names = export.load_tokenizer(folder), runner.input_names
-            else:
-                check_model_files(folder)
-                config = pretrained.load_config(str(folder))
-                if config.num_labels != len(labels["labels"]):
-                    raise ArtifactError(f"{folder}: config.json has {config.num_labels} outputs but labels_info.json "
-                                        f"names {len(labels['labels'])} classes; the artifact is damaged")
-                tokenizer = pretrained.load_tokenizer(str(folder))
-                model = _load_model(str(folder), False).eval()
-                names = architectures.input_names(model, tokenizer)
-                runner = export.runner(model, folder, backend, names, quantized, threads)
-            report_file = folder / artifact.REPORT
-            report = artifact.read_json(report_file) if report_file.is_file() else None
-        clf = cls(manifest.get("model_id"), manifest.get("hyperparameters"))
-        clf._set_fitted(model, tokenizer, manifest, labels["labels"], labels["label_values"], runner, backend, names)
-        clf.validation_report_ = report
+        loaded = read_model(path, backend, quantized, threads)
+        clf = cls(loaded.manifest.get("model_id"), loaded.manifest.get("hyperparameters"))
+        clf._set_fitted(loaded.model, loaded.tokenizer, loaded.manifest, loaded.classes, loaded.values,
+                        loaded.runner, loaded.backend, loaded.input_names)
+        clf.validation_report_ = loaded.report
         return clf
 
     def export_onnx(self, folder: str | Path, *, quantize: bool = False) -> Path:

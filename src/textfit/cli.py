@@ -188,8 +188,8 @@ def _progress(input_path: str | None) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from textfit.classifier import TextClassifier
     from textfit.core.environment import serve_environment
+    from textfit.predictor import Predictor
     from textfit.serving.connections import ConnectionLimits
     from textfit.serving.server import ServeSettings, serve
 
@@ -207,7 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               max_headers=args.max_headers, header_timeout_s=args.header_timeout,
                               keep_alive_s=args.keep_alive)
     log.info("Serving %s on http://%s:%d (backend %s)", model, args.host, args.port or env.port, args.backend)
-    serve(lambda: TextClassifier.load(model, backend=args.backend, quantized=args.quantized, threads=args.threads),
+    serve(lambda: Predictor.load(model, backend=args.backend, quantized=args.quantized, threads=args.threads),
           host=args.host, port=args.port or env.port, settings=settings, limits=limits)
     return 0
 
@@ -388,15 +388,15 @@ def cmd_sagemaker_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sagemaker_serve(args: argparse.Namespace) -> int:
-    from textfit.classifier import TextClassifier
     from textfit.core.environment import serve_environment
+    from textfit.predictor import Predictor
     from textfit.serving.server import ServeSettings, serve
 
     env = serve_environment()
     settings = ServeSettings.from_environment()
     model = Path(args.prefix) / "model" if args.prefix else Path(env.model_dir)
     # A container is reached from outside itself: SageMaker's contract is port 8080 on every interface.
-    serve(lambda: TextClassifier.load(model, backend="onnx"), host=args.host, port=env.port, settings=settings)
+    serve(lambda: Predictor.load(model, backend="onnx"), host=args.host, port=env.port, settings=settings)
     return 0
 
 

@@ -289,7 +289,7 @@ def checkpoint_cases() -> list[tuple[str | None, str, Any]]:
     the running code checks against its own, each replaced by each other JSON type (the fields as `save` writes
     them; the fixture's real file is checked to have the same ones)."""
     top = {"version": 1, "fingerprint": "f", "loop": {}, "optimizer": {}, "schedule": {}, "scaler": None,
-           "has_best": True}
+           "has_best": True, "finished": True}
     loop = {"epoch": 2, "step": 0, "totals": [0.0], "history": [{}], "best_epoch": 1, "wait": 0, "es_best": 0.5,
             "stopped_early": False}
     group = {"lr": 0.01, "betas": [0.9, 0.999], "amsgrad": False, "params": [0]}

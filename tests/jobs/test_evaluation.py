@@ -85,7 +85,8 @@ def test_calibration_fits_a_temperature_into_the_weights(tiny_bert: Path, channe
 
 def test_the_calibration_after_figure_is_measured_on_held_out_rows() -> None:
     """Each half of the validation rows is scaled by the temperature fitted on the other half."""
-    from textfit.classifier import _cross_fitted_temperature, _softmax
+    from textfit.classifier import _cross_fitted_temperature
+    from textfit.predictor import softmax as _softmax
     from textfit.reports import metrics
 
     rng = np.random.default_rng(1)

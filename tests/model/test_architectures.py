@@ -12,11 +12,11 @@ import torch
 
 from tests.conftest import FAMILIES, FAST, build_tiny_family, make_rows, write_csv
 from textfit import TextClassifier
-from textfit.classifier import _load_model
 from textfit.data import batching
 from textfit.data.channels import ClassSet, read_channel
 from textfit.errors import HyperparameterError
 from textfit.model import architectures
+from textfit.predictor import load_torch_model as _load_model
 from textfit.training import kernels
 
 CLASSES = ClassSet(values=[0, 1], names=["0", "1"])

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from tests.conftest import FAMILIES, build_tiny_family, make_rows
-from textfit.classifier import _load_model
 from textfit.data import batching
 from textfit.data.channels import ClassSet
 from textfit.errors import ModelNotFoundError
 from textfit.model import architectures, zoo
+from textfit.predictor import load_torch_model as _load_model
 
 SAGEMAKER_IDS = 38
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -28,26 +29,52 @@ def onnx(tiny_artifact: Path) -> TextClassifier:
 
 
 def test_a_server_on_onnx_runtime_never_imports_torch(tiny_artifact: Path) -> None:
-    """`textfit serve`'s path (the CLI module, create_app, a load on ONNX Runtime) in a fresh process."""
+    """`textfit serve`'s path (the CLI module, create_app, a load on ONNX Runtime) in a fresh process: neither
+    torch nor transformers nor scikit-learn (with scipy and pandas) is imported, which is most of a cold start."""
     code = f"""
 import json, sys, time
 import textfit.cli
 from starlette.testclient import TestClient
-from textfit.classifier import TextClassifier
+from textfit.predictor import Predictor
 from textfit.serving.server import create_app
 
-app = create_app(lambda: TextClassifier.load({str(tiny_artifact)!r}, backend="onnx"))
+app = create_app(lambda: Predictor.load({str(tiny_artifact)!r}, backend="onnx"))
 with TestClient(app) as client:
     while client.get("/ping").status_code != 200:
         time.sleep(0.01)
     statuses = [client.post("/invocations", content=body, headers={{"Content-Type": kind}}).status_code
                 for body, kind in [("a good film", "application/x-text"), (json.dumps(["good", "bad"] * 40),
                                    "application/json"), ("good\\nbad\\n", "text/csv")]]
-print(statuses, "torch" in sys.modules)
+heavy = {{"torch", "transformers", "sklearn", "scipy", "pandas"}}
+print(statuses, sorted({{m.split(".")[0] for m in sys.modules}} & heavy))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[200, 200, 200] False"
+    assert result.stdout.strip() == "[200, 200, 200] []"
+
+
+def test_a_changed_graph_is_refused_and_the_weights_still_checked(tiny_artifact: Path, tmp_path: Path) -> None:
+    """The graph's digest is computed while ONNX Runtime reads it: a graph that still loads but differs from the
+    one saved (a byte of its weights changed) is refused; so is an artifact whose PyTorch weights are damaged,
+    though a server on the graph never reads them."""
+    from textfit.errors import ArtifactError
+    from textfit.predictor import Predictor
+
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_artifact, edited)
+    graph = edited / "onnx" / "model.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the initializers: ONNX Runtime loads it, with one weight changed
+    graph.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"onnx/model.onnx has changed since it was saved"):
+        Predictor.load(edited)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_artifact, damaged)
+    weights = (damaged / "model.safetensors").read_bytes()
+    (damaged / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(ArtifactError, match="model.safetensors has changed"):
+        Predictor.load(damaged)
+    assert Predictor.load(tiny_artifact).predict([GOOD, BAD]) == TextClassifier.load(tiny_artifact).predict([GOOD, BAD])
 
 
 def test_onnx_and_torch_agree(tiny_artifact: Path, onnx: TextClassifier) -> None:
@@ -114,3 +141,59 @@ def test_a_large_request_in_slices_among_others_gets_its_rows_in_order(onnx: Tex
     np.testing.assert_allclose(rows, expected, atol=1e-5)
     for response, text in zip(responses[2:], smalls):
         np.testing.assert_allclose(response.json()[0]["probabilities"], predict([text])[0], atol=1e-5)
+
+
+def _bpe(folder: Path) -> Path:
+    """A byte-level BPE tokenizer as RoBERTa's is made (<s> ... </s>, a space before each word), trained here."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    trained = ByteLevelBPETokenizer()
+    trained.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    trained.save(str(folder / "raw.json"))
+    RobertaTokenizerFast(tokenizer_file=str(folder / "raw.json")).save_pretrained(folder / "bpe")
+    return folder / "bpe"
+
+
+def _unigram(folder: Path) -> Path:
+    """A Unigram (SentencePiece-style) tokenizer as XLM-R's is made, trained here."""
+    from tokenizers import SentencePieceUnigramTokenizer
+    from transformers import XLMRobertaTokenizerFast
+
+    trained = SentencePieceUnigramTokenizer()
+    trained.train_from_iterator(CORPUS, vocab_size=120, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                unk_token="<unk>")
+    trained.save(str(folder / "raw.json"))
+    XLMRobertaTokenizerFast(tokenizer_file=str(folder / "raw.json")).save_pretrained(folder / "unigram")
+    return folder / "unigram"
+
+
+CORPUS = ["the film was good and great", "the plot was bad and awful", "Très bon film, j'ai adoré!",
+          "an unremarkable, slow-moving story 😀", "ünïcödé and emoji 🎬 in one line"] * 20
+
+
+@pytest.mark.parametrize("kind", ["minilm", "bpe", "unigram"])
+def test_the_graph_tokenizer_gives_autotokenizers_ids_for_every_kind(kind: str, tmp_path: Path) -> None:
+    """WordPiece (the embedded MiniLM's, BERT's), byte-level BPE (RoBERTa's) and Unigram (XLM-R's): the
+    tokenizer.json an artifact holds (saved by the tokenizer training used), through the tokenizers library alone,
+    gives the ids training's AutoTokenizer gives: truncated, in windows with a stride, texts longer than the
+    window. (transformers' model classes may build their pipeline from the vocabulary rather than read a
+    tokenizer.json as it is; what they save is that pipeline, which is what a server reads.)"""
+    from transformers import AutoTokenizer
+
+    from textfit.model import export, zoo
+
+    folder = {"minilm": lambda: Path(zoo.resolve_model(None).path), "bpe": lambda: _bpe(tmp_path),
+              "unigram": lambda: _unigram(tmp_path)}[kind]()
+    theirs = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    theirs.save_pretrained(tmp_path / "artifact")  # as TextClassifier.save writes it
+    ours = export.GraphTokenizer(tmp_path / "artifact")
+    texts = [*CORPUS[:5], "a " * 40 + "very long text", "x", "  leading and trailing spaces  ", "MIXED Case Words"]
+    for options in ({"truncation": True, "max_length": 8},
+                    {"truncation": True, "max_length": 512},
+                    {"truncation": True, "max_length": 10, "stride": 3, "return_overflowing_tokens": True}):
+        got, want = ours(texts, **options), theirs(texts, **options)
+        assert got["input_ids"] == want["input_ids"], (kind, options)
+        assert got.get("overflow_to_sample_mapping") == want.get("overflow_to_sample_mapping")
+    assert ours.pad_token_id == theirs.pad_token_id is not None

@@ -17,12 +17,12 @@ from sklearn.linear_model import LogisticRegression
 from tests.conftest import FAMILIES, FAST, build_tiny_family, make_rows, write_csv
 from tests.test_multilabel import make_multi_rows, write
 from textfit import TextClassifier
-from textfit.classifier import _load_model
 from textfit.data import batching
 from textfit.data.channels import ClassSet, read_channel
 from textfit.hyperparameters import Hyperparameters
 from textfit.jobs.train import save_artifact
 from textfit.model import architectures
+from textfit.predictor import load_torch_model as _load_model
 from textfit.training import recipes
 
 # The tiny random encoders learn from scratch: a large learning rate, as FAST has, for the fine-tuning steps.

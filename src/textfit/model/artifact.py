@@ -15,7 +15,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +97,9 @@ def digests(folder: Path) -> dict[str, str]:
     return {name: sha256(folder / name) for name in model_files(folder)}
 
 
-def verify(folder: Path, manifest: dict[str, Any]) -> None:
-    """Check every file against the digests written at save; one error naming each damaged or missing file.
+def verify(folder: Path, manifest: dict[str, Any], only: Collection[str] | None = None) -> None:
+    """Check every file (or those named in `only`) against the digests written at save; one error naming each
+    damaged or missing file.
 
     An artifact saved before digests existed has none to check; its files are still checked for presence.
     """
@@ -112,6 +113,8 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
                             f"of the model folder; {DAMAGED}")
     problems = []
     for name, expected in sorted(recorded.items()):
+        if only is not None and name not in only:
+            continue
         path = folder / name
         if not path.is_file():
             problems.append(f"{name} is missing")
@@ -122,13 +125,30 @@ def verify(folder: Path, manifest: dict[str, Any]) -> None:
                             "train it again")
 
 
-def check_intact(folder: Path) -> dict[str, Any]:
-    """The manifest of a model folder whose files are all there and as saved; one error naming what is not."""
+def check_intact(folder: Path, only: Collection[str] | None = None) -> dict[str, Any]:
+    """The manifest of a model folder whose files are all there and as saved (the content of those in `only`,
+    where given: the files a prediction will read); one error naming what is not."""
     manifest = read_json(folder / MANIFEST, MANIFEST_SHAPE) if (folder / MANIFEST).is_file() else None
     if manifest is not None:
-        verify(folder, manifest)
+        verify(folder, manifest, only)
     check_complete(folder)
     return manifest if manifest is not None else read_json(folder / MANIFEST, MANIFEST_SHAPE)
+
+
+def graph_files(folder: Path) -> list[str]:
+    """What a prediction on an ONNX graph reads besides the graph: the labels and the tokenizer's files (not the
+    PyTorch weights or their config.json)."""
+    return [name for name in model_files(folder) if name not in (CONFIG, WEIGHTS, *ONNX_FILES)]
+
+
+def recorded_digest(manifest: dict[str, Any], folder: Path, path: Path) -> str | None:
+    """The sha256 the manifest records for a file of the folder; None where it records none (an artifact saved
+    before digests, or a file added without refreshing them)."""
+    recorded = manifest.get(DIGESTS)
+    if not isinstance(recorded, dict):
+        return None
+    value = recorded.get(path.relative_to(folder).as_posix())
+    return value if isinstance(value, str) else None
 
 
 def is_fine_tuned(folder: Path) -> bool:

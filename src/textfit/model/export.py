@@ -8,6 +8,8 @@ imports torch, so that a server on it starts without it.
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
 import logging
 import tempfile
 import warnings
@@ -78,22 +80,69 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+class GraphTokenizer:
+    """The artifact's tokenizer.json run by the tokenizers library itself, behind the slice of transformers'
+    tokenizer call that batching.encode makes: (texts, truncation, max_length, stride, return_overflowing_tokens)
+    in, `input_ids` (and `overflow_to_sample_mapping`) out. transformers' fast tokenizers run the same
+    tokenizer.json through the same library (the ids are compared in tests/serving/test_onnx_backend.py); importing
+    transformers alone takes most of a second, which a server's start on the ONNX graph does not pay."""
+
+    model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+
+    def __init__(self, folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        config = _tokenizer_settings(folder)
+        try:
+            self.backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as exc:  # the tokenizers library raises its own exception type for a bad file
+            raise ArtifactError(f"{folder / 'tokenizer.json'}: cannot load the tokenizer ({_first_line(exc)}); the "
+                                "folder needs its tokenizer files") from None
+        self.backend.no_padding()
+        pad = config.get("pad_token")
+        self.pad_token_id = self.backend.token_to_id(pad) if isinstance(pad, str) else None
+        self.direction = "left" if config.get("truncation_side") == "left" else "right"
+
+    def __call__(self, texts: list[str], *, truncation: bool = True, max_length: int, padding: bool = False,
+                 stride: int = 0, return_overflowing_tokens: bool = False) -> dict[str, list[Any]]:
+        self.backend.enable_truncation(max_length, stride=stride, strategy="longest_first", direction=self.direction)
+        encodings = self.backend.encode_batch(texts, add_special_tokens=True)
+        if not return_overflowing_tokens:
+            return {"input_ids": [e.ids for e in encodings]}
+        ids, owners = [], []
+        for i, encoding in enumerate(encodings):
+            for part in (encoding, *encoding.overflowing):
+                ids.append(part.ids)
+                owners.append(i)
+        return {"input_ids": ids, "overflow_to_sample_mapping": owners}
+
+
+def _tokenizer_settings(folder: Path) -> dict[str, Any]:
+    """tokenizer_config.json with special_tokens_map.json's tokens under it, each token as its text."""
+    import json
+
+    settings: dict[str, Any] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ArtifactError(f"{path}: not readable JSON ({_first_line(exc)}); {artifact.DAMAGED}") from None
+            if isinstance(data, dict):
+                settings.update(data)
+    return {k: v.get("content") if isinstance(v, dict) else v for k, v in settings.items()}
+
+
 def load_tokenizer(folder: Path) -> Any:
-    """The artifact's tokenizer for ONNX Runtime inference: transformers' generic fast tokenizer over its
-    tokenizer.json, which gives the ids AutoTokenizer's class gives (tests/serving/test_onnx_backend.py) without
-    what AutoTokenizer imports: transformers' config classes, and torch with them. A folder without
-    tokenizer.json (a tokenizer that has no fast version) goes through AutoTokenizer."""
+    """The artifact's tokenizer for ONNX Runtime inference: its tokenizer.json in the tokenizers library
+    (GraphTokenizer), without transformers or torch. A folder without tokenizer.json (a tokenizer that has no
+    fast version) goes through AutoTokenizer."""
     from textfit.model import pretrained
 
     if not (folder / "tokenizer.json").is_file():
         return pretrained.load_tokenizer(str(folder))
-    from transformers.tokenization_utils_tokenizers import TokenizersBackend
-
-    try:
-        return TokenizersBackend.from_pretrained(str(folder), local_files_only=True, **pretrained.SAFE)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-        raise ArtifactError(f"{folder}: cannot load the tokenizer ({_first_line(exc)}); the folder needs its "
-                            "tokenizer files") from None
+    return GraphTokenizer(folder)
 
 
 class Runner(Protocol):
@@ -105,7 +154,10 @@ class Runner(Protocol):
 class OnnxRunner:
     """The ONNX Runtime forward pass: inputs as int64 numpy arrays (batching.pad), logits as a numpy array."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, digest: str | None = None) -> None:
+        """`digest`: the graph's recorded sha256. The graph is read once; its digest is computed on another
+        thread while ONNX Runtime builds the session from the same bytes (hashlib and the session's build both
+        release the GIL), and the session is used only if the digest matches: the check costs no start-up time."""
         import onnxruntime as ort
 
         if not path.is_file():
@@ -114,11 +166,24 @@ class OnnxRunner:
         options.intra_op_num_threads = threads or thread_budget()  # OMP_NUM_THREADS where set, else every core
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        hashing: concurrent.futures.Future[str] | None = None
+        source: str | bytes = str(path)
+        if digest is not None:
+            source = path.read_bytes()
+            pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="textfit-digest")
+            hashing = pool.submit(lambda data: hashlib.sha256(data).hexdigest(), source)
+            pool.shutdown(wait=False)
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ONNX Runtime raises its own exception types for a damaged graph
-            raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)}); re-export it with "
-                                "`textfit export --model MODEL`") from None
+            damaged = hashing is not None and hashing.result() != digest
+            raise ArtifactError(f"{path}: " + (f"has changed since it was saved (damaged or edited); {artifact.DAMAGED}"
+                                               if damaged else f"ONNX Runtime cannot load it ({_first_line(exc)}); "
+                                               "re-export it with `textfit export --model MODEL`")) from None
+        if hashing is not None and hashing.result() != digest:
+            del self.session
+            raise ArtifactError(f"{path.parent.parent}: {path.parent.name}/{path.name} has changed since it was saved "
+                                f"(damaged or edited); {artifact.DAMAGED}")
         self.input_names = [i.name for i in self.session.get_inputs()]
         width = self.session.get_outputs()[0].shape[-1]
         self.outputs = width if isinstance(width, int) else None

@@ -28,8 +28,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from textfit.classifier import TextClassifier
 from textfit.errors import RequestError, TextfitError
+from textfit.predictor import Predicting
 from textfit.serving.connections import BoundedHttpProtocol, ConnectionLimits, GracefulServer, LimitError, check_ranges
 from textfit.serving.inference import decode_request, encode_response, negotiate
 
@@ -243,7 +243,7 @@ class Metrics:
 
 class _State:
     def __init__(self) -> None:
-        self.classifier: TextClassifier | None = None
+        self.classifier: Predicting | None = None
         self.batcher: Batcher | None = None
         self.error: str | None = None
 
@@ -282,11 +282,12 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
-def create_app(model: TextClassifier | Callable[[], TextClassifier], settings: ServeSettings | None = None
+def create_app(model: Predicting | Callable[[], Predicting], settings: ServeSettings | None = None
                ) -> Starlette:
-    """The ASGI app for a classifier, or for a function that loads one (then /ping says 503 until it is loaded).
+    """The ASGI app for a loaded model (a Predictor, or a fitted TextClassifier), or for a function that loads
+    one (then /ping says 503 until it is loaded).
 
-    >>> app = create_app(lambda: TextClassifier.load("model/"))  # doctest: +SKIP
+    >>> app = create_app(lambda: Predictor.load("model/"))  # doctest: +SKIP
     """
     settings = settings or ServeSettings()
     state = _State()
@@ -303,7 +304,7 @@ def create_app(model: TextClassifier | Callable[[], TextClassifier], settings: S
 
     async def load() -> None:
         try:
-            state.classifier = model if isinstance(model, TextClassifier) else await asyncio.to_thread(model)
+            state.classifier = model if isinstance(model, Predicting) else await asyncio.to_thread(model)
         except TextfitError as exc:
             state.error = str(exc)
             log.error("error: %s", exc)
@@ -398,7 +399,7 @@ def create_app(model: TextClassifier | Callable[[], TextClassifier], settings: S
                      exception_handlers={HTTPException: http_error, Exception: server_error})
 
 
-def serve(model: Callable[[], TextClassifier], host: str = "127.0.0.1", port: int = 8080,
+def serve(model: Callable[[], Predicting], host: str = "127.0.0.1", port: int = 8080,
           settings: ServeSettings | None = None, limits: ConnectionLimits | None = None) -> None:
     """Load the model, then serve it under uvicorn until SIGTERM or SIGINT, which drain in-flight requests.
 

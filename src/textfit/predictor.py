@@ -1,0 +1,303 @@
+"""A trained model ready to predict: its tokenizer, its forward pass (ONNX Runtime's or PyTorch's), its classes.
+
+`Predicting` holds the prediction methods (predict_proba and what is built on it) once, for the two objects that
+predict: the scikit-learn estimator (classifier.TextClassifier, after fit or load) and `Predictor`, what a
+server loads. A Predictor on the ONNX back end imports neither torch nor scikit-learn nor transformers: a server
+process starts in well under a second (docs/benchmarks.md), which is what serverless and autoscaled endpoints pay
+at every scale-out.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from textfit.core.shapes import check_model_files, check_tokenizer_config
+from textfit.data import batching
+from textfit.data.channels import ClassSet
+from textfit.errors import ArtifactError, DataError, HyperparameterError
+from textfit.hyperparameters import Hyperparameters, parse_hyperparameters
+from textfit.model import artifact, export
+from textfit.reports.records import verbose_record
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from textfit.model.architectures import Model
+
+log = logging.getLogger("textfit")
+
+
+def saved_hyperparameters(folder: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyperparameters in a saved model's manifest, parsed; a value not as textfit writes it names the file."""
+    try:
+        return parse_hyperparameters(manifest.get("hyperparameters", {}))
+    except HyperparameterError as exc:
+        raise ArtifactError(f"{folder / artifact.MANIFEST}: field 'hyperparameters': {' '.join(str(exc).split())}; "
+                            f"{artifact.DAMAGED}") from None
+
+
+def load_torch_model(path: str, allow_network: bool, classes: ClassSet | None = None, dropout: float | None = None,
+                     multi_label: bool = False, mean_pooled: bool = False, **kwargs: Any) -> nn.Module:
+    """The checkpoint with a sequence-classification head: its own, or (given `classes`) a new one, reading the
+    mean of the token vectors when `mean_pooled`. A saved mean-pooled model comes back mean-pooled."""
+    from textfit.model import architectures, pretrained
+
+    config = pretrained.load_config(path, allow_network)
+    if classes is not None:
+        if mean_pooled:
+            config.update({architectures.POOLING_KEY: "mean"})
+        elif hasattr(config, architectures.POOLING_KEY):  # a new head of the model's own kind
+            delattr(config, architectures.POOLING_KEY)
+        config.num_labels = len(classes.names)
+        config.id2label = dict(enumerate(classes.names))
+        config.label2id = {name: i for i, name in enumerate(classes.names)}
+        # a plain transformers pipeline then applies a sigmoid per label (with top_k=None)
+        config.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
+    if dropout is not None:
+        architectures.set_dropout(config, dropout)  # the Dropout before the Dense layer, by this family's name
+    model = pretrained.load_classifier_model(path, config, allow_network, **kwargs)
+    if not architectures.is_mean_pooled(config):
+        return model
+    if not architectures.can_mean_pool(model):  # only a new head can be asked for: an artifact's was checked
+        log.info("%s has no head layer that reads the encoder's hidden vectors: the small-data recipe keeps the "
+                 "architecture's own head", architectures.describe(model))
+        delattr(model.config, architectures.POOLING_KEY)
+        return model
+    return architectures.MeanPooled(model)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+class Predicting:
+    """The prediction methods of a fitted model, over the state `_set_fitted` gives it (the estimator's fitted
+    attributes, by scikit-learn's naming)."""
+
+    model_: Model | None
+    tokenizer_: Any
+    manifest_: dict[str, Any]
+    hyperparameters_: Hyperparameters
+    classes_: list[str]
+    label_values_: list[object]
+    model_id_: str | None
+    history_: list[dict[str, Any]]
+    best_epoch_: int
+    input_names_: list[str]
+    runner_: export.Runner
+    backend_: str
+    validation_report_: dict[str, Any] | None
+    multi_label_: bool
+    label_delimiter_: str
+    long_texts_: str
+    thresholds_: list[float] | None
+
+    def _set_fitted(self, model: Model | None, tokenizer: Any, manifest: dict[str, Any],
+                    classes: Sequence[str], values: Sequence[object], runner: export.Runner | None = None,
+                    backend: str = "torch", input_names: list[str] | None = None, *,
+                    hp: Hyperparameters | None = None) -> None:
+        """The one place fitted state is set, from `fit` and from `load` alike (`model` is None when an ONNX
+        graph alone serves the predictions)."""
+        self.model_, self.tokenizer_, self.manifest_ = model, tokenizer, manifest
+        # a fit hands its typed values down; a load reads the manifest (typed, or strings before 0.2)
+        self.hyperparameters_ = hp or Hyperparameters.from_strings(manifest.get("hyperparameters", {}))
+        self.manifest_["hyperparameters"] = self.hyperparameters_.to_json()  # one form in memory, and when saved
+        self.classes_, self.label_values_ = list(classes), list(values)
+        self.model_id_ = manifest.get("model_id")
+        self.history_, self.best_epoch_ = list(manifest.get("epochs", [])), int(manifest.get("best_epoch", 0))
+        if model is None:  # the ONNX graph alone: its runner and its input names come with it
+            assert runner is not None and input_names
+            self.input_names_, self.runner_ = input_names, runner
+        else:
+            from textfit.model import architectures
+
+            self.input_names_ = input_names or architectures.input_names(model, tokenizer)
+            self.runner_ = runner or export.TorchRunner(model)
+        self.backend_ = backend
+        self.validation_report_ = None
+        self.multi_label_ = self.hyperparameters_.multi_label
+        self.label_delimiter_ = self.hyperparameters_.label_delimiter
+        # An artifact from before long_texts (its hyperparameters lack it, so it parses as auto) truncated.
+        self.long_texts_ = "truncate" if self.hyperparameters_.long_texts == "auto" else self.hyperparameters_.long_texts
+        stored = manifest.get("thresholds") or {}
+        self.thresholds_ = [float(stored.get(c, 0.5)) for c in self.classes_] if self.multi_label_ else None
+
+    def _check_fitted(self) -> None:
+        """Nothing to check for a loaded Predictor; the estimator raises before fit."""
+
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Raw scores before the softmax, one row per text (truncated at max_seq_length tokens)."""
+        return self._logits(texts, batch_size)[0]
+
+    def _logits(self, texts: Sequence[str], batch_size: int, overlap: int | None = None, count: bool = False
+                ) -> tuple[np.ndarray, batching.Encoded]:
+        """Logits of each row (a text, or with `overlap` a window of one) and the encoded rows (with `count`,
+        knowing how many texts were truncated). Rows that fit in one batch are one forward pass in the order
+        given (the server's queue forms its batches so); more are grouped by length into batches."""
+        self._check_fitted()
+        data = batching.encode(self.tokenizer_, texts, self.hyperparameters_.max_seq_length, window_overlap=overlap,
+                               token_types="token_type_ids" in self.input_names_, count_truncated=count)
+        if 0 < len(data) <= batch_size:
+            return self.runner_(batching.pad(data, range(len(data)))), data
+        rows = np.zeros((len(data), len(self.classes_)), dtype=np.float32)
+        for group in batching.plan_batches([len(ids) for ids in data.input_ids], batch_size, shuffle=False):
+            rows[group] = self.runner_(batching.pad(data, group))
+        return rows, data
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64, *, long_texts: str | None = None,
+                      counts: dict[str, int] | None = None) -> np.ndarray:
+        """Probabilities, one row per text, columns in the order of `classes_`.
+
+        Args:
+            texts: the texts; they are batched by length and padded per batch (up to `batch_size` of them: one
+                batch, as given).
+            long_texts: "truncate" cuts texts at max_seq_length tokens; "window" classifies overlapping windows
+                of a longer text (up to 64) and averages their probabilities, weighted by window length (for a
+                multi-label model, the most confident window per label); None: the model's `long_texts_`, chosen
+                in training (hyperparameter long_texts).
+            counts: if given, "truncated" is increased by the number of texts cut at max_seq_length tokens.
+        """
+        self._check_fitted()
+        long_texts = self.long_texts_ if long_texts is None else long_texts
+        if long_texts not in ("truncate", "window"):
+            raise DataError(f"long_texts={long_texts!r} is not valid; use truncate or window")
+        if not isinstance(texts, str) and len(texts) == 0:
+            return np.zeros((0, len(self.classes_)), dtype=np.float32)
+        if long_texts == "truncate":
+            logits, data = self._logits(texts, batch_size, count=counts is not None)
+            if counts is not None:
+                counts["truncated"] = counts.get("truncated", 0) + data.truncated
+            return sigmoid(logits) if self.multi_label_ else softmax(logits)
+        logits, data = self._logits(texts, batch_size, overlap=self.hyperparameters_.max_seq_length // 4)
+        assert data.owners is not None  # windows: each row names the text it is part of
+        if self.multi_label_:  # a label is in a text when it is in any part of it: the most confident window
+            out = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
+            np.maximum.at(out, data.owners, sigmoid(logits))
+            return out
+        weights = np.array([len(ids) for ids in data.input_ids], dtype=np.float32)
+        out = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
+        np.add.at(out, data.owners, softmax(logits) * weights[:, None])
+        return out / out.sum(axis=1, keepdims=True)
+
+    def classify(self, texts: Sequence[str], *, long_texts: str | None = None) -> list[dict[str, Any]]:
+        """Per text, SageMaker's verbose answer: probabilities over all classes, the labels, the predicted label.
+
+        >>> textfit.load("model/").classify(["a lovely film"])  # doctest: +SKIP
+        [{'probabilities': [0.02, 0.98], 'labels': ['negative', 'positive'], 'predicted_label': 'positive'}]
+        """
+        return [verbose_record(row, self.classes_, self.thresholds_)
+                for row in self.predict_proba(texts, long_texts=long_texts)]
+
+    def class_index(self, label: object) -> int | None:
+        """The column of a label given as in the training data (its value) or as a class name; None if unknown."""
+        text = str(label).strip()
+        for i, value in enumerate(self.label_values_):
+            if text == str(value):
+                return i
+        return self.classes_.index(text) if text in self.classes_ else None
+
+    def predict(self, texts: Sequence[str], *, long_texts: str | None = None) -> list[Any]:
+        """The most probable class of each text (its name where the data gave names); for a multi-label model,
+        the list of labels each text has (each label's probability above its threshold). `long_texts`: as in
+        predict_proba."""
+        proba = self.predict_proba(texts, long_texts=long_texts)
+        if self.multi_label_:
+            chosen = proba > np.asarray(self.thresholds_)[None, :]
+            return [[c for c, on in zip(self.classes_, row) if on] for row in chosen]
+        return [self.classes_[i] for i in proba.argmax(axis=1)]
+
+
+@dataclass
+class Loaded:
+    """What `load` reads from a model folder, for `_set_fitted`."""
+
+    model: Model | None
+    tokenizer: Any
+    manifest: dict[str, Any]
+    classes: list[str]
+    values: list[object]
+    runner: export.Runner
+    backend: str
+    input_names: list[str]
+    report: dict[str, Any] | None
+
+
+def read_model(path: str | Path, backend: str = "torch", quantized: bool = False,
+               threads: int | None = None) -> Loaded:
+    """A model folder (or model.tar.gz) as saved, checked against its manifest's digests, for `backend`.
+
+    On the ONNX back end with a saved graph, only what a prediction there reads is read and checked (the graph,
+    the tokenizer, the labels and the manifest: the PyTorch weights stay on disk), and the graph's digest is
+    computed while ONNX Runtime builds its session from the same bytes, which are used only if it matches.
+
+    Raises:
+        ArtifactError: a file is missing, damaged or changed since it was saved; one message names each.
+    """
+    with artifact.opened(path) as folder:
+        graph = export.onnx_path(folder, quantized)
+        graph_alone = backend == "onnx" and graph.is_file()
+        # on the graph alone, what it reads is checked first; the weights, which a damaged artifact is known by
+        # too, are checked on another thread while ONNX Runtime builds its session
+        manifest = artifact.check_intact(folder, only=artifact.graph_files(folder) if graph_alone else None)
+        labels = artifact.read_labels(folder / artifact.LABELS)
+        saved_hyperparameters(folder, manifest)
+        runner: export.Runner
+        if graph_alone:  # neither torch nor its weights in memory
+            if (folder / "tokenizer_config.json").is_file():  # config.json is for the weights: unread here
+                check_tokenizer_config(folder / "tokenizer_config.json")
+            model = None
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="textfit-verify") as pool:
+                weights = pool.submit(artifact.verify, folder, manifest, (artifact.CONFIG, artifact.WEIGHTS))
+                runner = export.OnnxRunner(graph, threads, digest=artifact.recorded_digest(manifest, folder, graph))
+                tokenizer = export.load_tokenizer(folder)
+                weights.result()
+            if runner.outputs not in (None, len(labels["labels"])):
+                raise ArtifactError(f"{graph}: the graph has {runner.outputs} outputs but labels_info.json names "
+                                    f"{len(labels['labels'])} classes; the artifact is damaged")
+            names = runner.input_names
+        else:
+            from textfit.model import architectures, pretrained
+
+            check_model_files(folder)
+            config = pretrained.load_config(str(folder))
+            if config.num_labels != len(labels["labels"]):
+                raise ArtifactError(f"{folder}: config.json has {config.num_labels} outputs but labels_info.json "
+                                    f"names {len(labels['labels'])} classes; the artifact is damaged")
+            tokenizer = pretrained.load_tokenizer(str(folder))
+            model = load_torch_model(str(folder), False).eval()
+            names = architectures.input_names(model, tokenizer)
+            runner = export.runner(model, folder, backend, names, quantized, threads)
+        report_file = folder / artifact.REPORT
+        report = artifact.read_json(report_file) if report_file.is_file() else None
+    return Loaded(model, tokenizer, manifest, labels["labels"], labels["label_values"], runner, backend, names, report)
+
+
+class Predictor(Predicting):
+    """A saved model loaded for prediction alone: what `textfit serve` and the SageMaker endpoint load.
+
+    >>> Predictor.load("model/", backend="onnx").predict(["a lovely film"])  # doctest: +SKIP
+    ['positive']
+    """
+
+    @classmethod
+    def load(cls, path: str | Path, *, backend: str = "onnx", quantized: bool = False,
+             threads: int | None = None) -> Predictor:
+        """As TextClassifier.load, for prediction only; on the ONNX back end by default."""
+        loaded = read_model(path, backend, quantized, threads)
+        predictor = cls()
+        predictor._set_fitted(loaded.model, loaded.tokenizer, loaded.manifest, loaded.classes, loaded.values,
+                              loaded.runner, loaded.backend, loaded.input_names)
+        predictor.validation_report_ = loaded.report
+        return predictor
