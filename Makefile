@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo test typecheck lint bench clean wheelhouse container container-gpu container-test
+.PHONY: install demo test test-engines typecheck lint bench clean wheelhouse container container-gpu container-test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ test: $(DEV_STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 # mypy on src/textfit ([tool.mypy] in pyproject.toml), as `make test` runs it first
+# Scoring on Spark (local[2]; needs Java) and Ray (a local cluster): the engines extras, kept out of `make test`.
+test-engines: $(DEV_STAMP)
+	$(PIP) install --quiet -e '.[spark,ray]'
+	$(PY) -m pytest -m engines tests/jobs/test_engines.py
+
 typecheck: $(DEV_STAMP)
 	$(PY) -m mypy
 
@@ -78,10 +83,22 @@ container-gpu:
 	test -n "$(GPU_BASE_IMAGE)" || { echo "set GPU_BASE_IMAGE to a CUDA runtime image with Python 3.11"; exit 2; }
 	PIP_FIND_LINKS= PIP_EXTRA_INDEX_URL= $(MAKE) container BASE_IMAGE=$(GPU_BASE_IMAGE) IMAGE=$(IMAGE)-gpu
 
-# Builds the image and drives it as SageMaker does (tests/container); needs a Docker engine.
-container-test: $(DEV_STAMP)
+# The SageMaker Python SDK, in an environment of its own (its dependencies are not textfit's), for the test that
+# drives the image through it in local mode; the SDK also needs Docker Compose (Debian's docker-compose).
+SDK_VENV := .venv-sagemaker
+SDK_STAMP := $(SDK_VENV)/.installed
+SAGEMAKER_SDK ?= sagemaker==2.257.7
+
+$(SDK_STAMP):
+	$(PYTHON) -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/pip install --quiet "$(SAGEMAKER_SDK)"
+	touch $@
+
+# Builds the image and drives it as SageMaker does (tests/container), directly and through the SDK; needs a
+# Docker engine.
+container-test: $(DEV_STAMP) $(SDK_STAMP)
 	$(MAKE) container BASE_IMAGE=$(BASE_IMAGE) IMAGE=$(IMAGE)
-	TEXTFIT_IMAGE=$(IMAGE) $(PY) -m pytest -m container tests/container
+	TEXTFIT_IMAGE=$(IMAGE) TEXTFIT_SDK_PYTHON=$(SDK_VENV)/bin/python $(PY) -m pytest -m container tests/container
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(SDK_VENV) runs

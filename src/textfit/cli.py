@@ -131,6 +131,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from textfit.jobs.prediction import InputRecord, predict_file, predict_file_parallel, read_records
     from textfit.jobs.train import load
 
+    if args.engine == "ray":
+        return _predict_on_ray(args)
+    args.backend = args.backend or "torch"
     if args.output:  # before the model loads: another file of that name is never replaced
         check_predictions_file(Path(args.output))
     clf = load(args.model, backend=args.backend, quantized=args.quantized) if args.workers <= 1 else None
@@ -158,6 +161,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if summary.accuracy is not None:
         log.info("accuracy: %.4f (%d of %d labelled rows)", summary.accuracy, summary.correct, summary.labelled)
     _log_truncated(summary.truncated, summary.records, clf)
+    return 0
+
+
+def _predict_on_ray(args: argparse.Namespace) -> int:
+    if not args.input or not args.output:
+        raise DataError("--engine ray needs --input (files to score) and --output (a folder for the JSON Lines)")
+    if args.text or args.workers > 1:
+        raise DataError("--engine ray scores --input files on the cluster: --text and --workers do not apply")
+    try:
+        from textfit.jobs import on_ray
+    except ImportError as exc:
+        raise DataError(f"--engine ray needs Ray ({exc.name} is not installed): pip install 'textfit[ray]'") from None
+    on_ray.predict_files(args.input, args.output, args.model, address=args.ray_address, concurrency=args.concurrency,
+                         backend=args.backend or "onnx", quantized=args.quantized, long_texts=args.long_texts)
+    log.info("Wrote the predictions of %s to %s", args.input, args.output)
     return 0
 
 
@@ -517,9 +535,9 @@ def _parallel_within_jobs(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _inference_options(parser: argparse.ArgumentParser, default_backend: str) -> None:
+def _inference_options(parser: argparse.ArgumentParser, default_backend: str | None, said: str = "") -> None:
     parser.add_argument("--backend", choices=["torch", "onnx"], default=default_backend,
-                        help=f"inference engine (default: {default_backend})")
+                        help=f"inference engine (default: {said or default_backend})")
     parser.add_argument("--quantized", action="store_true", help="with onnx: the int8 model (faster, less exact)")
     parser.add_argument("--long-texts", choices=["truncate", "window"], default=None,
                         help="texts over max_seq_length: truncate, or average overlapping windows (default: what the "
@@ -569,7 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="input format (default: from the file suffix)")
     predict.add_argument("--output", help="JSON Lines output file, one record per input in order (default: stdout)")
     predict.add_argument("--workers", type=int_in(1, 256), default=1, help="processes sharing a large --input (cores divided)")
-    _inference_options(predict, default_backend="torch")
+    predict.add_argument("--engine", choices=["local", "ray"], default="local",
+                         help="ray: score --input (a path, glob or prefix, local or s3://) on a Ray cluster and write "
+                              "JSON Lines files into the folder --output (pip install textfit[ray])")
+    predict.add_argument("--ray-address", help="with --engine ray: the cluster (default: RAY_ADDRESS, else a local one)")
+    predict.add_argument("--concurrency", type=int_in(1, 100_000), default=2,
+                         help="with --engine ray: scoring actors (one CPU each)")
+    _inference_options(predict, default_backend=None, said="torch; onnx with --engine ray")
     predict.set_defaults(func=cmd_predict)
 
     serve = sub.add_parser("serve", help="serve a model over HTTP with SageMaker's endpoint contract")
