@@ -6,8 +6,9 @@ endpoint pays at every scale-out.
 Servers, each started `--starts` times one after another on the same artifact of the embedded model:
 - `textfit serve` on the host (the ONNX back end, SageMaker's default);
 - the baseline a user would otherwise write: FastAPI with a transformers pipeline (bench/baseline_server.py);
-- with --image, `docker run IMAGE serve` on the artifact mounted as /opt/ml/model, timed from `docker run`, and
-  a bare container of the same image (`docker run --entrypoint true`), the floor Docker itself sets.
+- with --image, `docker run IMAGE serve` on the artifact mounted as /opt/ml/model, timed from `docker run` and
+  from the container's own start (State.StartedAt: Docker's creation of the container excluded), and a bare
+  container of the same image (`docker run --rm --entrypoint true`: start, exit and removal), Docker's floor.
 
 Prints each one's median and worst, and the ratio of the medians to the baseline's.
 """
@@ -59,13 +60,24 @@ def host_start(cmd: list[str]) -> float:
         proc.wait(30)
 
 
-def docker_start(image: str, model: Path) -> float:
+def docker_start(image: str, model: Path, since_process: list[float]) -> float:
+    """Seconds from `docker run` to /ping 200; appends to `since_process` the seconds from the container's own
+    start (its State.StartedAt, when its first process began) to that answer."""
+    from datetime import datetime
+
     port, name = free_port(), f"textfit-cold-{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
     subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-v",
                     f"{model}:/opt/ml/model:ro", image, "serve"], check=True, capture_output=True)
     try:
-        return until_ping(port, started, None)
+        elapsed = until_ping(port, started, None)
+        answered = time.time()
+        stamp = subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}}", name], check=True,
+                               capture_output=True, text=True).stdout.strip()
+        whole, _, fraction = stamp.rstrip("Z").partition(".")
+        process_start = datetime.fromisoformat(whole + "+00:00").timestamp() + float("0." + (fraction or "0"))
+        since_process.append(answered - process_start)
+        return elapsed
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
@@ -101,14 +113,17 @@ def main() -> None:
             "baseline: FastAPI + pipeline (host)": lambda: host_start(
                 [sys.executable, str(ROOT / "bench" / "baseline_server.py"), str(model)]),
         }
+        since_process: list[float] = []
         if args.image:
-            starters[f"docker run {args.image} serve"] = lambda: docker_start(args.image, model)
+            starters[f"docker run {args.image} serve"] = lambda: docker_start(args.image, model, since_process)
             starters[f"bare container of {args.image}"] = lambda: bare_container(args.image)
             runs.update({name: [] for name in starters if name not in runs})
         for _ in range(args.starts):  # interleaved: a slow minute of the machine touches each server alike
             for name, start in starters.items():
                 runs[name].append(start())
 
+    if since_process:
+        runs[f"  the same, from the container's start ({args.image})"] = since_process
     base = statistics.median(runs["baseline: FastAPI + pipeline (host)"])
     print(f"\n{'server':<44} {'median s':>8} {'worst s':>8} {'median / baseline':>18}")
     for name, times in runs.items():
