@@ -103,7 +103,9 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     loads = tmp_path_factory.mktemp("spark-loads") / "loads.txt"
     os.environ["TEXTFIT_LOAD_LOG"] = str(loads)  # inherited by the Python workers Spark starts
+    # Spark's Python workers run `python3` from PATH unless told: this interpreter, which has textfit
     session = (SparkSession.builder.master("local[2]").appName("textfit-test")
+               .config("spark.pyspark.python", sys.executable).config("spark.pyspark.driver.python", sys.executable)
                .config("spark.sql.execution.arrow.maxRecordsPerBatch", "3")  # several batches a partition
                .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "2").getOrCreate())
     session.loads_file = loads
