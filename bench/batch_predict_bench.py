@@ -62,8 +62,8 @@ def time_cli(model: Path, texts_file: Path, workers: int) -> float:
 def spark_session():  # type: ignore[no-untyped-def]
     from pyspark.sql import SparkSession
 
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # the workers' Python: this one, which has textfit
     return (SparkSession.builder.master("local[2]").appName("textfit-bench").config("spark.ui.enabled", "false")
-            .config("spark.pyspark.python", sys.executable)  # the workers' Python: this one, which has textfit
             .config("spark.sql.execution.arrow.maxRecordsPerBatch", "1000").getOrCreate())
 
 

@@ -103,15 +103,17 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     loads = tmp_path_factory.mktemp("spark-loads") / "loads.txt"
     os.environ["TEXTFIT_LOAD_LOG"] = str(loads)  # inherited by the Python workers Spark starts
-    # Spark's Python workers run `python3` from PATH unless told: this interpreter, which has textfit
+    # Spark's Python workers run `python3` from PATH unless PYSPARK_PYTHON says otherwise: this interpreter, which
+    # has textfit (the variable, read when the context starts, is what every PySpark version honours)
+    os.environ["PYSPARK_PYTHON"] = sys.executable
     session = (SparkSession.builder.master("local[2]").appName("textfit-test")
-               .config("spark.pyspark.python", sys.executable).config("spark.pyspark.driver.python", sys.executable)
                .config("spark.sql.execution.arrow.maxRecordsPerBatch", "3")  # several batches a partition
                .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "2").getOrCreate())
     session.loads_file = loads
     yield session
     session.stop()
-    os.environ.pop("TEXTFIT_LOAD_LOG", None)
+    for name in ("TEXTFIT_LOAD_LOG", "PYSPARK_PYTHON"):
+        os.environ.pop(name, None)
 
 
 def _frame(spark: Any) -> Any:
