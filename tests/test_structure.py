@@ -19,7 +19,7 @@ import textfit
 
 PACKAGE = Path(textfit.__file__).parent
 LAYERS = (("errors",), ("hyperparameters",), ("core",), ("data",), ("model",), ("reports",), ("training",),
-          ("predictor",), ("classifier",), ("serving",), ("jobs",), ("cli", "__main__", "spark", "ray"))
+          ("explain",), ("predictor",), ("classifier",), ("serving",), ("jobs",), ("cli", "__main__", "spark", "ray"))
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 
 

@@ -149,12 +149,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.workers > 1:
             if not args.input:
                 raise DataError("--workers needs --input FILE: stdin and --text cannot be split")
+            if args.explain:
+                raise DataError("--explain runs in one process: leave out --workers")
             summary = predict_file_parallel(args.model, Path(args.input), args.format, out, args.workers,
                                             backend=args.backend, quantized=args.quantized, long_texts=args.long_texts)
         else:
             assert clf is not None  # loaded above: one worker
             bar = _progress(args.input)
-            summary = predict_file(clf, records, out, long_texts=args.long_texts, progress=bar)
+            summary = predict_file(clf, records, out, long_texts=args.long_texts, progress=bar, explain=args.explain)
             bar.close()
     if args.output:
         log.info("Wrote %d predictions to %s", summary.records, args.output)
@@ -167,8 +169,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _predict_on_ray(args: argparse.Namespace) -> int:
     if not args.input or not args.output:
         raise DataError("--engine ray needs --input (files to score) and --output (a folder for the JSON Lines)")
-    if args.text or args.workers > 1:
-        raise DataError("--engine ray scores --input files on the cluster: --text and --workers do not apply")
+    if args.text or args.workers > 1 or args.explain:
+        raise DataError("--engine ray scores --input files on the cluster: --text, --workers and --explain do not "
+                        "apply")
     try:
         from textfit.jobs import on_ray
     except ImportError as exc:
@@ -614,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="input format (default: from the file suffix)")
     predict.add_argument("--output", help="JSON Lines output file, one record per input in order (default: stdout)")
     predict.add_argument("--workers", type=int_in(1, 256), default=1, help="processes sharing a large --input (cores divided)")
+    predict.add_argument("--explain", action="store_true",
+                         help="add each text's word attributions for its predicted label (`explanation`: word, start, "
+                              "end, score; by occlusion, up to 64 words or groups of words a text)")
     predict.add_argument("--engine", choices=["local", "ray"], default="local",
                          help="ray: score --input (a path, glob or prefix, local or s3://) on a Ray cluster and write "
                               "JSON Lines files into the folder --output (pip install textfit[ray])")

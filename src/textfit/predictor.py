@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from textfit import explain as explanations
 from textfit.core.shapes import check_model_files, check_tokenizer_config
 from textfit.data import batching
 from textfit.data.channels import ClassSet
@@ -199,6 +200,49 @@ class Predicting:
         """
         return [verbose_record(row, self.classes_, self.thresholds_)
                 for row in self.predict_proba(texts, long_texts=long_texts)]
+
+    def explain(self, texts: Sequence[str], *, all_labels: bool = False, max_words: int = explanations.MAX_WORDS,
+                long_texts: str | None = None) -> list[dict[str, Any]]:
+        """Per text, the verbose record (as `classify`) and `explanation`: its words with their attributions
+        to the predicted label, `[{"word", "start", "end", "score"}, ...]` in the text's order (`text[start:end]
+        == word`; the score is how much the label's log-probability, or a multi-label model's log-odds, drops when
+        the word is left out: positive pushes toward the label). A multi-label model's `explanation` maps each predicted label
+        to such a list. `all_labels`: also `explanations`, every label's list. By occlusion (explain.py): at most
+        `max_words` + 1 texts of inference a text.
+
+        >>> textfit.load("model/").explain(["a lovely film"])[0]["explanation"]  # doctest: +SKIP
+        [{'word': 'a', 'start': 0, 'end': 1, 'score': 0.01}, {'word': 'lovely', ...}, ...]
+        """
+        texts = batching.check_texts(texts)
+        windows = (self.long_texts_ if long_texts is None else long_texts) == "window"
+
+        def log_scores(variants: list[str]) -> np.ndarray:
+            """Each label's log-probability (a multi-label model's log-odds), from the logits where texts are
+            truncated: probabilities saturate at 1.0 in float32, and a word's part in a confident answer would
+            read as nothing."""
+            if windows:  # windows are averaged as probabilities: their log, in float64
+                return np.log(np.clip(self.predict_proba(variants, long_texts="window").astype(np.float64), 1e-30, 1))
+            logits = self.predict_logits(variants).astype(np.float64)
+            if self.multi_label_:
+                return logits
+            return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+
+        found = explanations.occlusion(log_scores, texts, max_words=max_words)
+        probabilities = self.predict_proba(texts, long_texts=long_texts)
+        out = []
+        for (words, scores, _), full in zip(found, probabilities):
+            record = verbose_record(full, self.classes_, self.thresholds_)
+            if self.multi_label_:
+                record["explanation"] = {label: explanations.as_records(words, scores, self.classes_.index(label))
+                                         for label in record["predicted_labels"]}
+            else:
+                record["explanation"] = explanations.as_records(words, scores, self.classes_.index(
+                    record["predicted_label"]))
+            if all_labels:
+                record["explanations"] = {label: explanations.as_records(words, scores, i)
+                                          for i, label in enumerate(self.classes_)}
+            out.append(record)
+        return out
 
     def class_index(self, label: object) -> int | None:
         """The column of a label given as in the training data (its value) or as a class name; None if unknown."""

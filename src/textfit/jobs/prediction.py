@@ -142,18 +142,23 @@ def _header(classifier: TextClassifier, chunk: list[InputRecord]) -> str | None:
 
 
 def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out: IO[str], *,
-                 long_texts: str | None = None, progress: Any = None) -> PredictionSummary:
-    """Write one JSON line per record, in input order; with labels in the input, count the correct ones."""
+                 long_texts: str | None = None, progress: Any = None, explain: bool = False) -> PredictionSummary:
+    """Write one JSON line per record, in input order; with labels in the input, count the correct ones.
+    `explain`: each record also has its `explanation` (word attributions, Predicting.explain)."""
     summary, counts = PredictionSummary(), {"truncated": 0}
     for n, chunk in enumerate(_chunks(records, CHUNK)):
         reason = _header(classifier, chunk) if n == 0 else None
         if reason is not None:
             log.info("line %d looks like a header row (%s); it is skipped", chunk[0].line, reason)
             chunk = chunk[1:]
-        probs = classifier.predict_proba([r.text for r in chunk], long_texts=long_texts, counts=counts)
+        texts = [r.text for r in chunk]
+        if explain:
+            results = classifier.explain(texts, long_texts=long_texts)
+        else:
+            probs = classifier.predict_proba(texts, long_texts=long_texts, counts=counts)
+            results = [verbose_record(row, classifier.classes_, classifier.thresholds_) for row in probs]
         summary.truncated = counts["truncated"]
-        for rec, row in zip(chunk, probs):
-            result = verbose_record(row, classifier.classes_, classifier.thresholds_)
+        for rec, result in zip(chunk, results):
             if rec.label is not None:
                 summary.labelled += 1
                 if classifier.multi_label_:  # right when the predicted set is the true set

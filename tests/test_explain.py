@@ -1,0 +1,118 @@
+"""Word attributions (explain.py, Predicting.explain, `textfit predict --explain`): the word a model keys on comes
+first, offsets give back the exact words of the text, both engines rank alike, the cost is bounded."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import FAST, NEGATIVE, NEUTRAL, POSITIVE, write_csv
+from textfit import TextClassifier
+from textfit.errors import DataError
+from textfit.explain import occlusion, words
+from textfit.predictor import Predictor
+
+
+@pytest.fixture(scope="module")
+def onnx(tiny_artifact: Path) -> Predictor:
+    return Predictor.load(tiny_artifact)
+
+
+@pytest.fixture(scope="module")
+def marker(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    """A tiny model trained to key on one word: label 1 exactly when "superb" is in the text, among words of
+    both sentiments in both labels."""
+    from textfit.jobs.train import train
+
+    rng = random.Random(3)
+    others = [w for w in POSITIVE + NEGATIVE + NEUTRAL if w != "superb"]
+    rows = []
+    for i in range(240):
+        text = rng.sample(others, 6)
+        if i % 2:  # the same length in both labels: the word, not the count of words, tells them apart
+            text[rng.randrange(6)] = "superb"
+        rows.append((i % 2, " ".join(text)))
+    root = tmp_path_factory.mktemp("marker")
+    write_csv(root / "train" / "data.csv", rows)
+    train(root / "train", model_id=str(tiny_bert), output=root / "model",
+          hyperparameters={**FAST, "epochs": "8", "learning_rate": "0.002"})
+    return Predictor.load(root / "model")
+
+
+def test_the_marker_word_gets_the_top_attribution(marker: Predictor) -> None:
+    rng = random.Random(11)
+    others = [w for w in POSITIVE + NEGATIVE + NEUTRAL if w != "superb"]
+    for _ in range(10):
+        words_ = rng.sample(others, 6)
+        words_[rng.randrange(6)] = "superb"
+        record = marker.explain([" ".join(words_)])[0]
+        assert record["predicted_label"] == "1", record
+        top = max(record["explanation"], key=lambda w: w["score"])
+        assert top["word"] == "superb" and top["score"] > 0, record["explanation"]
+
+
+def test_a_word_against_the_label_scores_below_zero(onnx: Predictor) -> None:
+    """The tiny artifact answers 1 unless a negative word is there: "awful" carries label 0, and pulls away from 1."""
+    record = onnx.explain(["the film was very awful"], all_labels=True)[0]
+    assert record["predicted_label"] == "0"
+    assert max(record["explanation"], key=lambda w: w["score"])["word"] == "awful"
+    assert min(record["explanations"]["1"], key=lambda w: w["score"])["word"] == "awful"
+
+
+@pytest.mark.parametrize("text", ["Line one 😀\nnaïve café — it's  broken!", "日本語のテキスト、good です。",
+                                  "tabs\tand\r\nwindows lines, 👩‍👩‍👧 family", "   ", "x"])
+def test_offsets_give_back_the_words_of_the_text(onnx: Predictor, text: str) -> None:
+    record = onnx.explain([text])[0]
+    assert all(text[w["start"]:w["end"]] == w["word"] for w in record["explanation"])
+    covered = "".join(w["word"] for w in record["explanation"])
+    assert covered == "".join(text.split())  # every character but whitespace, each in one word
+
+
+def test_onnx_and_torch_rank_the_words_alike(tiny_artifact: Path, onnx: Predictor) -> None:
+    text = "the very long plot was really quite good and the acting was bad and awful"
+    torch_scores = [w["score"] for w in TextClassifier.load(tiny_artifact).explain([text])[0]["explanation"]]
+    onnx_scores = [w["score"] for w in onnx.explain([text])[0]["explanation"]]
+    np.testing.assert_allclose(onnx_scores, torch_scores, atol=1e-4)
+    assert np.argsort(onnx_scores)[-2:].tolist() == np.argsort(torch_scores)[-2:].tolist()
+
+
+def test_every_label_on_request_and_the_cost_bounded(onnx: Predictor) -> None:
+    text = " ".join(["good"] + ["long"] * 199)  # 200 words, explained in at most 8 groups
+    seen: list[int] = []
+
+    def counted(variants: list[str]) -> np.ndarray:
+        seen.append(len(variants))
+        return onnx.predict_logits(variants)
+
+    (found, scores, _), = occlusion(counted, [text], max_words=8)
+    assert seen == [9] and len(found) == 200 and scores.shape == (200, 2)
+    assert len({tuple(scores[i]) for i in range(25)}) == 1  # a group's words share its score
+    record = onnx.explain(["the film was awful"], all_labels=True)[0]
+    assert set(record["explanations"]) == {"0", "1"}
+    awful = [w for w in record["explanations"]["0"] if w["word"] == "awful"][0]
+    against = [w for w in record["explanations"]["1"] if w["word"] == "awful"][0]
+    assert awful["score"] > 0 > against["score"]  # two classes: a word for one is a word against the other
+    with pytest.raises(DataError, match="at least one word"):
+        onnx.explain(["good"], max_words=0)
+    with pytest.raises(DataError, match="not a single string"):
+        onnx.explain("good")  # type: ignore[arg-type]
+
+
+def test_words_split_as_documented() -> None:
+    assert [w.word for w in words("it's a film, isn't it?! 😀")] == ["it's", "a", "film", ",", "isn't", "it", "?",
+                                                                    "!", "😀"]
+
+
+def test_predict_explain_on_the_command_line(tiny_artifact: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "textfit", "predict", "--model", str(tiny_artifact), "--backend",
+                           "onnx", "--explain", "--text", "the film was long and awful"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["predicted_label"] == "0" and max(record["explanation"], key=lambda w: w["score"])["word"] == "awful"
