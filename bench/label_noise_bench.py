@@ -23,7 +23,6 @@ Peak RSS of the inspect process is printed.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import re
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bbc import write_channel  # noqa: E402  (a bench module beside this one)
 
 
 def load_set(name: str, rows: int) -> tuple[list[tuple[int, str]], list[tuple[int, str]], list[str]]:
@@ -72,13 +72,6 @@ def flip(rows: list[tuple[int, str]], n_classes: int, rate: float, mode: str, se
             label = targets[label] if targets else rng.choice([c for c in range(n_classes) if c != label])
         noisy.append((label, text))
     return noisy, chosen
-
-
-def write(folder: Path, rows: list[tuple[int, str]]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "data.csv").open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(rows)
-    return folder
 
 
 def scores(flagged: set[int], truth: set[int]) -> dict[str, float]:
@@ -173,7 +166,7 @@ def main() -> None:
                 noisy, flips = flip(clean, len(names), rate, mode)
                 with tempfile.TemporaryDirectory(prefix="label-noise-") as tmp_name:
                     tmp = Path(tmp_name)
-                    folder = write(tmp / "noisy", noisy)
+                    folder = write_channel(tmp / "noisy", noisy)
                     ours, seconds, peak = run_textfit(folder, tmp / "report")
                     tfidf, tfidf_s = anchor_tfidf(noisy)
                     encoder, encoder_s = anchor_encoder(noisy)
@@ -182,8 +175,8 @@ def main() -> None:
                            "tfidf": {**scores(tfidf, flips), "seconds": tfidf_s},
                            "encoder": {**scores(encoder, flips), "seconds": encoder_s}}
                     if args.train_on == f"{rate:g}:{mode}":
-                        cleaned = write(tmp / "cleaned", [r for i, r in enumerate(noisy) if i not in ours])
-                        row["accuracy"] = {"clean": test_accuracy(write(tmp / "clean", clean), test, tmp, "clean"),
+                        cleaned = write_channel(tmp / "cleaned", [r for i, r in enumerate(noisy) if i not in ours])
+                        row["accuracy"] = {"clean": test_accuracy(write_channel(tmp / "clean", clean), test, tmp, "clean"),
                                            "noisy": test_accuracy(folder, test, tmp, "noisy"),
                                            "cleaned": test_accuracy(cleaned, test, tmp, "cleaned")}
                     results.append(row)
