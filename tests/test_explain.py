@@ -104,6 +104,12 @@ def test_every_label_on_request_and_the_cost_bounded(onnx: Predictor) -> None:
         onnx.explain("good")  # type: ignore[arg-type]
 
 
+def test_the_record_is_the_prediction(onnx: Predictor) -> None:
+    texts = ["the film was awful", "a very good movie"]
+    for record, row in zip(onnx.explain(texts), onnx.predict_proba(texts)):
+        np.testing.assert_allclose(record["probabilities"], row, atol=1e-6)
+
+
 def test_words_split_as_documented() -> None:
     assert [w.word for w in words("it's a film, isn't it?! 😀")] == ["it's", "a", "film", ",", "isn't", "it", "?",
                                                                     "!", "😀"]

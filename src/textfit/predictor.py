@@ -227,11 +227,11 @@ class Predicting:
                 return logits
             return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
 
-        found = explanations.occlusion(log_scores, texts, max_words=max_words)
-        probabilities = self.predict_proba(texts, long_texts=long_texts)
         out = []
-        for (words, scores, _), full in zip(found, probabilities):
-            record = verbose_record(full, self.classes_, self.thresholds_)
+        for words, scores, full in explanations.occlusion(log_scores, texts, max_words=max_words):
+            # the text's own probabilities, from its row of the same forward passes
+            own = 1.0 / (1.0 + np.exp(-full)) if self.multi_label_ and not windows else np.exp(full)
+            record = verbose_record(own.astype(np.float32), self.classes_, self.thresholds_)
             if self.multi_label_:
                 record["explanation"] = {label: explanations.as_records(words, scores, self.classes_.index(label))
                                          for label in record["predicted_labels"]}
