@@ -1,30 +1,48 @@
-"""Why a label: word attributions by occlusion, with forward passes only (so on ONNX Runtime as on PyTorch).
+"""Why a label: word attributions, by occlusion (the default) or by Integrated Gradients.
 
 A text's words are found in the text itself (runs of letters and digits, with inner apostrophes, and each other
 symbol on its own: an emoji, a punctuation mark), so that `text[start:end] == word` for every word, whatever the
-tokenizer cuts them into. A word's score for a label is the drop in that label's score (the caller's: textfit
-uses log-probabilities from the logits, which do not saturate as probabilities do) when the word is taken out of
-the text: positive pushes toward the label, negative away from it. Every label's score comes from the same
-forward passes. A text of more than `max_words` words is explained in `max_words` contiguous groups of
-words (each word gets its group's score), so that a request buys at most `max_words` + 1 texts of inference; a
-long text read as windows is read so with each word left out too.
+tokenizer cuts them into. Only the words the model reads are explained: those within its first max_seq_length
+tokens (or, read as windows, within its windows); a longer text's later words are not listed.
+
+Both methods attribute the same quantity, the label's log-probability (a multi-label model's log-odds), taken
+from the logits because probabilities saturate at 1.0 and a word's part in a confident answer would read as
+nothing. Positive pushes toward the label, negative away from it.
+
+- occlusion: a word's score is the drop in the label's score when the word is taken out of the text. Forward
+  passes only, so it runs on ONNX Runtime as on PyTorch, through the same batching (and the server's queue) as
+  predictions; every label's scores come from the same passes. A text of more than `max_words` words is
+  explained in `max_words` contiguous groups of words (each word gets its group's score), so a text costs at
+  most `max_words` + 1 texts of inference. Measured the more faithful of the two (docs/benchmarks.md).
+- integrated_gradients (Sundararajan et al., 2017, as Captum computes it): the path integral of the gradient
+  from a baseline (every token but the special ones replaced by padding) to the text, on the token embeddings,
+  summed over each token's vector and over the tokens of each word (baseline_token says which token is
+  "nothing"). Needs PyTorch's weights and gradients.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from textfit.errors import DataError
+from textfit.errors import DataError, TextfitError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]", re.UNICODE)
 MAX_WORDS = 64
 """Words (or groups of words) left out one at a time, per text: the bound on a text's inference cost."""
+METHODS = ("occlusion", "integrated_gradients")
+DEFAULT_METHOD = "occlusion"
+IG_STEPS = 32
+"""Integrated Gradients' steps along the path (Gauss-Legendre points): the attributions' sum is within a few
+hundredths of the score's change from the baseline on the models tested, at a third of Captum's default cost."""
 
 
 @dataclass(frozen=True)
@@ -34,9 +52,22 @@ class Word:
     end: int
 
 
-def words(text: str) -> list[Word]:
-    """The words of `text` with their character offsets into it."""
-    return [Word(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
+def words(text: str, extent: int | None = None) -> list[Word]:
+    """The words of `text` with their character offsets into it (those ending within `extent` characters)."""
+    found = [Word(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
+    return found if extent is None else [w for w in found if w.start < extent]
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise DataError(f"explain method {method!r} is not known; use {' or '.join(METHODS)}")
+    return method
+
+
+def check_max_words(max_words: int) -> int:
+    if isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < 1:
+        raise DataError(f"max_words={max_words!r}: explain at least one word a text (a whole number, 1 or more)")
+    return max_words
 
 
 def _groups(n: int, max_words: int) -> list[range]:
@@ -52,29 +83,122 @@ def _without(text: str, found: list[Word], group: range) -> str:
     return left + text[end:]
 
 
-def occlusion(probabilities: Any, texts: Sequence[str], *, max_words: int = MAX_WORDS,
-              ) -> list[tuple[list[Word], np.ndarray, np.ndarray]]:
-    """For each text: its words, a (words x labels) array of scores and the text's own row, from
-    `probabilities(texts)` (a list of texts in, a row of label scores each out)."""
-    if max_words < 1:
-        raise DataError(f"max_words={max_words}: explain at least one word a text")
-    plans = []
+@dataclass(frozen=True)
+class Occlusion:
+    """One text's occlusion: its words, their groups, and where its rows start among the variants."""
+
+    words: list[Word]
+    groups: list[range]
+    at: int
+
+    def scores(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(words x labels) attributions and the text's own row, from the variants' rows of label scores."""
+        full = rows[self.at]
+        scores = np.zeros((len(self.words), rows.shape[1]))
+        for k, group in enumerate(self.groups):
+            scores[group.start:group.stop] = full - rows[self.at + 1 + k]
+        return scores, full
+
+
+def occlusion_plan(texts: Sequence[str], extents: Sequence[int | None], max_words: int = MAX_WORDS
+                   ) -> tuple[list[Occlusion], list[str]]:
+    """Each text's plan and the texts to score: each text, then each text with one group of words left out."""
+    check_max_words(max_words)
+    plans: list[Occlusion] = []
     variants: list[str] = []
-    for text in texts:
-        found = words(text)
+    for text, extent in zip(texts, extents):
+        found = words(text, extent)
         groups = _groups(len(found), max_words)
-        plans.append((found, groups, len(variants)))
+        plans.append(Occlusion(found, groups, len(variants)))
         variants.append(text)
         variants.extend(_without(text, found, g) for g in groups)
-    rows = np.asarray(probabilities(variants), dtype=np.float64)
-    out = []
-    for found, groups, at in plans:
-        full = rows[at]
-        scores = np.zeros((len(found), rows.shape[1]))
-        for k, group in enumerate(groups):
-            scores[group.start:group.stop] = full - rows[at + 1 + k]
-        out.append((found, scores, full))
+    return plans, variants
+
+
+def occlusion(score: Callable[[list[str]], np.ndarray], texts: Sequence[str], extents: Sequence[int | None],
+              *, max_words: int = MAX_WORDS) -> list[tuple[list[Word], np.ndarray, np.ndarray]]:
+    """For each text: its words, a (words x labels) array of scores and the text's own row of label scores, from
+    `score(texts)` (a list of texts in, a row of label scores each out)."""
+    plans, variants = occlusion_plan(texts, extents, max_words)
+    rows = np.asarray(score(variants), dtype=np.float64)
+    return [(plan.words, *plan.scores(rows)) for plan in plans]
+
+
+@dataclass(frozen=True)
+class Window:
+    """The tokens of a text (or of one window of it) as the model reads them, with their character spans."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    special: list[bool]
+
+
+def integrated_gradients(model: nn.Module, windows: Sequence[Window], words_: list[Word], weights: np.ndarray,
+                         columns: Sequence[int], log_score: Callable[[Any], Any], *, pad_id: int,
+                         token_types: bool, steps: int = IG_STEPS) -> np.ndarray:
+    """A (words x len(columns)) array: each word's Integrated Gradients attribution to each label's score, the
+    windows' attributions weighted by `weights` (windows x labels: the share of the text's score each window's
+    score carries, the chain rule through the average of windows)."""
+    try:
+        import torch
+        from captum.attr import LayerIntegratedGradients
+    except ImportError:
+        raise TextfitError("explaining by integrated gradients needs Captum: pip install 'textfit[explain]' (or "
+                           "use the occlusion method)") from None
+
+    def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if token_types:
+            inputs["token_type_ids"] = torch.zeros_like(ids)
+        return log_score(model(**inputs).logits)
+
+    embeddings = getattr(model, "get_input_embeddings")()  # every transformers model's (and MeanPooled's)
+    explainer = LayerIntegratedGradients(forward, embeddings)
+    out = np.zeros((len(words_), len(columns)))
+    starts = np.array([w.start for w in words_])
+    for k, window in enumerate(windows):
+        ids = torch.tensor([window.ids])
+        mask = torch.ones_like(ids)
+        baseline = torch.tensor([[t if s else pad_id for t, s in zip(window.ids, window.special)]])
+        owner = _token_words(window, starts, words_)
+        for j, column in enumerate(columns):
+            if weights[k, j] == 0:
+                continue
+            with torch.enable_grad():
+                attributions = explainer.attribute(ids, baselines=baseline, additional_forward_args=(mask,),
+                                                   target=column, n_steps=steps)
+            per_token = attributions.sum(dim=-1)[0].detach().double().numpy()
+            for token, word in enumerate(owner):
+                if word >= 0:
+                    out[word, j] += weights[k, j] * per_token[token]
     return out
+
+
+def baseline_token(model: nn.Module, tokenizer: Any) -> int:
+    """The token that stands for "no word" at Integrated Gradients' baseline: padding, unless its embedding is
+    the zero vector (an Embedding's padding row), which a family that normalises the token embeddings with no
+    position embedding added (DeBERTa-v2/v3) sends to LayerNorm's singular point, where gradients are unbounded
+    and the integral is meaningless: then the mask token (or the unknown one)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    weight = getattr(model, "get_input_embeddings")().weight
+    if pad < len(weight) and bool(weight[pad].abs().sum() > 0):
+        return int(pad)
+    for other in (tokenizer.mask_token_id, tokenizer.unk_token_id):
+        if other is not None and other < len(weight):
+            return int(other)
+    return int(pad)
+
+
+def _token_words(window: Window, starts: np.ndarray, words_: list[Word]) -> list[int]:
+    """The word each token is part of (-1 for special tokens and tokens in no word, such as spaces)."""
+    owner = []
+    for (start, end), special in zip(window.offsets, window.special):
+        if special or end <= start:
+            owner.append(-1)
+            continue
+        i = int(np.searchsorted(starts, end - 1, side="right")) - 1  # the last word the token overlaps
+        owner.append(i if i >= 0 and words_[i].end > start else -1)
+    return owner
 
 
 def as_records(found: list[Word], scores: np.ndarray, column: int) -> list[dict[str, Any]]:

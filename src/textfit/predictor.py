@@ -171,9 +171,7 @@ class Predicting:
             counts: if given, "truncated" is increased by the number of texts cut at max_seq_length tokens.
         """
         self._check_fitted()
-        long_texts = self.long_texts_ if long_texts is None else long_texts
-        if long_texts not in ("truncate", "window"):
-            raise DataError(f"long_texts={long_texts!r} is not valid; use truncate or window")
+        long_texts = self._long_texts(long_texts)
         if not isinstance(texts, str) and len(texts) == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
         if long_texts == "truncate":
@@ -201,37 +199,70 @@ class Predicting:
         return [verbose_record(row, self.classes_, self.thresholds_)
                 for row in self.predict_proba(texts, long_texts=long_texts)]
 
-    def explain(self, texts: Sequence[str], *, all_labels: bool = False, max_words: int = explanations.MAX_WORDS,
-                long_texts: str | None = None) -> list[dict[str, Any]]:
+    def log_scores(self, texts: Sequence[str], batch_size: int = 64, *, long_texts: str | None = None
+                   ) -> np.ndarray:
+        """Each label's log-probability (a multi-label model's log-odds), float64, one row per text: what
+        explanations attribute, from the logits where texts are truncated (probabilities saturate at 1.0 in
+        float32, and a word's part in a confident answer would read as nothing). `probabilities` turns them into
+        predict_proba's rows."""
+        if self._long_texts(long_texts) == "window":  # windows are combined as probabilities
+            p = self.predict_proba(texts, batch_size, long_texts="window").astype(np.float64)
+            p = np.clip(p, 1e-30, 1.0)
+            return np.log(p) - np.log1p(-np.clip(p, 0.0, 1 - 1e-16)) if self.multi_label_ else np.log(p)
+        logits = self.predict_logits(texts, batch_size).astype(np.float64)
+        if self.multi_label_:
+            return logits
+        return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+
+    def probabilities(self, log_scores: np.ndarray) -> np.ndarray:
+        """predict_proba's rows (float32) from `log_scores`' rows."""
+        return (1.0 / (1.0 + np.exp(-log_scores)) if self.multi_label_ else np.exp(log_scores)).astype(np.float32)
+
+    def _long_texts(self, long_texts: str | None) -> str:
+        long_texts = self.long_texts_ if long_texts is None else long_texts
+        if long_texts not in ("truncate", "window"):
+            raise DataError(f"long_texts={long_texts!r} is not valid; use truncate or window")
+        return long_texts
+
+    def explain(self, texts: Sequence[str], *, method: str | None = None, all_labels: bool = False,
+                max_words: int = explanations.MAX_WORDS, long_texts: str | None = None) -> list[dict[str, Any]]:
         """Per text, the verbose record (as `classify`) and `explanation`: its words with their attributions
         to the predicted label, `[{"word", "start", "end", "score"}, ...]` in the text's order (`text[start:end]
-        == word`; the score is how much the label's log-probability, or a multi-label model's log-odds, drops when
-        the word is left out: positive pushes toward the label). A multi-label model's `explanation` maps each predicted label
-        to such a list. `all_labels`: also `explanations`, every label's list. By occlusion (explain.py): at most
-        `max_words` + 1 texts of inference a text.
+        == word`; positive pushes toward the label). A multi-label model's `explanation` maps each predicted
+        label to such a list. `all_labels`: also `explanations`, every label's list. Only the words the model
+        reads are listed (its first max_seq_length tokens, or its windows).
+
+        Args:
+            method: "occlusion" (the default, measured the more faithful; forward passes only, any back end):
+                how much the label's log-probability (log-odds) drops when the word is left out, at most
+                `max_words` + 1 texts of inference a text; "integrated_gradients": Captum's, on the token
+                embeddings (PyTorch back end; pip install 'textfit[explain]'). See explain.py.
+            max_words: occlusion leaves out at most this many words or contiguous groups of words a text.
 
         >>> textfit.load("model/").explain(["a lovely film"])[0]["explanation"]  # doctest: +SKIP
         [{'word': 'a', 'start': 0, 'end': 1, 'score': 0.01}, {'word': 'lovely', ...}, ...]
         """
         texts = batching.check_texts(texts)
-        windows = (self.long_texts_ if long_texts is None else long_texts) == "window"
-
-        def log_scores(variants: list[str]) -> np.ndarray:
-            """Each label's log-probability (a multi-label model's log-odds), from the logits where texts are
-            truncated: probabilities saturate at 1.0 in float32, and a word's part in a confident answer would
-            read as nothing."""
-            if windows:  # windows are averaged as probabilities: their log, in float64
-                return np.log(np.clip(self.predict_proba(variants, long_texts="window").astype(np.float64), 1e-30, 1))
-            logits = self.predict_logits(variants).astype(np.float64)
-            if self.multi_label_:
-                return logits
-            return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
-
+        method = explanations.check_method(explanations.DEFAULT_METHOD if method is None else method)
+        explanations.check_max_words(max_words)
+        long_texts = self._long_texts(long_texts)
+        windows = long_texts == "window"
+        limit = self.hyperparameters_.max_seq_length
+        overlap = limit // 4 if windows else None
+        texts = [t[:batching.reads(limit, windows)] for t in texts]  # the model reads no further
+        read = batching.spans(self.tokenizer_, texts, limit, overlap)
+        extents: list[int | None] = [None] * len(texts) if read is None else [
+            max((end for _, offsets, special in parts for (_, end), s in zip(offsets, special) if not s),
+                default=0) for parts in read]
+        results: list[tuple[list[explanations.Word], np.ndarray, np.ndarray]]
+        if method == "occlusion":
+            results = explanations.occlusion(lambda v: self.log_scores(v, long_texts=long_texts), texts, extents,
+                                             max_words=max_words)
+        else:
+            results = self._integrated_gradients(texts, read, extents, windows, all_labels)
         out = []
-        for words, scores, full in explanations.occlusion(log_scores, texts, max_words=max_words):
-            # the text's own probabilities, from its row of the same forward passes
-            own = 1.0 / (1.0 + np.exp(-full)) if self.multi_label_ and not windows else np.exp(full)
-            record = verbose_record(own.astype(np.float32), self.classes_, self.thresholds_)
+        for words, scores, full in results:
+            record = verbose_record(self.probabilities(full), self.classes_, self.thresholds_)
             if self.multi_label_:
                 record["explanation"] = {label: explanations.as_records(words, scores, self.classes_.index(label))
                                          for label in record["predicted_labels"]}
@@ -243,6 +274,76 @@ class Predicting:
                                           for i, label in enumerate(self.classes_)}
             out.append(record)
         return out
+
+    def _integrated_gradients(self, texts: list[str], read: list[Any] | None, extents: list[int | None],
+                              windows: bool, all_labels: bool
+                              ) -> list[tuple[list[explanations.Word], np.ndarray, np.ndarray]]:
+        """Each text's words, Integrated Gradients scores (words x labels; the labels not explained 0) and its
+        own row of log scores."""
+        if self.model_ is None:
+            raise DataError("explaining by integrated gradients needs the model's PyTorch weights: load it with "
+                            "backend='torch' (--backend torch), or use the occlusion method")
+        if read is None:
+            raise DataError("explaining by integrated gradients needs a tokenizer that gives token offsets (a fast "
+                            "tokenizer, with tokenizer.json); use the occlusion method")
+        import torch
+
+        model = self.model_
+        model.eval()
+        multi = self.multi_label_
+        token_types = "token_type_ids" in self.input_names_
+        pad_id = explanations.baseline_token(model, self.tokenizer_)
+
+        def log_score(logits: torch.Tensor) -> torch.Tensor:
+            return logits if multi else torch.log_softmax(logits, dim=-1)
+
+        out = []
+        for text, parts, extent in zip(texts, read, extents):
+            found = explanations.words(text, extent)
+            # each window's own log scores; the text's are theirs combined as predict_proba combines them
+            window_scores = self.log_scores([text], long_texts="truncate") if not windows else \
+                self._window_log_scores(parts)
+            full = self.log_scores([text], long_texts="window" if windows else "truncate")[0]
+            own = self.probabilities(full[None, :])[0]
+            if all_labels:
+                columns = list(range(len(self.classes_)))
+            elif multi:
+                columns = [i for i, p in enumerate(own) if p > (self.thresholds_ or [0.5] * len(own))[i]]
+            else:
+                columns = [int(np.argmax(own))]
+            weights = self._window_weights(parts, window_scores, columns)
+            scores = np.zeros((len(found), len(self.classes_)))
+            if columns and found:
+                scores[:, columns] = explanations.integrated_gradients(
+                    model, [explanations.Window(*p) for p in parts], found, weights, columns, log_score,
+                    pad_id=pad_id, token_types=token_types)
+            out.append((found, scores, full))
+        return out
+
+    def _window_log_scores(self, parts: list[Any]) -> np.ndarray:
+        """Each window's log scores, read on its own (as predict_proba reads windows)."""
+        data = batching.Encoded([list(ids) for ids, _, _ in parts], None,
+                                self.tokenizer_.pad_token_id if self.tokenizer_.pad_token_id is not None else 0,
+                                "token_type_ids" in self.input_names_)
+        logits = self.runner_(batching.pad(data, range(len(data)))).astype(np.float64)
+        if self.multi_label_:
+            return logits
+        return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+
+    def _window_weights(self, parts: list[Any], window_scores: np.ndarray, columns: list[int]) -> np.ndarray:
+        """(windows x columns): the part of the text's score each window's carries. The text's probability is
+        the length-weighted mean of its windows' (d log P = sum_k w_k p_k d log p_k / sum_k w_k p_k); a
+        multi-label model's is its most confident window's."""
+        if len(parts) == 1:
+            return np.ones((1, len(columns)))
+        picked = window_scores[:, columns]
+        if self.multi_label_:
+            weights = np.zeros_like(picked)
+            weights[np.argmax(picked, axis=0), np.arange(len(columns))] = 1.0
+            return weights
+        lengths = np.array([len(ids) for ids, _, _ in parts], dtype=np.float64)[:, None]
+        mass = lengths * np.exp(picked)
+        return mass / mass.sum(axis=0, keepdims=True)
 
     def class_index(self, label: object) -> int | None:
         """The column of a label given as in the training data (its value) or as a class name; None if unknown."""

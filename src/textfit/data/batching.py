@@ -150,6 +150,33 @@ def _encode(tokenizer: Any, texts: list[str], max_length: int, labels: Sequence[
     return Encoded(ids, None, pad_id, has_types, owners)
 
 
+def reads(max_length: int, windows: bool) -> int:
+    """The characters of a text the model can read at most: beyond them no tokenization looks."""
+    return max_length * (MAX_WINDOWS * CHARS_PER_TOKEN if windows else MAX_CHARS_PER_TOKEN)
+
+
+def spans(tokenizer: Any, texts: Sequence[str], max_length: int, window_overlap: int | None = None
+          ) -> list[list[tuple[list[int], list[tuple[int, int]], list[bool]]]] | None:
+    """Each text's tokens as the model reads them (its first max_length, or with `window_overlap` each of its
+    windows): (ids, character spans into the text, special-token flags) a window; None for a tokenizer that
+    cannot say where its tokens are (one with no fast version)."""
+    windows = window_overlap is not None
+    cut = [t[:reads(max_length, windows)] for t in texts]
+    try:
+        enc = tokenizer(cut, truncation=True, max_length=max_length, padding=False, stride=window_overlap or 0,
+                        return_overflowing_tokens=windows, return_offsets_mapping=True,
+                        return_special_tokens_mask=True)
+    except NotImplementedError:  # transformers' Python tokenizers have no offsets
+        return None
+    owners = enc["overflow_to_sample_mapping"] if windows else range(len(texts))
+    out: list[list[tuple[list[int], list[tuple[int, int]], list[bool]]]] = [[] for _ in texts]
+    for ids, offsets, special, owner in zip(enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"],
+                                            owners):
+        if len(out[owner]) < MAX_WINDOWS:
+            out[owner].append((list(ids), [tuple(o) for o in offsets], [bool(s) for s in special]))
+    return out
+
+
 def _tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
     return list(tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"])
 

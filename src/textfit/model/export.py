@@ -104,17 +104,23 @@ class GraphTokenizer:
         self.direction = "left" if config.get("truncation_side") == "left" else "right"
 
     def __call__(self, texts: list[str], *, truncation: bool = True, max_length: int, padding: bool = False,
-                 stride: int = 0, return_overflowing_tokens: bool = False) -> dict[str, list[Any]]:
+                 stride: int = 0, return_overflowing_tokens: bool = False, return_offsets_mapping: bool = False,
+                 return_special_tokens_mask: bool = False) -> dict[str, list[Any]]:
         self.backend.enable_truncation(max_length, stride=stride, strategy="longest_first", direction=self.direction)
         encodings = self.backend.encode_batch(texts, add_special_tokens=True)
-        if not return_overflowing_tokens:
-            return {"input_ids": [e.ids for e in encodings]}
-        ids, owners = [], []
+        parts, owners = [], []
         for i, encoding in enumerate(encodings):
-            for part in (encoding, *encoding.overflowing):
-                ids.append(part.ids)
+            for part in (encoding, *encoding.overflowing) if return_overflowing_tokens else (encoding,):
+                parts.append(part)
                 owners.append(i)
-        return {"input_ids": ids, "overflow_to_sample_mapping": owners}
+        out: dict[str, list[Any]] = {"input_ids": [e.ids for e in parts]}
+        if return_overflowing_tokens:
+            out["overflow_to_sample_mapping"] = owners
+        if return_offsets_mapping:
+            out["offset_mapping"] = [e.offsets for e in parts]
+        if return_special_tokens_mask:
+            out["special_tokens_mask"] = [e.special_tokens_mask for e in parts]
+        return out
 
 
 def _tokenizer_settings(folder: Path) -> dict[str, Any]:
