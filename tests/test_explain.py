@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -207,3 +208,60 @@ def test_integrated_gradients_need_the_pytorch_weights(onnx: Predictor) -> None:
         onnx.explain(["a good film"], method="integrated_gradients")
     with pytest.raises(DataError, match="not known"):
         onnx.explain(["a good film"], method="shap")
+
+
+# ------------------------------------------------------------------------------------ on the endpoint
+
+
+def test_the_endpoint_explains_on_request_and_only_then(onnx: Predictor) -> None:
+    from starlette.testclient import TestClient
+
+    from textfit.serving.server import ServeSettings, create_app
+
+    texts = ["the film was long and awful", "Line one 😀\nnaïve café — good!"]
+    expected = onnx.explain(texts)
+    with TestClient(create_app(onnx, ServeSettings(max_wait_ms=0))) as c:
+        def post(body: str, accept: str, content_type: str = "application/json") -> Any:
+            return c.post("/invocations", content=body.encode(), headers={"Content-Type": content_type,
+                                                                         "Accept": accept})
+
+        answer = post(json.dumps(texts), "application/json;verbose;explain")
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/json")
+        for got, want in zip(answer.json(), expected):
+            assert got["predicted_label"] == want["predicted_label"]
+            assert [w["word"] for w in got["explanation"]] == [w["word"] for w in want["explanation"]]
+            np.testing.assert_allclose([w["score"] for w in got["explanation"]],
+                                       [w["score"] for w in want["explanation"]], atol=1e-4)
+        one = post(texts[0], "application/json;explain", "application/x-text").json()  # explain implies verbose
+        assert one["labels"] == ["0", "1"] and one["explanation"][-1]["word"] == "awful"
+        lines = post("\n".join(json.dumps(t) for t in texts), "application/jsonlines;verbose;explain",
+                     "application/jsonlines").text.splitlines()
+        assert [json.loads(line)["explanation"] for line in lines] == [r["explanation"] for r in answer.json()]
+        plain = post(json.dumps(texts), "application/json;verbose").json()
+        assert all("explanation" not in r for r in plain)
+        np.testing.assert_allclose([r["probabilities"] for r in plain], onnx.predict_proba(texts), atol=1e-6)
+        refused = post(json.dumps(texts), "text/csv;explain")
+        assert refused.status_code == 406 and "explain" in refused.json()["error"]
+        empty = post(json.dumps(["good", " "]), "application/json;explain")
+        assert empty.status_code == 400 and "text 2" in empty.json()["error"]
+
+
+def test_the_endpoint_bounds_an_explanation(onnx: Predictor) -> None:
+    from starlette.testclient import TestClient
+
+    from textfit.serving.server import ServeSettings, create_app
+
+    text = " ".join(["good", "film"] * 20)  # 40 words
+    settings = ServeSettings(max_wait_ms=0, max_batch=4, explain_max_words=5, explain_max_chars=len(text) * 6)
+    with TestClient(create_app(onnx, settings)) as c:
+        answer = c.post("/invocations", content=text.encode(), headers={"Accept": "application/json;explain"})
+        assert answer.status_code == 200
+        scores = [w["score"] for w in answer.json()["explanation"]]
+        assert len(scores) == 40 and len(set(scores)) <= 5  # 5 groups of 8 words
+        metrics = c.get("/metrics").text
+        assert float(metrics.split("textfit_batch_texts_sum ")[1].split()[0]) == 6  # the text and 5 variants
+        assert float(metrics.split('textfit_batch_texts_bucket{le="4.0"} ')[1].split()[0]) == 2  # 4 and 2
+        two = c.post("/invocations", content=json.dumps([text, text]).encode(),
+                     headers={"Content-Type": "application/json", "Accept": "application/json;explain"})
+        assert two.status_code == 413 and "characters" in two.json()["error"]
+        assert c.post("/invocations", content=text.encode()).status_code == 200  # and it keeps serving

@@ -343,14 +343,14 @@ def test_a_batch_far_larger_than_the_queue_is_answered_in_slices(clf: TextClassi
 
 def test_a_request_that_fails_its_batch_fails_alone(clf: TextClassifier, monkeypatch: pytest.MonkeyPatch) -> None:
     """A fault no validation foresaw (here: the engine raising on one request's text) costs that request only."""
-    predict, arrived = clf.predict_proba, threading.Barrier(17, timeout=10)
+    predict, arrived = clf.log_scores, threading.Barrier(17, timeout=10)
 
     def predict_or_fail(texts: list[str], **kw: object) -> np.ndarray:
         if any("poison" in t for t in texts):
             raise RuntimeError("the engine failed on this text")
         return predict(texts, **kw)
 
-    monkeypatch.setattr(clf, "predict_proba", predict_or_fail)
+    monkeypatch.setattr(clf, "log_scores", predict_or_fail)
     texts = [f"{GOOD} {'bad ' * (i % 4)}" for i in range(16)]
     with TestClient(create_app(clf, ServeSettings(max_wait_ms=50))) as c:
         def send(text: str) -> httpx.Response:
@@ -363,7 +363,7 @@ def test_a_request_that_fails_its_batch_fails_alone(clf: TextClassifier, monkeyp
         metrics = c.get("/metrics").text
     assert responses[-1].status_code == 400 and "could not be classified" in responses[-1].json()["error"]
     assert [r.status_code for r in responses[:-1]] == [200] * 16
-    np.testing.assert_allclose([r.json()["probabilities"] for r in responses[:-1]], predict(texts), atol=1e-5)
+    np.testing.assert_allclose([r.json()["probabilities"] for r in responses[:-1]], clf.predict_proba(texts), atol=1e-5)
     assert float(metrics.split("textfit_batch_texts_count ")[1].split()[0]) < 17  # the requests were coalesced
 
 

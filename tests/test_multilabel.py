@@ -287,3 +287,28 @@ def test_balanced_class_weights_become_positive_weights_per_label() -> None:
     ln2 = float(torch.log(torch.tensor(2.0)))
     assert float(plain) == pytest.approx(2 * ln2)  # every BCE term is ln 2 at logit 0: 3 labels, mean, 2 rows
     assert float(weighted) == pytest.approx(ln2 * ((2 / 3 + 1 + 4) / 3 + 1))  # positives scaled by their weight
+
+
+@pytest.mark.parametrize("method", ["occlusion", "integrated_gradients"])
+def test_each_predicted_label_is_explained_by_its_own_words(trained: tuple[TextClassifier, Path], method: str
+                                                            ) -> None:
+    clf, _ = trained
+    record = clf.explain(["the film superb awful plot was quite"], method=method)[0]
+    assert set(record["explanation"]) == set(record["predicted_labels"]) == {"good", "bad", "plot"}
+    # "plot" is the one label its word alone decides: in make_multi_rows a row's word count tells the others too
+    plot = max(record["explanation"]["plot"], key=lambda w: w["score"])
+    assert plot["word"] == "plot" and plot["score"] > 1, record["explanation"]["plot"]
+    every = clf.explain(["a very quite movie"], method=method, all_labels=True)[0]
+    assert every["predicted_labels"] == [] and every["explanation"] == {}
+    assert set(every["explanations"]) == {"good", "bad", "plot"}
+
+
+def test_the_endpoint_explains_every_predicted_label(trained: tuple[TextClassifier, Path]) -> None:
+    from textfit.predictor import Predictor
+
+    _, folder = trained
+    with TestClient(create_app(Predictor.load(folder))) as c:
+        answer = c.post("/invocations", content=b"the film superb awful plot was quite",
+                        headers={"Accept": "application/json;verbose;explain"}).json()
+    assert set(answer["explanation"]) == {"good", "bad", "plot"}
+    assert max(answer["explanation"]["plot"], key=lambda w: w["score"])["word"] == "plot"

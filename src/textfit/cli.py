@@ -156,7 +156,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             assert clf is not None  # loaded above: one worker
             bar = _progress(args.input)
-            summary = predict_file(clf, records, out, long_texts=args.long_texts, progress=bar, explain=args.explain)
+            summary = predict_file(clf, records, out, long_texts=args.long_texts, progress=bar, explain=args.explain,
+                                   explain_words=args.explain_words)
             bar.close()
     if args.output:
         log.info("Wrote %d predictions to %s", summary.records, args.output)
@@ -249,7 +250,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServeSettings.from_environment(
         body_timeout_s=args.body_timeout, max_body_bytes=int(args.max_body_mb * 1024 * 1024) if args.max_body_mb else None,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-        long_texts=args.long_texts, metrics=not args.no_metrics)
+        long_texts=args.long_texts, metrics=not args.no_metrics, explain_max_words=args.explain_words)
     limits = ConnectionLimits(max_connections=args.max_connections, max_header_bytes=args.max_header_kb * 1024,
                               max_headers=args.max_headers, header_timeout_s=args.header_timeout,
                               keep_alive_s=args.keep_alive)
@@ -617,9 +618,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="input format (default: from the file suffix)")
     predict.add_argument("--output", help="JSON Lines output file, one record per input in order (default: stdout)")
     predict.add_argument("--workers", type=int_in(1, 256), default=1, help="processes sharing a large --input (cores divided)")
-    predict.add_argument("--explain", action="store_true",
+    predict.add_argument("--explain", nargs="?", const="occlusion", choices=["occlusion", "integrated_gradients"],
                          help="add each text's word attributions for its predicted label (`explanation`: word, start, "
-                              "end, score; by occlusion, up to 64 words or groups of words a text)")
+                              "end, score); the method: occlusion (the default: any back end, up to --explain-words "
+                              "words or groups of words a text) or integrated_gradients (--backend torch; "
+                              "pip install 'textfit[explain]')")
+    predict.add_argument("--explain-words", type=int_in(1, 4096), default=64,
+                         help="with --explain occlusion: words (or groups of words) left out one at a time, a text")
     predict.add_argument("--engine", choices=["local", "ray"], default="local",
                          help="ray: score --input (a path, glob or prefix, local or s3://) on a Ray cluster and write "
                               "JSON Lines files into the folder --output (pip install textfit[ray])")
@@ -636,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     # 0 is no port here: it would fall back to the default, and an ephemeral port is one nobody can reach.
     serve.add_argument("--port", type=int_in(1, 65535), help="port (default: SAGEMAKER_BIND_TO_PORT or 8080)")
     serve.add_argument("--max-batch", type=int_in(1, 4096), default=32, help="texts coalesced into one forward pass")
+    serve.add_argument("--explain-words", type=int_in(1, 4096),
+                       help="Accept ...;explain: words (or groups of words) a text's explanation leaves out one at a "
+                            "time, its cost in texts of inference less one (default: TEXTFIT_EXPLAIN_MAX_WORDS or 64)")
     serve.add_argument("--max-wait-ms", type=float_in(0, 10_000), default=2.0,
                        help="wait for more requests before a batch")
     serve.add_argument("--max-queue", type=int_in(1, 1_000_000), default=512,

@@ -26,7 +26,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -101,26 +101,38 @@ class Occlusion:
 
 
 def occlusion_plan(texts: Sequence[str], extents: Sequence[int | None], max_words: int = MAX_WORDS
-                   ) -> tuple[list[Occlusion], list[str]]:
-    """Each text's plan and the texts to score: each text, then each text with one group of words left out."""
+                   ) -> list[Occlusion]:
+    """Each text's plan: its words and their groups, and where its rows start among `variants`'."""
     check_max_words(max_words)
-    plans: list[Occlusion] = []
-    variants: list[str] = []
+    plans, at = [], 0
     for text, extent in zip(texts, extents):
         found = words(text, extent)
         groups = _groups(len(found), max_words)
-        plans.append(Occlusion(found, groups, len(variants)))
-        variants.append(text)
-        variants.extend(_without(text, found, g) for g in groups)
-    return plans, variants
+        plans.append(Occlusion(found, groups, at))
+        at += 1 + len(groups)
+    return plans
+
+
+def variants(texts: Sequence[str], plans: Sequence[Occlusion]) -> list[str]:
+    """The texts to score: each text, then each text with one group of words left out."""
+    out: list[str] = []
+    for text, plan in zip(texts, plans):
+        out.append(text)
+        out.extend(_without(text, plan.words, g) for g in plan.groups)
+    return out
+
+
+def cost(texts: Sequence[str], plans: Sequence[Occlusion]) -> int:
+    """The characters of the variants of `texts`: what an occlusion holds in memory and reads."""
+    return sum(len(text) * (1 + len(plan.groups)) for text, plan in zip(texts, plans))
 
 
 def occlusion(score: Callable[[list[str]], np.ndarray], texts: Sequence[str], extents: Sequence[int | None],
               *, max_words: int = MAX_WORDS) -> list[tuple[list[Word], np.ndarray, np.ndarray]]:
     """For each text: its words, a (words x labels) array of scores and the text's own row of label scores, from
     `score(texts)` (a list of texts in, a row of label scores each out)."""
-    plans, variants = occlusion_plan(texts, extents, max_words)
-    rows = np.asarray(score(variants), dtype=np.float64)
+    plans = occlusion_plan(texts, extents, max_words)
+    rows = np.asarray(score(variants(texts, plans)), dtype=np.float64)
     return [(plan.words, *plan.scores(rows)) for plan in plans]
 
 
@@ -152,8 +164,7 @@ def integrated_gradients(model: nn.Module, windows: Sequence[Window], words_: li
             inputs["token_type_ids"] = torch.zeros_like(ids)
         return log_score(model(**inputs).logits)
 
-    embeddings = getattr(model, "get_input_embeddings")()  # every transformers model's (and MeanPooled's)
-    explainer = LayerIntegratedGradients(forward, embeddings)
+    explainer = LayerIntegratedGradients(forward, _embeddings(model))
     out = np.zeros((len(words_), len(columns)))
     starts = np.array([w.start for w in words_])
     for k, window in enumerate(windows):
@@ -174,13 +185,18 @@ def integrated_gradients(model: nn.Module, windows: Sequence[Window], words_: li
     return out
 
 
+def _embeddings(model: nn.Module) -> Any:
+    """The token-embedding layer: every transformers model has get_input_embeddings (MeanPooled passes it on)."""
+    return cast(Any, model).get_input_embeddings()
+
+
 def baseline_token(model: nn.Module, tokenizer: Any) -> int:
     """The token that stands for "no word" at Integrated Gradients' baseline: padding, unless its embedding is
     the zero vector (an Embedding's padding row), which a family that normalises the token embeddings with no
     position embedding added (DeBERTa-v2/v3) sends to LayerNorm's singular point, where gradients are unbounded
     and the integral is meaningless: then the mask token (or the unknown one)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    weight = getattr(model, "get_input_embeddings")().weight
+    weight = _embeddings(model).weight
     if pad < len(weight) and bool(weight[pad].abs().sum() > 0):
         return int(pad)
     for other in (tokenizer.mask_token_id, tokenizer.unk_token_id):

@@ -171,7 +171,7 @@ class Predicting:
             counts: if given, "truncated" is increased by the number of texts cut at max_seq_length tokens.
         """
         self._check_fitted()
-        long_texts = self._long_texts(long_texts)
+        long_texts = self.resolve_long_texts(long_texts)
         if not isinstance(texts, str) and len(texts) == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
         if long_texts == "truncate":
@@ -205,7 +205,7 @@ class Predicting:
         explanations attribute, from the logits where texts are truncated (probabilities saturate at 1.0 in
         float32, and a word's part in a confident answer would read as nothing). `probabilities` turns them into
         predict_proba's rows."""
-        if self._long_texts(long_texts) == "window":  # windows are combined as probabilities
+        if self.resolve_long_texts(long_texts) == "window":  # windows are combined as probabilities
             p = self.predict_proba(texts, batch_size, long_texts="window").astype(np.float64)
             p = np.clip(p, 1e-30, 1.0)
             return np.log(p) - np.log1p(-np.clip(p, 0.0, 1 - 1e-16)) if self.multi_label_ else np.log(p)
@@ -218,7 +218,8 @@ class Predicting:
         """predict_proba's rows (float32) from `log_scores`' rows."""
         return (1.0 / (1.0 + np.exp(-log_scores)) if self.multi_label_ else np.exp(log_scores)).astype(np.float32)
 
-    def _long_texts(self, long_texts: str | None) -> str:
+    def resolve_long_texts(self, long_texts: str | None) -> str:
+        """truncate or window: `long_texts`, or the model's when None."""
         long_texts = self.long_texts_ if long_texts is None else long_texts
         if long_texts not in ("truncate", "window"):
             raise DataError(f"long_texts={long_texts!r} is not valid; use truncate or window")
@@ -244,36 +245,43 @@ class Predicting:
         """
         texts = batching.check_texts(texts)
         method = explanations.check_method(explanations.DEFAULT_METHOD if method is None else method)
-        explanations.check_max_words(max_words)
-        long_texts = self._long_texts(long_texts)
-        windows = long_texts == "window"
-        limit = self.hyperparameters_.max_seq_length
-        overlap = limit // 4 if windows else None
-        texts = [t[:batching.reads(limit, windows)] for t in texts]  # the model reads no further
-        read = batching.spans(self.tokenizer_, texts, limit, overlap)
-        extents: list[int | None] = [None] * len(texts) if read is None else [
-            max((end for _, offsets, special in parts for (_, end), s in zip(offsets, special) if not s),
-                default=0) for parts in read]
+        long_texts = self.resolve_long_texts(long_texts)
+        texts, read, extents = self.explanation_inputs(texts, long_texts)
         results: list[tuple[list[explanations.Word], np.ndarray, np.ndarray]]
         if method == "occlusion":
             results = explanations.occlusion(lambda v: self.log_scores(v, long_texts=long_texts), texts, extents,
                                              max_words=max_words)
         else:
-            results = self._integrated_gradients(texts, read, extents, windows, all_labels)
-        out = []
-        for words, scores, full in results:
-            record = verbose_record(self.probabilities(full), self.classes_, self.thresholds_)
-            if self.multi_label_:
-                record["explanation"] = {label: explanations.as_records(words, scores, self.classes_.index(label))
-                                         for label in record["predicted_labels"]}
-            else:
-                record["explanation"] = explanations.as_records(words, scores, self.classes_.index(
-                    record["predicted_label"]))
-            if all_labels:
-                record["explanations"] = {label: explanations.as_records(words, scores, i)
-                                          for i, label in enumerate(self.classes_)}
-            out.append(record)
-        return out
+            explanations.check_max_words(max_words)
+            results = self._integrated_gradients(texts, read, extents, long_texts == "window", all_labels)
+        return [self.explanation_record(*result, all_labels=all_labels) for result in results]
+
+    def explanation_inputs(self, texts: list[str], long_texts: str) -> tuple[list[str], Any, list[int | None]]:
+        """The texts cut to what the model can read, their tokens (batching.spans) and how far into each the
+        model reads (None where the tokenizer cannot say)."""
+        windows = long_texts == "window"
+        limit = self.hyperparameters_.max_seq_length
+        texts = [t[:batching.reads(limit, windows)] for t in texts]  # the model reads no further
+        read = batching.spans(self.tokenizer_, texts, limit, limit // 4 if windows else None)
+        extents: list[int | None] = [None] * len(texts) if read is None else [
+            max((end for _, offsets, special in parts for (_, end), s in zip(offsets, special) if not s),
+                default=0) for parts in read]
+        return texts, read, extents
+
+    def explanation_record(self, words: list[explanations.Word], scores: np.ndarray, full: np.ndarray, *,
+                           all_labels: bool = False) -> dict[str, Any]:
+        """The verbose record of a text's own row of log scores, with its `explanation` (and `explanations`)."""
+        record = verbose_record(self.probabilities(full[None, :])[0], self.classes_, self.thresholds_)
+        if self.multi_label_:
+            record["explanation"] = {label: explanations.as_records(words, scores, self.classes_.index(label))
+                                     for label in record["predicted_labels"]}
+        else:
+            record["explanation"] = explanations.as_records(words, scores, self.classes_.index(
+                record["predicted_label"]))
+        if all_labels:
+            record["explanations"] = {label: explanations.as_records(words, scores, i)
+                                      for i, label in enumerate(self.classes_)}
+        return record
 
     def _integrated_gradients(self, texts: list[str], read: list[Any] | None, extents: list[int | None],
                               windows: bool, all_labels: bool

@@ -109,14 +109,14 @@ def test_a_large_request_in_slices_among_others_gets_its_rows_in_order(onnx: Tex
     big = [" ".join(["good", "bad", "great", "awful", "film", "plot"][j % 6] for j in range(i, i + 1 + i % 4))
            for i in range(10)]
     smalls = [GOOD, BAD, "good film"]
-    predict, release, batches = onnx.predict_proba, threading.Event(), []
+    predict, release, batches = onnx.log_scores, threading.Event(), []
 
     def held(texts: list[str], **kw: object) -> np.ndarray:
         release.wait(10)
         batches.append(list(texts))
         return predict(texts, **kw)
 
-    monkeypatch.setattr(onnx, "predict_proba", held)
+    monkeypatch.setattr(onnx, "log_scores", held)
     with TestClient(create_app(onnx, ServeSettings(max_batch=4, max_wait_ms=0))) as c:
         def send(texts: list[str]) -> httpx.Response:
             return c.post("/invocations", content=json.dumps(texts), headers={"Content-Type": "application/json"})
@@ -136,11 +136,11 @@ def test_a_large_request_in_slices_among_others_gets_its_rows_in_order(onnx: Tex
     assert len(with_big) >= 3 and all(len(b) <= 4 for b in batches)  # sliced into batches of 4
     assert any(set(b) & set(smalls) for b in with_big)  # sharing a batch with the others
     rows = np.array([r["probabilities"] for r in responses[1].json()])
-    expected = predict(big)
+    expected = onnx.predict_proba(big)
     assert not np.allclose(expected, expected[::-1], atol=1e-3)  # the order shows
     np.testing.assert_allclose(rows, expected, atol=1e-5)
     for response, text in zip(responses[2:], smalls):
-        np.testing.assert_allclose(response.json()[0]["probabilities"], predict([text])[0], atol=1e-5)
+        np.testing.assert_allclose(response.json()[0]["probabilities"], onnx.predict_proba([text])[0], atol=1e-5)
 
 
 def _bpe(folder: Path) -> Path:

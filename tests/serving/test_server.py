@@ -119,8 +119,8 @@ def test_client_mistakes_are_4xx_json_and_the_server_keeps_serving(client: TestC
 
 
 def test_a_full_queue_is_503_with_retry_after(clf: TextClassifier, monkeypatch: pytest.MonkeyPatch) -> None:
-    release, predict = threading.Event(), clf.predict_proba
-    monkeypatch.setattr(clf, "predict_proba", lambda texts, **kw: (release.wait(10), predict(texts, **kw))[1])
+    release, predict = threading.Event(), clf.log_scores
+    monkeypatch.setattr(clf, "log_scores", lambda texts, **kw: (release.wait(10), predict(texts, **kw))[1])
     with TestClient(create_app(clf, ServeSettings(max_queue=2, max_wait_ms=0))) as c:
         send = lambda: c.post("/invocations", content=GOOD)  # noqa: E731
         with concurrent.futures.ThreadPoolExecutor(2) as pool:

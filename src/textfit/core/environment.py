@@ -23,6 +23,8 @@ class ServeEnvironment:
     batch_strategy: str = "MULTI_RECORD"
     max_concurrent_transforms: int = 4
     model_dir: str = f"{DEFAULT_PREFIX}/model"
+    explain_max_words: int = 64
+    """TEXTFIT_EXPLAIN_MAX_WORDS: words an explained text leaves out one at a time (ServeSettings)."""
 
 
 def _int(name: str, default: int) -> int:
@@ -53,6 +55,7 @@ def serve_environment() -> ServeEnvironment:
         batch_strategy=strategy.replace("SINGLERECORD", "SINGLE_RECORD"),
         max_concurrent_transforms=_int("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", 4),
         model_dir=os.environ.get("SM_MODEL_DIR", f"{DEFAULT_PREFIX}/model"),
+        explain_max_words=_int("TEXTFIT_EXPLAIN_MAX_WORDS", 64),
     )
 
 

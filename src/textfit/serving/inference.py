@@ -56,10 +56,12 @@ class Request:
 class Accept:
     media_type: str
     verbose: bool
+    explain: bool = False
+    """`;explain`: each answer is verbose and has its `explanation` (word attributions, explain.py)."""
 
     @property
     def header(self) -> str:
-        return self.media_type + (";verbose" if self.verbose else "")
+        return self.media_type + (";verbose" if self.verbose else "") + (";explain" if self.explain else "")
 
 
 def _media_type(header: str) -> tuple[str, dict[str, str]]:
@@ -224,17 +226,20 @@ def negotiate(accept: str | None, default: str = JSON) -> Accept:
             quality = float(params.get("q", "1"))
         except ValueError:
             quality = 0.0
-        verbose = "verbose" in params and params["verbose"].lower() not in ("false", "0", "no")
-        candidates.append((-quality, i, kind, verbose))
-    for _, _, kind, verbose in sorted(candidates):
+        verbose, explain = (key in params and params[key].lower() not in ("false", "0", "no")
+                            for key in ("verbose", "explain"))
+        candidates.append((-quality, i, kind, verbose, explain))
+    for _, _, kind, verbose, explain in sorted(candidates):
         if kind in ("*/*", "application/*"):
             return negotiate(default)
         if kind in ("application/x-jsonlines", "application/jsonl"):
             kind = JSONLINES
+        if explain and kind == CSV:
+            continue  # an explanation is a list of words: JSON's, not a CSV line's
         if kind in ACCEPTS:
-            return Accept(kind, verbose)
+            return Accept(kind, verbose or explain, explain)
     raise RequestError(406, f"unsupported Accept {accept!r}; use application/json, application/json;verbose, "
-                            "application/jsonlines or text/csv (each may add ;verbose)")
+                            "application/jsonlines or text/csv (each may add ;verbose; the JSON types ;explain)")
 
 
 BLANK = "the line is blank; no text to classify"
@@ -243,15 +248,17 @@ BLANK = "the line is blank; no text to classify"
 
 def encode_response(probabilities: np.ndarray, classes: list[str], accept: Accept, single: bool,
                     thresholds: list[float] | None = None, delimiter: str = "|", blank: tuple[int, ...] = (),
-                    batch: bool = False) -> tuple[bytes, str]:
+                    batch: bool = False, explained: list[dict[str, Any]] | None = None) -> tuple[bytes, str]:
     """(body, content type) for the predictions of a request, rows in input order, the records at the `blank`
     positions answered as blank lines. For a multi-label model the verbose CSV line starts with its predicted
     labels joined by `delimiter`. `batch`: a JSON Lines or CSV answer ends without a newline (AssembleWith=Line
-    adds one after each answer)."""
+    adds one after each answer). `explained`: the texts' records with their explanations, answered as they are."""
     rows: list[np.ndarray | None] = list(probabilities)
     for at in blank:
         rows.insert(at, None)
-    records = [{"error": BLANK} if row is None else record(row, classes, accept.verbose, thresholds) for row in rows]
+    given = iter(explained or [])
+    records = [{"error": BLANK} if row is None else next(given) if explained is not None
+               else record(row, classes, accept.verbose, thresholds) for row in rows]
     if accept.media_type in (CSV, JSONLINES):
         if accept.media_type == CSV:
             out = io.StringIO()

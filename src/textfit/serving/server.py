@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from textfit import explain as explanations
 from textfit.errors import RequestError, TextfitError
 from textfit.predictor import Predicting
 from textfit.serving.connections import BoundedHttpProtocol, ConnectionLimits, GracefulServer, LimitError, check_ranges
@@ -56,6 +57,12 @@ class ServeSettings:
     batch_strategy: str = "MULTI_RECORD"
     """SAGEMAKER_BATCH_STRATEGY: under SINGLE_RECORD, a body of one record is answered as one object."""
     max_concurrent_transforms: int = 4
+    explain_max_words: int = 64
+    """Words (or contiguous groups of words) a text's explanation leaves out one at a time (Accept ...;explain):
+    an explained text costs at most this many + 1 texts of inference, through the same queue."""
+    explain_max_chars: int = 64 * 1024 * 1024
+    """Characters of text an explained request may make the server read (each text once a word group it leaves
+    out, and once whole); beyond it 413."""
     metrics: bool = True
 
     def __post_init__(self) -> None:
@@ -72,7 +79,8 @@ class ServeSettings:
         values: dict[str, Any] = {"max_body_bytes": int(env.max_payload_mb * 1024 * 1024),
                                   "default_accept": env.default_accept, "batch": env.batch,
                                   "batch_strategy": env.batch_strategy,
-                                  "max_concurrent_transforms": env.max_concurrent_transforms}
+                                  "max_concurrent_transforms": env.max_concurrent_transforms,
+                                  "explain_max_words": env.explain_max_words}
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
 
@@ -83,6 +91,8 @@ SERVE_RANGES: dict[str, tuple[type, float, float, bool]] = {
     "max_queue": (int, 1, 1_000_000, False),
     "body_timeout_s": (float, 0, 3600, True),
     "max_concurrent_transforms": (int, 1, 1024, False),
+    "explain_max_words": (int, 1, 4096, False),
+    "explain_max_chars": (int, 1, 1024 * 1024 * 1024, False),
 }
 """The ranges of ServeSettings, those of `textfit serve`'s flags (--max-body-mb over 0, up to 1024, is in MiB)."""
 
@@ -298,9 +308,10 @@ def create_app(model: Predicting | Callable[[], Predicting], settings: ServeSett
             metrics.batch.observe(n)
 
     def predict(texts: list[str]) -> np.ndarray:
-        """One batch the queue formed: one forward pass, in the order given (windows: max_batch at a time)."""
-        return state.classifier.predict_proba(texts, batch_size=settings.max_batch,  # type: ignore[union-attr]
-                                              long_texts=settings.long_texts)
+        """One batch the queue formed: one forward pass, in the order given (windows: max_batch at a time); each
+        label's log-probability (log-odds), which an explanation reads and a prediction turns into probabilities."""
+        return state.classifier.log_scores(texts, batch_size=settings.max_batch,  # type: ignore[union-attr]
+                                           long_texts=settings.long_texts)
 
     async def load() -> None:
         try:
@@ -352,11 +363,32 @@ def create_app(model: Predicting | Callable[[], Predicting], settings: ServeSett
         decoded = decode_request(body, request.headers.get("content-type"),
                                  settings.batch_strategy if settings.batch else None)
         clf = state.classifier
-        probs = (await state.batcher.submit(decoded.texts) if decoded.texts
-                 else np.empty((0, len(clf.classes_)), dtype=np.float32))  # only blank lines
+        explained = None
+        if not decoded.texts:  # only blank lines
+            probs = np.empty((0, len(clf.classes_)), dtype=np.float32)
+        elif accept.explain:
+            explained = await _explain(clf, state.batcher, decoded.texts)
+            probs = np.asarray([r["probabilities"] for r in explained], dtype=np.float32)
+        else:
+            probs = clf.probabilities(await state.batcher.submit(decoded.texts))
         content, media_type = encode_response(probs, clf.classes_, accept, decoded.single, clf.thresholds_,
-                                              clf.label_delimiter_, decoded.blank, settings.batch)
+                                              clf.label_delimiter_, decoded.blank, settings.batch, explained)
         return Response(content, media_type=media_type)
+
+    async def _explain(clf: Predicting, batcher: Batcher, texts: list[str]) -> list[dict[str, Any]]:
+        """Each text's verbose record with its explanation by occlusion, its variants through the queue like any
+        request's texts (so they are batched with others' and bounded alike)."""
+        def plan() -> tuple[list[str], list[explanations.Occlusion]]:
+            cut, _, extents = clf.explanation_inputs(texts, clf.resolve_long_texts(settings.long_texts))
+            return cut, explanations.occlusion_plan(cut, extents, settings.explain_max_words)
+
+        cut, plans = await asyncio.to_thread(plan)
+        size = explanations.cost(cut, plans)
+        if size > settings.explain_max_chars:
+            raise RequestError(413, f"explaining these texts would read {size} characters, over the limit of "
+                                    f"{settings.explain_max_chars}; send fewer or shorter texts a request")
+        rows = await batcher.submit(await asyncio.to_thread(explanations.variants, cut, plans))
+        return [clf.explanation_record(p.words, *p.scores(rows)) for p in plans]
 
     async def execution_parameters(request: Request) -> Response:
         """Batch transform asks this once (README: Serve) to size its requests.
