@@ -341,11 +341,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from textfit.jobs.evaluation import evaluate_multi_label
         from textfit.reports.metrics import format_multi_label_report
 
-        multi = evaluate_multi_label(clf, args.data, args.output, long_texts=args.long_texts, counts=counts)
+        multi = evaluate_multi_label(clf, args.data, args.output, long_texts=args.long_texts, counts=counts,
+                                     explain=args.explain, explain_method=args.explain_method)
         print(format_multi_label_report(multi))
         _log_truncated(counts["truncated"], multi.rows, clf)
         return 0
-    report = evaluate(clf, args.data, args.output, long_texts=args.long_texts, counts=counts)
+    report = evaluate(clf, args.data, args.output, long_texts=args.long_texts, counts=counts, explain=args.explain,
+                      explain_method=args.explain_method)
     print(format_report(report))
     _log_truncated(counts["truncated"], report.rows, clf)
     if args.output:
@@ -693,6 +695,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", required=True, help="artifact folder or model.tar.gz")
     evaluate.add_argument("--data", required=True, help="labelled channel: a folder with data.csv, or a CSV file")
     evaluate.add_argument("--output", help="folder for metrics.json and PNG plots")
+    evaluate.add_argument("--explain", type=int_in(0, 10_000), default=0, metavar="N",
+                          help="also write explanations.html into --output: the N most confident errors and N "
+                               "correct predictions, their words shaded by attribution")
+    evaluate.add_argument("--explain-method", choices=["occlusion", "integrated_gradients"], default=None,
+                          help="with --explain: occlusion (default) or integrated_gradients (--backend torch)")
     _inference_options(evaluate, default_backend="torch")
     evaluate.set_defaults(func=cmd_evaluate)
 
