@@ -6,7 +6,8 @@ against random attributions and SHAP's text explainer on the same model.
 
 For each set (fewshot_bench.SETS: BBC News topics, Debian package sections), a TextClassifier is fitted with
 textfit's defaults on `--per-class` rows a class (the embedded all-MiniLM-L6-v2, 128 tokens), and `--texts` test
-texts are explained for the predicted label by each method:
+texts, cut to their first `--words` words (BBC's articles run to thousands: SHAP's 500 evaluations of each, read as
+windows, would take hours), are explained for the predicted label by each method:
 - occlusion: Predicting.explain(method="occlusion"), the drop in the label's log-probability with a word left out;
 - integrated_gradients: Predicting.explain(method="integrated_gradients") (Captum, 32 steps, token embeddings);
 - random: a random score per word (numpy, seeded);
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -53,7 +55,7 @@ def eraser(clf, texts: list[str], explanations: list[list[dict]], labels: list[i
     full = clf.predict_proba(texts)
     comp, suff = [], []
     without, only, owners = [], [], []
-    for t, (text, words, label) in enumerate(zip(texts, explanations, labels)):
+    for t, (text, words) in enumerate(zip(texts, explanations)):
         order = np.argsort([-w["score"] for w in words], kind="stable")
         for share in BINS:
             k = max(1, int(round(share * len(words))))
@@ -106,6 +108,19 @@ def median_ms(fn: Callable[[], object], runs: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def costs(clf, onnx, text: str, runs: int) -> dict[str, float]:
+    """Median milliseconds of a prediction and of each explanation of `text`, alone."""
+    return {
+        "predict_onnx_ms": median_ms(lambda: onnx.predict_proba([text]), runs),
+        "occlusion_onnx_ms": median_ms(lambda: onnx.explain([text]), runs),
+        "predict_torch_ms": median_ms(lambda: clf.predict_proba([text]), runs),
+        "integrated_gradients_torch_ms": median_ms(lambda: clf.explain([text], method="integrated_gradients"),
+                                                   max(3, runs // 3)),
+        "integrated_gradients@1_torch_ms": median_ms(
+            lambda: clf.explain([text], method="integrated_gradients", steps=1), runs),
+    }
+
+
 def text_of(pool: list[str], words: int) -> str:
     """A text of exactly `words` words of the set: its texts one after another, cut there."""
     return " ".join(" ".join(pool).split()[:words])
@@ -116,8 +131,11 @@ def main() -> None:
     parser.add_argument("--sets", default="bbc,debian")
     parser.add_argument("--per-class", type=int, default=32)
     parser.add_argument("--texts", type=int, default=40)
+    parser.add_argument("--words", type=int, default=100, help="test texts cut to their first this many words")
     parser.add_argument("--timing-runs", type=int, default=15)
-    parser.add_argument("--methods", default="occlusion,integrated_gradients,random,shap")
+    parser.add_argument("--methods", default="occlusion,integrated_gradients,integrated_gradients@1,random,shap",
+                        help="integrated_gradients@N: with N steps (32 without)")
+    parser.add_argument("--seed", type=int, default=0, help="which rows train and which are explained")
     args = parser.parse_args()
     import torch
 
@@ -128,15 +146,17 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
     for name in args.sets.split(","):
         train, test, names = SETS[name]()
-        clf, seconds = fit_textfit(sample(train, args.per_class, 0), names)
-        texts = [t for _, t in test][: args.texts]
+        clf, seconds = fit_textfit(sample(train, args.per_class, args.seed), names)
+        chosen = random.Random(args.seed).sample(test, min(args.texts, len(test)))  # every class's (Debian's test is in class order)
+        texts = [" ".join(t.split()[: args.words]) for _, t in chosen]
         labels = [int(i) for i in clf.predict_proba(texts).argmax(axis=1)]
         result: dict[str, object] = {"set": name, "train_rows": args.per_class * len(names), "texts": len(texts),
                                      "fit_s": round(seconds, 1)}
         for method in args.methods.split(","):
             start = time.perf_counter()
-            if method in ("occlusion", "integrated_gradients"):
-                explained = [r["explanation"] for r in clf.explain(texts, method=method)]
+            if method.split("@")[0] in ("occlusion", "integrated_gradients"):
+                base, _, steps = method.partition("@")
+                explained = [r["explanation"] for r in clf.explain(texts, method=base, steps=int(steps or 32))]
             elif method == "random":
                 rng = np.random.default_rng(0)
                 explained = [[{**w, "score": float(rng.random())} for w in r["explanation"]]
@@ -151,14 +171,7 @@ def main() -> None:
             onnx = Predictor.load(Path(tmp) / "model", threads=2)
             pool = [t for _, t in test]
             for words in (30, 300):
-                text = text_of(pool, words)
-                timing = {
-                    "predict_onnx_ms": median_ms(lambda: onnx.predict_proba([text]), args.timing_runs),
-                    "occlusion_onnx_ms": median_ms(lambda: onnx.explain([text]), args.timing_runs),
-                    "predict_torch_ms": median_ms(lambda: clf.predict_proba([text]), args.timing_runs),
-                    "integrated_gradients_torch_ms": median_ms(
-                        lambda: clf.explain([text], method="integrated_gradients"), max(3, args.timing_runs // 3)),
-                }
+                timing = costs(clf, onnx, text_of(pool, words), args.timing_runs)
                 timing = {k: round(v, 1) for k, v in timing.items()}
                 timing["occlusion_x_predict"] = round(timing["occlusion_onnx_ms"] / timing["predict_onnx_ms"], 1)
                 print(json.dumps({"set": name, "words": words, **timing}), flush=True)

@@ -226,7 +226,8 @@ class Predicting:
         return long_texts
 
     def explain(self, texts: Sequence[str], *, method: str | None = None, all_labels: bool = False,
-                max_words: int = explanations.MAX_WORDS, long_texts: str | None = None) -> list[dict[str, Any]]:
+                max_words: int = explanations.MAX_WORDS, long_texts: str | None = None,
+                steps: int = explanations.IG_STEPS) -> list[dict[str, Any]]:
         """Per text, the verbose record (as `classify`) and `explanation`: its words with their attributions
         to the predicted label, `[{"word", "start", "end", "score"}, ...]` in the text's order (`text[start:end]
         == word`; positive pushes toward the label). A multi-label model's `explanation` maps each predicted
@@ -253,7 +254,7 @@ class Predicting:
                                              max_words=max_words)
         else:
             explanations.check_max_words(max_words)
-            results = self._integrated_gradients(texts, read, extents, long_texts == "window", all_labels)
+            results = self._integrated_gradients(texts, read, extents, long_texts == "window", all_labels, steps)
         return [self.explanation_record(*result, all_labels=all_labels) for result in results]
 
     def explanation_inputs(self, texts: list[str], long_texts: str) -> tuple[list[str], Any, list[int | None]]:
@@ -284,7 +285,7 @@ class Predicting:
         return record
 
     def _integrated_gradients(self, texts: list[str], read: list[Any] | None, extents: list[int | None],
-                              windows: bool, all_labels: bool
+                              windows: bool, all_labels: bool, steps: int
                               ) -> list[tuple[list[explanations.Word], np.ndarray, np.ndarray]]:
         """Each text's words, Integrated Gradients scores (words x labels; the labels not explained 0) and its
         own row of log scores."""
@@ -305,13 +306,10 @@ class Predicting:
         def log_score(logits: torch.Tensor) -> torch.Tensor:
             return logits if multi else torch.log_softmax(logits, dim=-1)
 
+        fulls = self.log_scores(texts, long_texts="window" if windows else "truncate")  # one batched pass
         out = []
-        for text, parts, extent in zip(texts, read, extents):
+        for text, parts, extent, full in zip(texts, read, extents, fulls):
             found = explanations.words(text, extent)
-            # each window's own log scores; the text's are theirs combined as predict_proba combines them
-            window_scores = self.log_scores([text], long_texts="truncate") if not windows else \
-                self._window_log_scores(parts)
-            full = self.log_scores([text], long_texts="window" if windows else "truncate")[0]
             own = self.probabilities(full[None, :])[0]
             if all_labels:
                 columns = list(range(len(self.classes_)))
@@ -319,12 +317,14 @@ class Predicting:
                 columns = [i for i, p in enumerate(own) if p > (self.thresholds_ or [0.5] * len(own))[i]]
             else:
                 columns = [int(np.argmax(own))]
-            weights = self._window_weights(parts, window_scores, columns)
+            # each window's share of the text's score: its own log scores, combined as predict_proba combines them
+            weights = self._window_weights(parts, self._window_log_scores(parts), columns) if len(parts) > 1 \
+                else np.ones((1, len(columns)))
             scores = np.zeros((len(found), len(self.classes_)))
             if columns and found:
                 scores[:, columns] = explanations.integrated_gradients(
                     model, [explanations.Window(*p) for p in parts], found, weights, columns, log_score,
-                    pad_id=pad_id, token_types=token_types)
+                    pad_id=pad_id, token_types=token_types, steps=steps)
             out.append((found, scores, full))
         return out
 

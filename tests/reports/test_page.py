@@ -92,9 +92,8 @@ def test_the_page_shows_every_text_in_colour_in_a_real_browser(tiny_artifact: Pa
     shot = _headless("--screenshot=" + str(tmp_path / "page.png"), "--window-size=1200,4000",
                      (tmp_path / "eval" / "explanations.html").as_uri(), cwd=tmp_path)
     assert shot.returncode == 0, shot.stderr[-2000:]
-    from PIL import Image
-
     import numpy as np
+    from PIL import Image
 
     rgb = np.asarray(Image.open(tmp_path / "page.png").convert("RGB")).reshape(-1, 3).astype(int)
     r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
