@@ -87,7 +87,8 @@ def test_offsets_give_back_the_words_of_the_text(onnx: Predictor, text: str) -> 
 
 def test_onnx_and_torch_rank_the_words_alike(tiny_artifact: Path, onnx: Predictor) -> None:
     text = "the very long plot was really quite good and the acting was bad and awful"
-    torch_scores = [w["score"] for w in TextClassifier.load(tiny_artifact).explain([text])[0]["explanation"]]
+    torch_scores = [w["score"] for w in TextClassifier.load(tiny_artifact).explain(
+        [text], method="occlusion")[0]["explanation"]]
     onnx_scores = [w["score"] for w in onnx.explain([text])[0]["explanation"]]
     np.testing.assert_allclose(onnx_scores, torch_scores, atol=1e-4)
     assert np.argsort(onnx_scores)[-2:].tolist() == np.argsort(torch_scores)[-2:].tolist()
@@ -203,9 +204,16 @@ def test_integrated_gradients_add_up_on_every_family(family: str, tmp_path: Path
     np.testing.assert_allclose(attributions.sum(), change, rtol=0.05, atol=1e-4)
 
 
-def test_integrated_gradients_need_the_pytorch_weights(onnx: Predictor) -> None:
-    with pytest.raises(DataError, match="PyTorch weights"):
-        onnx.explain(["a good film"], method="integrated_gradients")
+def test_gradients_need_the_pytorch_weights_and_the_default_follows_them(onnx: Predictor, tiny_artifact: Path,
+                                                                        ) -> None:
+    for method in ("gradient", "integrated_gradients"):
+        with pytest.raises(DataError, match="PyTorch weights"):
+            onnx.explain(["a good film"], method=method)
+    text = "the film was long and awful"
+    assert onnx.explain([text]) == onnx.explain([text], method="occlusion")  # ONNX Runtime: occlusion
+    torch_model = TextClassifier.load(tiny_artifact)
+    assert torch_model.explain([text]) == torch_model.explain([text], method="gradient")
+    assert torch_model.explain([text]) != torch_model.explain([text], method="occlusion")
     with pytest.raises(DataError, match="not known"):
         onnx.explain(["a good film"], method="shap")
 

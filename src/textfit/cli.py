@@ -156,7 +156,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             assert clf is not None  # loaded above: one worker
             bar = _progress(args.input)
-            summary = predict_file(clf, records, out, long_texts=args.long_texts, progress=bar, explain=args.explain,
+            summary = predict_file(clf, records, out, long_texts=args.long_texts, progress=bar,
+                                   explain=None if args.explain in (None, "auto") else args.explain,
+                                   explaining=args.explain is not None,
                                    explain_words=args.explain_words)
             bar.close()
     if args.output:
@@ -620,11 +622,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="input format (default: from the file suffix)")
     predict.add_argument("--output", help="JSON Lines output file, one record per input in order (default: stdout)")
     predict.add_argument("--workers", type=int_in(1, 256), default=1, help="processes sharing a large --input (cores divided)")
-    predict.add_argument("--explain", nargs="?", const="occlusion", choices=["occlusion", "integrated_gradients"],
+    predict.add_argument("--explain", nargs="?", const="auto",
+                         choices=["auto", "gradient", "integrated_gradients", "occlusion"],
                          help="add each text's word attributions for its predicted label (`explanation`: word, start, "
-                              "end, score); the method: occlusion (the default: any back end, up to --explain-words "
-                              "words or groups of words a text) or integrated_gradients (--backend torch; "
-                              "pip install 'textfit[explain]')")
+                              "end, score); the method: auto (gradient on --backend torch, occlusion on onnx), "
+                              "gradient, integrated_gradients (both --backend torch) or occlusion (up to "
+                              "--explain-words words or groups of words a text)")
     predict.add_argument("--explain-words", type=int_in(1, 4096), default=64,
                          help="with --explain occlusion: words (or groups of words) left out one at a time, a text")
     predict.add_argument("--engine", choices=["local", "ray"], default="local",
@@ -698,8 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--explain", type=int_in(0, 10_000), default=0, metavar="N",
                           help="also write explanations.html into --output: the N most confident errors and N "
                                "correct predictions, their words shaded by attribution")
-    evaluate.add_argument("--explain-method", choices=["occlusion", "integrated_gradients"], default=None,
-                          help="with --explain: occlusion (default) or integrated_gradients (--backend torch)")
+    evaluate.add_argument("--explain-method", choices=["gradient", "integrated_gradients", "occlusion"], default=None,
+                          help="with --explain: gradient (the default on --backend torch), integrated_gradients, or "
+                               "occlusion (the default on onnx)")
     _inference_options(evaluate, default_backend="torch")
     evaluate.set_defaults(func=cmd_evaluate)
 

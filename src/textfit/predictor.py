@@ -235,17 +235,24 @@ class Predicting:
         reads are listed (its first max_seq_length tokens, or its windows).
 
         Args:
-            method: "occlusion" (the default, measured the more faithful; forward passes only, any back end):
-                how much the label's log-probability (log-odds) drops when the word is left out, at most
-                `max_words` + 1 texts of inference a text; "integrated_gradients": Captum's, on the token
-                embeddings (PyTorch back end; pip install 'textfit[explain]'). See explain.py.
+            method: None, the default: "gradient" where the model's PyTorch weights are loaded, "occlusion" on
+                ONNX Runtime (which has no gradients). "gradient": the gradient of the label's log-probability
+                (log-odds) at the midpoint between a baseline and the text, times their difference, on the token
+                embeddings (Integrated Gradients' one-point estimate, Captum's): measured the most faithful of the
+                four compared and under 10x a prediction's cost (docs/benchmarks.md). "integrated_gradients":
+                the path integral itself, `steps` points. "occlusion": how much the label's log-probability
+                drops when the word is left out, forward passes only (any back end), at most `max_words` + 1
+                texts of inference a text. See explain.py.
             max_words: occlusion leaves out at most this many words or contiguous groups of words a text.
+            steps: integrated_gradients' points along the path.
 
         >>> textfit.load("model/").explain(["a lovely film"])[0]["explanation"]  # doctest: +SKIP
         [{'word': 'a', 'start': 0, 'end': 1, 'score': 0.01}, {'word': 'lovely', ...}, ...]
         """
         texts = batching.check_texts(texts)
-        method = explanations.check_method(explanations.DEFAULT_METHOD if method is None else method)
+        if method is None:
+            method = "occlusion" if self.model_ is None else "gradient"
+        explanations.check_method(method)
         long_texts = self.resolve_long_texts(long_texts)
         texts, read, extents = self.explanation_inputs(texts, long_texts)
         results: list[tuple[list[explanations.Word], np.ndarray, np.ndarray]]
@@ -254,7 +261,8 @@ class Predicting:
                                              max_words=max_words)
         else:
             explanations.check_max_words(max_words)
-            results = self._integrated_gradients(texts, read, extents, long_texts == "window", all_labels, steps)
+            results = self._integrated_gradients(texts, read, extents, long_texts == "window", all_labels,
+                                                 1 if method == "gradient" else steps)
         return [self.explanation_record(*result, all_labels=all_labels) for result in results]
 
     def explanation_inputs(self, texts: list[str], long_texts: str) -> tuple[list[str], Any, list[int | None]]:
