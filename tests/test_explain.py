@@ -273,3 +273,28 @@ def test_the_endpoint_bounds_an_explanation(onnx: Predictor) -> None:
                      headers={"Content-Type": "application/json", "Accept": "application/json;explain"})
         assert two.status_code == 413 and "characters" in two.json()["error"]
         assert c.post("/invocations", content=text.encode()).status_code == 200  # and it keeps serving
+
+
+def test_explained_and_plain_requests_together_on_pytorch(tiny_artifact: Path) -> None:
+    """Explained and plain requests at once, on the PyTorch back end (its default method is a gradient, but the
+    endpoint's is occlusion, through the queue): each gets its own answer, and the prediction in it."""
+    import concurrent.futures
+
+    from starlette.testclient import TestClient
+
+    from textfit.serving.server import ServeSettings, create_app
+
+    clf = TextClassifier.load(tiny_artifact)
+    texts = [" ".join(["good", "film", "awful", "plot"][i % 4:] + ["the"] * (i % 7)) for i in range(48)]
+    with TestClient(create_app(clf, ServeSettings(max_wait_ms=1))) as c:
+        def send(i: int) -> tuple[int, Any]:
+            accept = "application/json;explain" if i % 2 else "application/json;verbose"
+            answer = c.post("/invocations", content=texts[i].encode(), headers={"Accept": accept})
+            return answer.status_code, answer.json()
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(send, range(len(texts))))
+    assert [status for status, _ in answers] == [200] * len(texts)
+    for i, (_, body) in enumerate(answers):
+        assert ("explanation" in body) == bool(i % 2)
+        np.testing.assert_allclose(body["probabilities"], clf.predict_proba([texts[i]])[0], atol=1e-5)

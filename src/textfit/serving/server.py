@@ -382,7 +382,9 @@ def create_app(model: Predicting | Callable[[], Predicting], settings: ServeSett
             cut, _, extents = clf.explanation_inputs(texts, clf.resolve_long_texts(settings.long_texts))
             return cut, explanations.occlusion_plan(cut, extents, settings.explain_max_words)
 
-        cut, plans = await asyncio.to_thread(plan)
+        # on the inference thread: a tokenizer is not safe to call from two threads at once (a fast one raises
+        # "Already borrowed"), and the batches are tokenized there
+        cut, plans = await asyncio.get_running_loop().run_in_executor(batcher.executor, plan)
         size = explanations.cost(cut, plans)
         if size > settings.explain_max_chars:
             raise RequestError(413, f"explaining these texts would read {size} characters, over the limit of "
