@@ -15,9 +15,10 @@ nothing. Positive pushes toward the label, negative away from it.
   token embeddings, summed over each token's vector and over the tokens of each word. Needs PyTorch's weights.
 - gradient: the same with one point, the path's midpoint: the gradient there times the text's embeddings less
   the baseline's. One forward and one backward pass. In bench/explain_bench.py it was the most faithful of
-  the four methods compared (ERASER's comprehensiveness, on BBC News and Debian's package descriptions), above
-  the full integral (whose quadrature on a fine-tuned model's steep regions lands anywhere) and SHAP, at under
-  10x a prediction's cost for a 30-word text: the default wherever the PyTorch weights are loaded.
+  the four methods compared over both sets (ERASER's comprehensiveness: far ahead on BBC News, a little behind
+  SHAP on Debian's short descriptions), above the full integral (whose quadrature on a fine-tuned model's steep
+  regions lands anywhere), at under 10x a prediction's cost for a 30-word text: the default wherever the
+  PyTorch weights are loaded.
 - occlusion: a word's score is the drop in the label's score when the word is taken out of the text. Forward
   passes only, so it runs on ONNX Runtime as on PyTorch, through the same batching (and the server's queue) as
   predictions; every label's scores come from the same passes. A text of more than `max_words` words is

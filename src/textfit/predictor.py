@@ -239,7 +239,7 @@ class Predicting:
                 ONNX Runtime (which has no gradients). "gradient": the gradient of the label's log-probability
                 (log-odds) at the midpoint between a baseline and the text, times their difference, on the token
                 embeddings (Integrated Gradients' one-point estimate, Captum's): measured the most faithful of the
-                four compared and under 10x a prediction's cost (docs/benchmarks.md). "integrated_gradients":
+                four compared over two sets, at under 10x a prediction's cost (docs/benchmarks.md). "integrated_gradients":
                 the path integral itself, `steps` points. "occlusion": how much the label's log-probability
                 drops when the word is left out, forward passes only (any back end), at most `max_words` + 1
                 texts of inference a text. See explain.py.
