@@ -300,7 +300,7 @@ def test_each_predicted_label_is_explained_by_its_own_words(trained: tuple[TextC
         plot = max(record["explanation"]["plot"], key=lambda w: w["score"])
         assert plot["word"] == "plot" and plot["score"] > 1, record["explanation"]["plot"]
     for label, words in record["explanation"].items():
-        assert [w["word"] for w in words] == "the film superb awful plot was quite".split(), label
+        assert [w["word"] for w in words] == ["the", "film", "superb", "awful", "plot", "was", "quite"], label
         assert all(np.isfinite(w["score"]) for w in words) and any(w["score"] != 0 for w in words), label
     every = clf.explain(["a very quite movie"], method=method, all_labels=True)[0]
     assert every["predicted_labels"] == [] and every["explanation"] == {}

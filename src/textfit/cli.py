@@ -157,8 +157,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             assert clf is not None  # loaded above: one worker
             bar = _progress(args.input)
             summary = predict_file(clf, records, out, long_texts=args.long_texts, progress=bar,
-                                   explain=None if args.explain in (None, "auto") else args.explain,
-                                   explaining=args.explain is not None,
+                                   explain=args.explain,
                                    explain_words=args.explain_words)
             bar.close()
     if args.output:

@@ -209,10 +209,12 @@ class Predicting:
             p = self.predict_proba(texts, batch_size, long_texts="window").astype(np.float64)
             p = np.clip(p, 1e-30, 1.0)
             return np.log(p) - np.log1p(-np.clip(p, 0.0, 1 - 1e-16)) if self.multi_label_ else np.log(p)
-        logits = self.predict_logits(texts, batch_size).astype(np.float64)
-        if self.multi_label_:
-            return logits
-        return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+        return self._log_scores_of(self.predict_logits(texts, batch_size))
+
+    def _log_scores_of(self, logits: np.ndarray) -> np.ndarray:
+        """Logits as log scores: log-softmax, or for a multi-label model the logits (log-odds) themselves."""
+        logits = logits.astype(np.float64)
+        return logits if self.multi_label_ else logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
 
     def probabilities(self, log_scores: np.ndarray) -> np.ndarray:
         """predict_proba's rows (float32) from `log_scores`' rows."""
@@ -326,8 +328,7 @@ class Predicting:
             else:
                 columns = [int(np.argmax(own))]
             # each window's share of the text's score: its own log scores, combined as predict_proba combines them
-            weights = self._window_weights(parts, self._window_log_scores(parts), columns) if len(parts) > 1 \
-                else np.ones((1, len(columns)))
+            weights = self._window_weights(parts, columns)
             scores = np.zeros((len(found), len(self.classes_)))
             if columns and found:
                 scores[:, columns] = explanations.integrated_gradients(
@@ -341,18 +342,15 @@ class Predicting:
         data = batching.Encoded([list(ids) for ids, _, _ in parts], None,
                                 self.tokenizer_.pad_token_id if self.tokenizer_.pad_token_id is not None else 0,
                                 "token_type_ids" in self.input_names_)
-        logits = self.runner_(batching.pad(data, range(len(data)))).astype(np.float64)
-        if self.multi_label_:
-            return logits
-        return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+        return self._log_scores_of(self.runner_(batching.pad(data, range(len(data)))))
 
-    def _window_weights(self, parts: list[Any], window_scores: np.ndarray, columns: list[int]) -> np.ndarray:
+    def _window_weights(self, parts: list[Any], columns: list[int]) -> np.ndarray:
         """(windows x columns): the part of the text's score each window's carries. The text's probability is
         the length-weighted mean of its windows' (d log P = sum_k w_k p_k d log p_k / sum_k w_k p_k); a
         multi-label model's is its most confident window's."""
         if len(parts) == 1:
             return np.ones((1, len(columns)))
-        picked = window_scores[:, columns]
+        picked = self._window_log_scores(parts)[:, columns]
         if self.multi_label_:
             weights = np.zeros_like(picked)
             weights[np.argmax(picked, axis=0), np.arange(len(columns))] = 1.0

@@ -86,7 +86,6 @@ def test_the_page_shows_every_text_in_colour_in_a_real_browser(tiny_artifact: Pa
     assert "Most confident errors (4)" in dom.stdout and "Correct predictions (4)" in dom.stdout
     texts = [t for _, t in rows]
     assert all(t in texts for t in shown)  # each shaded text is one of the data's, character for character
-    assert rows[7][1] in texts
     assert any("rgba(0, 150, 60" in c for c in parsed.colours) and any("rgba(210, 30, 45" in c for c in parsed.colours)
 
     shot = _headless("--screenshot=" + str(tmp_path / "page.png"), "--window-size=1200,4000",

@@ -142,10 +142,10 @@ def _header(classifier: TextClassifier, chunk: list[InputRecord]) -> str | None:
 
 
 def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out: IO[str], *,
-                 long_texts: str | None = None, progress: Any = None, explaining: bool = False,
-                 explain: str | None = None, explain_words: int = 64) -> PredictionSummary:
+                 long_texts: str | None = None, progress: Any = None, explain: str | None = None,
+                 explain_words: int = 64) -> PredictionSummary:
     """Write one JSON line per record, in input order; with labels in the input, count the correct ones.
-    `explaining`: each record also has its `explanation` (word attributions) by the method `explain` (None:
+    `explain`: each record also has its `explanation` (word attributions) by that method ("auto":
     Predicting.explain's default), occlusion leaving out up to `explain_words` words or groups of words a text."""
     summary, counts = PredictionSummary(), {"truncated": 0}
     for n, chunk in enumerate(_chunks(records, CHUNK)):
@@ -154,8 +154,8 @@ def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out
             log.info("line %d looks like a header row (%s); it is skipped", chunk[0].line, reason)
             chunk = chunk[1:]
         texts = [r.text for r in chunk]
-        if explaining:
-            results = classifier.explain(texts, method=explain, max_words=explain_words, long_texts=long_texts)
+        if explain is not None:
+            results = classifier.explain(texts, method=None if explain == "auto" else explain, max_words=explain_words, long_texts=long_texts)
         else:
             probs = classifier.predict_proba(texts, long_texts=long_texts, counts=counts)
             results = [verbose_record(row, classifier.classes_, classifier.thresholds_) for row in probs]
