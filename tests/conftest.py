@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkserver
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Under pytest-xdist each worker gets one thread, and so do the jobs its tests start (they inherit the
     # variable): the workers split the cores instead of each spreading over all of them and fighting.
@@ -22,9 +24,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # The modules that take longest (their tests start training jobs), longest first. `make test` hands out whole
 # modules (--dist loadscope: a module's fixtures are built once) in collection order, so these go out first and
 # no minute-long module starts last while the other worker has nothing left to do.
-LONGEST_FIRST = ("test_checkpoints.py", "test_ownership.py", "test_hostile.py", "test_tuning.py", "test_distributed.py",
-                 "test_recipes.py", "test_multilabel.py", "test_readme.py", "test_end_to_end.py", "test_server.py",
-                 "test_prediction.py", "test_file_shapes.py")
+LONGEST_FIRST = ("test_end_to_end.py", "test_checkpoints.py", "test_distributed.py", "test_tuning.py", "test_hostile.py",
+                 "test_multilabel.py", "test_readme.py", "test_server.py", "test_ownership.py", "test_architectures.py",
+                 "test_recipes.py", "test_evaluation.py", "test_prediction.py", "test_file_shapes.py",
+                 "test_classifier.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -131,8 +134,9 @@ def wait_for_ping(url: str, timeout: float = 60) -> None:
 
 
 def start_textfit(*args: str) -> subprocess.Popen[str]:
-    """`python -m textfit ARGS` in the background on one thread: jobs started side by side share the cores."""
-    return subprocess.Popen([sys.executable, "-m", "textfit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    """`python -m textfit ARGS` in the background on one thread: jobs started side by side share the cores. Forked
+    from tests/forkserver.py's process, which has done the imports every command would do again."""
+    return forkserver.Popen([sys.executable, "-m", "textfit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -144,7 +148,7 @@ def finish(proc: subprocess.Popen[str], timeout: float = 300) -> subprocess.Comp
 
 def run_until(cmd: list[str], marker: str, timeout: float = 120) -> subprocess.Popen[str]:
     """Start a command and return once its stderr shows a line starting with `marker` (or the timeout)."""
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = forkserver.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stderr is not None
     deadline = time.monotonic() + timeout
     for line in proc.stderr:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests import forkserver
 from tests.conftest import FAMILIES, FAST, NEGATIVE, NEUTRAL, POSITIVE, build_tiny_family, write_csv
 from textfit import TextClassifier
 from textfit.errors import DataError
@@ -128,7 +128,7 @@ def test_words_split_as_documented() -> None:
 
 
 def test_predict_explain_on_the_command_line(tiny_artifact: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "textfit", "predict", "--model", str(tiny_artifact), "--backend",
+    done = forkserver.run([sys.executable, "-m", "textfit", "predict", "--model", str(tiny_artifact), "--backend",
                            "onnx", "--explain", "--text", "the film was long and awful"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr

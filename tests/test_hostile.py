@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from tests import forkserver
 from tests.conftest import wait_for_ping
 from textfit import TextClassifier
 from textfit.data import batching
@@ -34,7 +35,7 @@ EVIL_CODE = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\n"
 
 
 def textfit(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "textfit", *args], input=stdin, capture_output=True, text=True,
+    return forkserver.run([sys.executable, "-m", "textfit", *args], input=stdin, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -411,7 +412,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tiny_artifact: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, int]]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "textfit", "serve", "--model", str(tiny_artifact), "--port",
+    proc = forkserver.Popen([sys.executable, "-m", "textfit", "serve", "--model", str(tiny_artifact), "--port",
                              str(port), "--backend", "torch", "--header-timeout", "3", "--max-connections", "40",
                              "--max-header-kb", "16", "--max-headers", "50"],
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -513,7 +514,7 @@ def test_mixed_good_and_bad_requests_at_concurrency_32(server: tuple[subprocess.
 
 def test_sigterm_exits_zero(tiny_artifact: Path) -> None:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "textfit", "serve", "--model", str(tiny_artifact), "--port",
+    proc = forkserver.Popen([sys.executable, "-m", "textfit", "serve", "--model", str(tiny_artifact), "--port",
                              str(port), "--backend", "torch"], stderr=subprocess.DEVNULL)
     wait_for_ping(f"http://127.0.0.1:{port}")
     proc.send_signal(signal.SIGTERM)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import forkserver
 from tests.conftest import FAST, kill, make_rows, run_until, write_csv
 from textfit.cli import main
 from textfit.core import ownership
@@ -312,7 +312,7 @@ def test_a_signal_mid_run_leaves_every_user_file_as_it_was(signum: int, tiny_ber
     after = snapshot(tmp_path)
     assert {p: after.get(p) for p in before} == before
     # the rerun resumes from textfit's own checkpoint folder and finishes
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    done = forkserver.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert {p: snapshot(tmp_path).get(p) for p in before} == before
 

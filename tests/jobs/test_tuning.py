@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkserver
 from tests.conftest import kill, make_rows, run_until, write_csv
 from textfit import TextClassifier
 from textfit.errors import HyperparameterError
@@ -144,7 +145,7 @@ def test_a_killed_study_resumes(tiny_bert: Path, tmp_path: Path) -> None:
         if line.startswith("Epoch 1/3"):
             break
     kill(first)
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    done = forkserver.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Resuming: 1 trial(s) interrupted" in done.stderr
     study = optuna.load_study(study_name="textfit", storage=f"sqlite:///{tmp_path / 't' / 'study.db'}")
@@ -257,7 +258,7 @@ def test_two_workers_share_one_study_through_postgresql(postgres: str, tiny_bert
            "--storage", postgres, "--study", "shared", "--hp", "epochs=2", "--hp", "batch_size=8",
            "--hp", "precision=fp32", "--early-stopping", "off"]
     # two "machines": separate processes and output folders, one study
-    workers = [subprocess.Popen([*cmd, "--output", str(tmp_path / f"worker{i}"), "--seed", str(i)],
+    workers = [forkserver.Popen([*cmd, "--output", str(tmp_path / f"worker{i}"), "--seed", str(i)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
     for w in workers:
         _, err = w.communicate(timeout=300)
@@ -299,7 +300,7 @@ def test_a_dead_workers_trial_is_reclaimed_by_another(postgres: str, tiny_bert: 
         if line.startswith("Epoch 1/3"):
             break
     kill(first)
-    second = subprocess.run([*cmd, "--output", str(tmp_path / "b"), "--seed", "1"], capture_output=True, text=True,
+    second = forkserver.run([*cmd, "--output", str(tmp_path / "b"), "--seed", "1"], capture_output=True, text=True,
                             timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
     storage = optuna.storages.RDBStorage(postgres)
@@ -476,7 +477,7 @@ def test_sigterm_while_connecting_exits_cleanly(channel: Path, tmp_path: Path) -
         silent.listen()
         silent.settimeout(120)
         port = silent.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "textfit", "tune", "--train", str(channel), "--output",
+        proc = forkserver.Popen([sys.executable, "-m", "textfit", "tune", "--train", str(channel), "--output",
                                  str(tmp_path / "t"), "--storage", f"postgresql://u:p@127.0.0.1:{port}/db"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         connection, _ = silent.accept()  # the client is connecting: it waits for an answer that never comes

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkserver
 from tests.conftest import make_rows, write_csv
 from textfit.reports import page
 
@@ -68,7 +69,7 @@ def test_the_page_shows_every_text_in_colour_in_a_real_browser(tiny_artifact: Pa
     rows = [(1 - int(y), t) if i < 6 else (y, t) for i, (y, t) in enumerate(rows)]  # six wrong labels: errors
     rows[7] = (rows[7][0], 'a <b>"tagged"</b> & emoji 😀 line\nand a second line')  # markup stays text
     write_csv(tmp_path / "data" / "data.csv", rows)
-    done = subprocess.run([sys.executable, "-m", "textfit", "evaluate", "--model", str(tiny_artifact), "--data",
+    done = forkserver.run([sys.executable, "-m", "textfit", "evaluate", "--model", str(tiny_artifact), "--data",
                            str(tmp_path / "data"), "--output", str(tmp_path / "eval"), "--explain", "4"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -117,6 +118,6 @@ def test_every_errors_text_appears_once_with_both_labels_shaded(tiny_artifact: P
 
 def test_explain_needs_an_output_folder(tiny_artifact: Path, tmp_path: Path) -> None:
     write_csv(tmp_path / "data" / "data.csv", make_rows(10))
-    done = subprocess.run([sys.executable, "-m", "textfit", "evaluate", "--model", str(tiny_artifact), "--data",
+    done = forkserver.run([sys.executable, "-m", "textfit", "evaluate", "--model", str(tiny_artifact), "--data",
                            str(tmp_path / "data"), "--explain", "3"], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "--output" in done.stderr and "Traceback" not in done.stderr

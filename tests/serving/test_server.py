@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from tests import forkserver
 from tests.conftest import wait_for_ping
 from textfit import TextClassifier
 from textfit.serving.server import ServeSettings, create_app
@@ -172,7 +173,7 @@ def _free_port() -> int:
 @pytest.fixture
 def server(tiny_artifact: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "textfit", "serve", "--model", str(tiny_artifact), "--port",
+    proc = forkserver.Popen([sys.executable, "-m", "textfit", "serve", "--model", str(tiny_artifact), "--port",
                              str(port), "--backend", "torch", "--max-queue", "50000"], stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
@@ -333,7 +334,7 @@ def limited(tiny_artifact: Path) -> Iterator[tuple[str, int]]:
     """One server for the module's limit tests: header and body limits at their defaults, the rest small."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "SAGEMAKER_MAX_PAYLOAD_IN_MB"}
-    proc = subprocess.Popen([sys.executable, "-m", "textfit", "serve", "--model", str(tiny_artifact), "--port",
+    proc = forkserver.Popen([sys.executable, "-m", "textfit", "serve", "--model", str(tiny_artifact), "--port",
                              str(port), "--backend", "torch", "--max-connections", str(CONNECTIONS),
                              "--header-timeout", str(TIMEOUT), "--body-timeout", str(TIMEOUT),
                              "--keep-alive", str(KEEP_ALIVE)], stderr=subprocess.DEVNULL, env=env)

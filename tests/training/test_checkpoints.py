@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests import forkserver
 from tests.conftest import free_port, kill, make_rows, run_until, write_csv
 from textfit import TextClassifier
 from textfit.data.channels import read_channel
@@ -49,7 +50,7 @@ def _same_weights(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_bert: Path, data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("whole")
-    done = subprocess.run(_cmd(tiny_bert, data, root / "model", root / "ckpt"), capture_output=True, text=True,
+    done = forkserver.run(_cmd(tiny_bert, data, root / "model", root / "ckpt"), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return root / "model"
@@ -67,7 +68,7 @@ def test_sigterm_checkpoints_and_the_rerun_ends_where_an_uninterrupted_run_does(
     assert not (tmp_path / "model").exists()
     state = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
     assert state["loop"]["epoch"] == 2 and state["loop"]["step"] > 0  # mid-epoch
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    resumed = forkserver.run(cmd, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"Resuming from checkpoint {tmp_path / 'ckpt'}: epoch 2, step {state['loop']['step']}" in resumed.stderr
     _same_weights(tmp_path / "model", uninterrupted)
@@ -90,7 +91,7 @@ def test_a_sigkill_loses_at_most_the_epoch_in_progress(tiny_bert: Path, data: Pa
     assert state["schedule"]["lr_lambdas"] and all(isinstance(f, dict) for f in state["schedule"]["lr_lambdas"])
     state["schedule"]["lr_lambdas"] = [None] * len(state["schedule"]["lr_lambdas"])
     (tmp_path / "ckpt" / "checkpoint.json").write_text(json.dumps(state))
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    resumed = forkserver.run(cmd, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming from checkpoint" in resumed.stderr and "epoch 2, step 0" in resumed.stderr
     assert "Epoch 1/3" not in resumed.stderr
@@ -162,7 +163,7 @@ def test_a_distributed_job_checkpoints_on_sigterm_and_resumes(tiny_bert: Path, t
     data = write_csv(tmp_path / "train" / "data.csv", make_rows(1600)).parent
     cmd = [*_cmd(tiny_bert, data, tmp_path / "model", tmp_path / "ckpt"), "--hp", "epochs=2", "--nproc-per-node", "2", "--master-port", str(free_port())]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**env, "PYTHONUNBUFFERED": "1"})
+    proc = forkserver.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**env, "PYTHONUNBUFFERED": "1"})
     assert proc.stderr is not None
     for line in proc.stderr:
         if line.startswith("epoch=1 "):
@@ -176,7 +177,7 @@ def test_a_distributed_job_checkpoints_on_sigterm_and_resumes(tiny_bert: Path, t
     assert len(stopped) == 1 and "Traceback" not in err, err[-2000:]
     assert stopped[0].startswith("stopped: distributed training stopped by SIGTERM at epoch 2, step ")
     assert json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())["loop"]["epoch"] == 2
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    resumed = forkserver.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming from checkpoint" in resumed.stderr and "epoch 2, step" in resumed.stderr
     assert json.loads((tmp_path / "model" / "textfit.json").read_text())["workers"] == 2
@@ -189,7 +190,7 @@ def test_a_distributed_job_without_checkpoints_stops_on_sigterm_with_one_line(ti
     cmd.remove("--checkpoint-dir")
     cmd.remove(str(tmp_path / "ckpt"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    proc = forkserver.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None
     for line in proc.stderr:
         if line.startswith("epoch=1 "):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkserver
 from tests.conftest import build_tiny_bert, finish, free_port, make_rows, start_textfit, write_csv
 from textfit.training.distributed import World, my_rows, split_message
 
@@ -96,7 +97,7 @@ def test_a_killed_worker_stops_the_job_with_a_message(no_dropout_bert: Path, tmp
     data = write_csv(tmp_path / "train" / "data.csv", make_rows(400)).parent
     cmd = [sys.executable, "-m", "textfit", "train", "--train", str(data), "--model-id", str(no_dropout_bert),
            "--output", str(tmp_path / "out"), *HP, "--hp", "epochs=2000", "--nproc-per-node", "2", "--master-port", str(free_port())]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = forkserver.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stderr is not None
     deadline = time.monotonic() + 120
     for line in proc.stderr:

@@ -352,31 +352,6 @@ def test_fewshot_multi_label_past_the_label_budget_starts_from_the_class_means(
     assert np.mean(right) >= 0.45
 
 
-def test_embedded_minilm_learns_from_sixteen_examples_a_class_with_the_defaults(tmp_path: Path) -> None:
-    """The seed's promise: a few rows a class, no hyperparameters, a useful model (fine-tuning alone, on 32
-    such rows, predicted one class for almost everything; the probe alone reaches about 0.7 at 8 a class)."""
-    from textfit.model.zoo import embedded_path
-
-    if embedded_path() is None:
-        pytest.skip("the embedded model package is not installed")
-    rows = list(csv_rows(Path(__file__).parents[2] / "examples" / "reviews" / "data.csv"))
-    rng = random.Random(1)
-    rng.shuffle(rows)
-    picked = [r for label in ("0", "1") for r in [r for r in rows if r[0] == label][:16]]
-    rest = [r for r in rows if r not in picked]
-    clf = TextClassifier(hyperparameters={"precision": "fp32"}).fit(read_channel(write_csv(tmp_path / "t" / "data.csv", picked).parent))
-    assert clf.manifest_["training_recipe"]["name"] == "fewshot"
-    accuracy = np.mean([p == y for p, (y, _) in zip(clf.predict([t for _, t in rest]), rest)])
-    assert accuracy >= 0.85, accuracy
-
-
-def csv_rows(path: Path) -> list[tuple[str, str]]:
-    import csv
-
-    with path.open(encoding="utf-8", newline="") as f:
-        return [(label, text) for label, text in csv.reader(f)]
-
-
 def test_tuning_on_small_data_scores_every_trial_on_held_out_rows(tiny_bert: Path, tmp_path: Path) -> None:
     from textfit.jobs.tuning import tune
 
