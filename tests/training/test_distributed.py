@@ -61,14 +61,6 @@ def test_every_worker_gets_rows_in_every_step(world: int) -> None:
             rows, batch)
 
 
-def test_forty_one_rows_in_batches_of_ten_on_two_workers(no_dropout_bert: Path, tmp_path: Path) -> None:
-    data = write_csv(tmp_path / "train" / "data.csv", make_rows(41)).parent
-    run = train(no_dropout_bert, data, tmp_path / "out", "--nproc-per-node", "2", "--master-port", str(free_port()), "--hp",
-                "validation_split_ratio=0", "--hp", "epochs=4")
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert json.loads((tmp_path / "out" / "textfit.json").read_text())["workers"] == 2
-
-
 @pytest.mark.parametrize("recipe", ["finetune", "fewshot"])
 def test_two_workers_match_one(no_dropout_bert: Path, tmp_path: Path, recipe: str) -> None:
     """The small-data recipe too: each worker embeds its share for the probe, and all fit the same one."""
@@ -94,15 +86,21 @@ def test_two_workers_match_one(no_dropout_bert: Path, tmp_path: Path, recipe: st
 
 
 def test_a_killed_worker_stops_the_job_with_a_message(no_dropout_bert: Path, tmp_path: Path) -> None:
-    data = write_csv(tmp_path / "train" / "data.csv", make_rows(400)).parent
+    """41 rows in batches of 10, no validation: the last global batch holds one row, and each worker still gets
+    rows in every step (two whole epochs run before a worker is killed)."""
+    data = write_csv(tmp_path / "train" / "data.csv", make_rows(41)).parent
     cmd = [sys.executable, "-m", "textfit", "train", "--train", str(data), "--model-id", str(no_dropout_bert),
-           "--output", str(tmp_path / "out"), *HP, "--hp", "epochs=2000", "--nproc-per-node", "2", "--master-port", str(free_port())]
+           "--output", str(tmp_path / "out"), *HP, "--hp", "epochs=20000", "--hp", "validation_split_ratio=0",
+           "--nproc-per-node", "2", "--master-port", str(free_port())]
     proc = forkserver.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stderr is not None
     deadline = time.monotonic() + 120
     for line in proc.stderr:
-        if line.startswith("Epoch 2/") or time.monotonic() > deadline:
+        if line.startswith("Epoch 3/") or time.monotonic() > deadline:
             break
+    else:
+        pytest.fail("the job ended before its third epoch")
+    assert line.startswith("Epoch 3/"), line  # two whole epochs of 41 rows on two workers
     workers = _children(proc.pid)
     assert len(workers) >= 2, workers
     os.kill(workers[-1], signal.SIGKILL)
