@@ -342,9 +342,32 @@ def test_validation_is_scored_as_the_served_model_computes(tiny_bert: Path, tmp_
 def test_precision_auto_counts_only_native_bf16(caplog: pytest.LogCaptureFixture) -> None:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
         flags = next(line for line in f if line.startswith("flags")).split()
-    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    native = ("avx512_bf16" in flags or "amx_bf16" in flags) and training.cpu_bf16_speedup() >= 1.25
     assert training.cpu_has_bf16() == native
     assert (training.autocast_dtype(torch.device("cpu"), "auto") == torch.bfloat16) == native
     reason = training._precision_reason(torch.device("cpu"), "auto")
-    assert reason == (f"auto: the CPU computes bf16 natively ({training.cpu_bf16_flag()})" if native
-                      else "auto: this CPU has no native bf16")
+    assert reason.startswith("auto: the CPU computes bf16 natively" if native else "auto: this CPU has ")
+
+
+@pytest.mark.parametrize(("flag", "speedup", "dtype", "reason"), [
+    (None, 2.5, None, "auto: this CPU has no native bf16"),
+    ("avx512_bf16", 0.7, None, "auto: this CPU has avx512_bf16, but its bf16 matrix products run at 0.7x fp32's "
+                               "rate, no faster"),
+    ("amx_bf16", 2.6, torch.bfloat16, "auto: the CPU computes bf16 natively (amx_bf16; its bf16 matrix products "
+                                      "run at 2.6x fp32's rate)"),
+])
+def test_precision_auto_takes_bf16_only_where_it_is_faster(monkeypatch: pytest.MonkeyPatch, flag: str | None,
+                                                           speedup: float, dtype: torch.dtype | None,
+                                                           reason: str) -> None:
+    """A Xeon whose AMX the guest cannot see lists avx512_bf16 and trains 1.4x slower in bf16 than in fp32."""
+    monkeypatch.setattr(training, "cpu_bf16_flag", lambda: flag)
+    monkeypatch.setattr(training, "cpu_bf16_speedup", lambda: speedup)
+    assert training.autocast_dtype(torch.device("cpu"), "auto") == dtype
+    assert training.autocast_dtype(torch.device("cpu"), "bf16") == torch.bfloat16  # asked for: given
+    assert training._precision_reason(torch.device("cpu"), "auto") == reason
+
+
+def test_the_bf16_speedup_is_a_measurement() -> None:
+    """Positive and finite, and measured once a process."""
+    first = training.cpu_bf16_speedup()
+    assert 0.05 < first < 50 and training.cpu_bf16_speedup() == first
