@@ -124,13 +124,14 @@ def wait_for_ping(url: str, timeout: float = 60) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+    with httpx.Client(timeout=1) as client:  # one client: httpx.get builds one (and a TLS context) a call
+        while time.monotonic() < deadline:
+            try:
+                if client.get(f"{url}/ping").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
 
 
 def start_textfit(*args: str) -> subprocess.Popen[str]:

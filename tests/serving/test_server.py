@@ -193,13 +193,15 @@ def test_concurrent_requests_each_get_their_own_answer(server: tuple[subprocess.
              for i in range(64)]
     expected = clf.predict_proba(texts)
 
+    client = httpx.Client(limits=httpx.Limits(max_connections=16), timeout=30)  # one TLS context, not one a call
+
     def ask(i: int) -> list[float]:
-        r = httpx.post(f"{url}/invocations", content=texts[i].encode(), timeout=30,
-                       headers={"Content-Type": "application/x-text", "Accept": "application/json;verbose"})
+        r = client.post(f"{url}/invocations", content=texts[i].encode(),
+                        headers={"Content-Type": "application/x-text", "Accept": "application/json;verbose"})
         assert r.status_code == 200
         return r.json()["probabilities"]
 
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    with client, concurrent.futures.ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(ask, range(len(texts))))
     np.testing.assert_allclose(answers, expected, atol=1e-5)
     metrics = httpx.get(f"{url}/metrics").text
