@@ -114,21 +114,22 @@ def test_predict_with_workers_writes_one_output_in_order(tiny_artifact: Path, tm
 
 
 def test_predict_and_evaluate_say_how_many_texts_were_truncated(tiny_artifact: Path, tmp_path: Path,
-                                                                caplog: pytest.LogCaptureFixture) -> None:
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """On the command line's stderr, where the user reads it (the CLI's log lines do not propagate to the root
+    logger, so caplog sees them only when an earlier test left the logger otherwise)."""
     from textfit.cli import main
 
     long_text = " ".join(["good", "film"] * 150)  # 300 words: over the 128 tokens of max_seq_length
     (tmp_path / "in.csv").write_text(f"1,{long_text}\n0,bad awful film\n1,good film\n")
     assert main(["predict", "--model", str(tiny_artifact), "--input", str(tmp_path / "in.csv"), "--output",
                  str(tmp_path / "out.jsonl")]) == 0
-    assert "1 of 3 texts are longer than max_seq_length=128 tokens" in caplog.text
-    caplog.clear()
+    assert "1 of 3 texts are longer than max_seq_length=128 tokens" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(tiny_artifact), "--data", str(tmp_path / "in.csv")]) == 0
-    assert "1 of 3 texts are longer than max_seq_length=128 tokens" in caplog.text
-    caplog.clear()
+    assert "1 of 3 texts are longer than max_seq_length=128 tokens" in capsys.readouterr().err
     assert main(["predict", "--model", str(tiny_artifact), "--input", str(tmp_path / "in.csv"), "--output",
                  str(tmp_path / "w.jsonl"), "--long-texts", "window"]) == 0
-    assert "longer than" not in caplog.text  # windows use all of each text
+    err = capsys.readouterr().err
+    assert "longer than" not in err and "Wrote 3 predictions" in err  # windows use all of each text
 
 
 def test_a_header_row_is_recognised_as_train_does(tiny_artifact: Path, tmp_path: Path,
