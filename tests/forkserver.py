@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import json
 import os
 import select
@@ -76,6 +77,10 @@ def _threads() -> list[str]:
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """One request: a length, then the JSON of the command, with the child's stdin, stdout and stderr."""
     head, fds, _, _ = socket.recv_fds(conn, 4, 3)
+    if len(head) != 4 or len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        raise ConnectionError("the request was cut short")
     (size,) = struct.unpack("!I", head)
     body = b""
     while len(body) < size:
@@ -87,44 +92,64 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
 
 
 def _child(request: dict[str, Any], fds: list[int]) -> None:
-    """Become the command: its streams, place, environment and arguments; run it; never return."""
+    """Become the command: its streams, place, environment and arguments; run it; never return. The streams are
+    set up as a fresh interpreter's in a UTF-8 locale (stdin keeps \\r, undecodable bytes pass as surrogates);
+    the generators are reseeded as a fresh process's would be (only the hash seed stays the server's)."""
+    import atexit
     import random
     import runpy
     import traceback
 
-    for target, fd in zip((0, 1, 2), fds, strict=True):
-        os.dup2(fd, target)
-    for fd in set(fds):
-        if fd > 2:
-            os.close(fd)
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    random.seed()
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
-    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
-    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False,  # noqa: SIM115
-                                       buffering=1 if unbuffered else -1)
-    sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace",  # noqa: SIM115
-                                       closefd=False, buffering=1)
-    sys.argv = [sys.argv[0], *request["args"]]
-    sys.path[0] = request["cwd"]  # as `python -m` puts the working directory first
     code: int = 1
     try:
-        runpy.run_module("textfit", run_name="__main__", alter_sys=True)  # exits through textfit's run()
-        code = 0
-    except SystemExit as exc:
-        if exc.code is None or isinstance(exc.code, int):
-            code = exc.code or 0
-        else:
-            print(exc.code, file=sys.stderr)
-    except BaseException:  # noqa: BLE001 - as the interpreter would: a traceback and exit 1
-        traceback.print_exc()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(code)
+        for target, fd in zip((0, 1, 2), fds, strict=True):
+            os.dup2(fd, target)
+        for fd in set(fds):
+            if fd > 2:
+                os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        random.seed()
+        import numpy as np
+        import torch
+
+        np.random.seed()
+        torch.seed()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+        sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="surrogateescape", newline="\n",  # noqa: SIM115
+                                         closefd=False)
+        sys.stdout = sys.__stdout__ = io.TextIOWrapper(open(1, "wb", closefd=False), encoding="utf-8",  # noqa: SIM115
+                                                       errors="surrogateescape", write_through=unbuffered)
+        sys.stderr = sys.__stderr__ = io.TextIOWrapper(open(2, "wb", closefd=False), encoding="utf-8",  # noqa: SIM115
+                                                       errors="backslashreplace", line_buffering=True,
+                                                       write_through=unbuffered)
+        sys.argv = [sys.argv[0], *request["args"]]
+        sys.path[0] = request["cwd"]  # as `python -m` puts the working directory first
+        try:
+            runpy.run_module("textfit", run_name="__main__", alter_sys=True)  # exits through textfit's run()
+            code = 0
+        except SystemExit as exc:  # argparse, or run()'s ordinary exit while a non-daemon thread runs
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                print(exc.code, file=sys.stderr)
+        except KeyboardInterrupt:
+            traceback.print_exc()
+            code = -signal.SIGINT
+        except BaseException:  # noqa: BLE001 - as the interpreter would: a traceback and exit 1
+            traceback.print_exc()
+        threading._shutdown()  # type: ignore[attr-defined] # what the interpreter's exit waits for
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        if code == -signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        os._exit(code)
 
 
 def serve(path: str) -> None:
@@ -142,9 +167,12 @@ def serve(path: str) -> None:
         ready, _, _ = select.select([listener], [], [], 0.02)
         if ready:
             conn, _ = listener.accept()
+            fds: list[int] = []
             try:
                 request, fds = _receive(conn)
-            except (OSError, ValueError):
+            except Exception:  # noqa: BLE001 - a client that went away, or a request cut short: the next one
+                for fd in fds:
+                    os.close(fd)
                 conn.close()
                 continue
             pid = os.fork()
@@ -156,7 +184,8 @@ def serve(path: str) -> None:
                 _child(request, fds)
             for fd in fds:
                 os.close(fd)
-            conn.sendall(f"{pid}\n".encode())
+            with contextlib.suppress(OSError):  # the client left: the child still runs and is reaped below
+                conn.sendall(f"{pid}\n".encode())
             running[pid] = conn
         while running:
             try:
@@ -182,6 +211,8 @@ def _socket_path() -> str | None:
     """The running server's socket (started on first use, one per test process); None if it cannot start."""
     global _server
     with _lock:
+        if _server is not None and _server[0].poll() is not None:
+            _server = None  # it died: start another
         if _server is None:
             folder = tempfile.mkdtemp(prefix="textfit-forkserver-")
             path = os.path.join(folder, "socket")
@@ -239,7 +270,7 @@ class Forked:
             mode = ("w" if name == "stdin" else "r") + ("" if text else "b")
             setattr(self, name, open(fd, mode, encoding="utf-8" if text else None))  # noqa: SIM115
         request = json.dumps({"args": self.args[3:], "env": dict(os.environ if env is None else env),
-                              "cwd": str(cwd if cwd is not None else os.getcwd())}).encode()
+                              "cwd": os.path.abspath(cwd if cwd is not None else os.getcwd())}).encode()
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._conn.connect(path)
         socket.send_fds(self._conn, [struct.pack("!I", len(request))], theirs)
@@ -252,11 +283,11 @@ class Forked:
     def _line(self, timeout: float | None) -> str:
         deadline = None if timeout is None else time.monotonic() + timeout
         while b"\n" not in self._buffer:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            left = None if deadline is None else max(1e-3, deadline - time.monotonic())  # 0 would not block
             self._conn.settimeout(left)
             try:
                 chunk = self._conn.recv(64)
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):
                 raise subprocess.TimeoutExpired(self.args, timeout or 0) from None
             if not chunk:
                 raise ConnectionError("the fork server went away")
@@ -278,8 +309,10 @@ class Forked:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, sig)
+        """As Popen's: nothing once the command has ended (here no zombie keeps its pid, so it is not signalled)."""
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -290,12 +323,11 @@ class Forked:
     def communicate(self, input: Any = None, timeout: float | None = None) -> tuple[Any, Any]:  # noqa: A002
         if self.stdin is not None and "stdin" not in self._readers:
             def feed(stream: IO[Any] = self.stdin) -> None:
-                try:
+                with contextlib.suppress(BrokenPipeError, ValueError):
                     if input:
                         stream.write(input)
+                with contextlib.suppress(BrokenPipeError, ValueError):
                     stream.close()
-                except (BrokenPipeError, ValueError):
-                    pass
             feeder = threading.Thread(target=feed, daemon=True)
             feeder.start()
             self._readers["stdin"] = (feeder, [])
