@@ -185,7 +185,9 @@ def test_a_distributed_job_checkpoints_on_sigterm_and_resumes(tiny_bert: Path, t
 
 def test_a_distributed_job_without_checkpoints_stops_on_sigterm_with_one_line(tiny_bert: Path, tmp_path: Path
                                                                                ) -> None:
-    data = write_csv(tmp_path / "train" / "data.csv", make_rows(1600)).parent
+    # 800 rows: the second epoch (80 steps) is still under way when the signal, sent on the first epoch's line,
+    # arrives
+    data = write_csv(tmp_path / "train" / "data.csv", make_rows(800)).parent
     cmd = [*_cmd(tiny_bert, data, tmp_path / "model", tmp_path / "ckpt"), "--hp", "epochs=2", "--nproc-per-node", "2", "--master-port", str(free_port())]
     cmd.remove("--checkpoint-dir")
     cmd.remove(str(tmp_path / "ckpt"))
