@@ -19,6 +19,7 @@ import io
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -227,9 +228,10 @@ def _socket_path() -> str | None:
                 proc.wait()
             _server = (proc, path if ready else "")
 
-            def stop(proc: subprocess.Popen[bytes] = proc) -> None:
+            def stop(proc: subprocess.Popen[bytes] = proc, folder: str = folder) -> None:
                 proc.kill()
                 proc.wait()
+                shutil.rmtree(folder, ignore_errors=True)
 
             atexit.register(stop)
         return _server[1] or None

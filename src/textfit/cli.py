@@ -157,8 +157,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             assert clf is not None  # loaded above: one worker
             bar = _progress(args.input)
             summary = predict_file(clf, records, out, long_texts=args.long_texts, progress=bar,
-                                   explain=args.explain,
-                                   explain_words=args.explain_words)
+                                   explain=args.explain, explain_words=args.explain_words)
             bar.close()
     if args.output:
         log.info("Wrote %d predictions to %s", summary.records, args.output)

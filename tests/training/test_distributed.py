@@ -32,10 +32,6 @@ def start(model: Path, data: Path, out: Path, *extra: str) -> subprocess.Popen[s
     return start_textfit("train", "--train", str(data), "--model-id", str(model), "--output", str(out), *HP, *extra)
 
 
-def train(model: Path, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return finish(start(model, data, out, *extra))
-
-
 def test_the_batch_is_split_across_workers() -> None:
     assert my_rows(list(range(10)), World(0, 3)) == [0, 3, 6, 9]
     assert my_rows(list(range(10)), World(2, 3)) == [2, 5, 8]

@@ -367,7 +367,11 @@ def test_precision_auto_takes_bf16_only_where_it_is_faster(monkeypatch: pytest.M
     assert training._precision_reason(torch.device("cpu"), "auto") == reason
 
 
-def test_the_bf16_speedup_is_a_measurement() -> None:
-    """Positive and finite, and measured once a process."""
+def test_the_bf16_speedup_is_measured_once_and_leaves_the_training_s_random_stream() -> None:
+    """Measured after the training's seed is set: it must not draw from torch's global generator (a first fit in
+    a process would then differ from a second of the same seed)."""
+    training.cpu_bf16_speedup.cache_clear()
+    state = torch.get_rng_state()
     first = training.cpu_bf16_speedup()
+    assert torch.equal(torch.get_rng_state(), state)
     assert 0.05 < first < 50 and training.cpu_bf16_speedup() == first

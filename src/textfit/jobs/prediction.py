@@ -155,7 +155,8 @@ def predict_file(classifier: TextClassifier, records: Iterator[InputRecord], out
             chunk = chunk[1:]
         texts = [r.text for r in chunk]
         if explain is not None:
-            results = classifier.explain(texts, method=None if explain == "auto" else explain, max_words=explain_words, long_texts=long_texts)
+            results = classifier.explain(texts, method=None if explain == "auto" else explain,
+                                         max_words=explain_words, long_texts=long_texts)
         else:
             probs = classifier.predict_proba(texts, long_texts=long_texts, counts=counts)
             results = [verbose_record(row, classifier.classes_, classifier.thresholds_) for row in probs]
