@@ -363,3 +363,16 @@ def test_tuning_on_small_data_scores_every_trial_on_held_out_rows(tiny_bert: Pat
     best = TextClassifier.load(tmp_path / "t" / "best")
     assert best.manifest_["training_recipe"]["name"] == "fewshot"
     assert best.manifest_["data"]["validation"]["rows"] == 8  # 20% of 40, held out for the score
+
+
+def test_multi_label_fine_tuning_weighs_positives_and_trains_longer_unless_told_otherwise() -> None:
+    hp = Hyperparameters(multi_label=True)
+    chosen = recipes.choose(hp, {"multi_label"}, 2000, 10, validation=False, new_head=True)
+    assert chosen.name == "finetune" and "multi-label" in chosen.reason
+    assert (chosen.hp.class_weights, chosen.hp.epochs) == ("balanced", hp.epochs * recipes.MULTI_LABEL_EPOCHS_FACTOR)
+    given = Hyperparameters(multi_label=True, epochs=3, class_weights="none", training_recipe="finetune")
+    kept = recipes.choose(given, {"multi_label", "epochs", "class_weights", "training_recipe"}, 40, 10,
+                          validation=False, new_head=True)
+    assert (kept.hp.class_weights, kept.hp.epochs) == ("none", 3) and "multi-label" not in kept.reason
+    single = recipes.choose(Hyperparameters(), set(), 2000, 10, validation=False, new_head=True)
+    assert (single.hp.class_weights, single.hp.epochs) == ("none", Hyperparameters().epochs)

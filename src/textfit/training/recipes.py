@@ -68,6 +68,13 @@ PROBE_MAX_LABELS = 200
 # Cosine similarity to a class mean, times this, is the class-mean head's logit: a 0.1 difference in similarity
 # is 2 in logits, as a contrastive loss's temperature of 0.05 makes it.
 CENTROID_SCALE = 20.0
+# Multi-label fine-tuning, unless given: each label's positives weighed by its negatives / positives in the loss
+# (class_weights=balanced), and twice the model's epochs. With the single-label defaults a label's sigmoid learns
+# slowly from its few positives: on Debian's debtags (bench/multilabel_bench.py, 2,000 rows, 10 labels) the last
+# of 5 epochs was still the best and test micro-F1 0.582; positive weights 0.651, 10 epochs 0.639, both 0.681
+# (the best epoch the 9th), where the Hugging Face Trainer given the same weights, 10 epochs and tuned
+# thresholds reached 0.679 (docs/benchmarks.md).
+MULTI_LABEL_EPOCHS_FACTOR = 2
 # What the recipe does not use unless asked to hold rows out (a validation channel, or any of these given).
 HOLD_OUT_NAMES = ("validation_split_ratio", "early_stopping", "calibrate")
 UNUSED = {"dropout_rate": "the mean-pooled head has no dropout"}
@@ -100,15 +107,15 @@ def choose(hp: Hyperparameters, given: Collection[str], n_rows: int, n_classes: 
     """
     per_class = rows_per_class(n_rows, n_classes)
     if hp.training_recipe == FINETUNE:
-        return Recipe(FINETUNE, "training_recipe=finetune", hp, True, new_head)
+        return _finetune("training_recipe=finetune", hp, given, new_head)
     if hp.training_recipe == FEWSHOT:
         reason = "training_recipe=fewshot"
     elif per_class < FEWSHOT_BELOW_ROWS_PER_CLASS:
         reason = (f"auto: {n_rows} labelled rows for {n_classes} classes ({per_class:.0f} a class, fewer than "
                   f"{FEWSHOT_BELOW_ROWS_PER_CLASS})")
     else:
-        return Recipe(FINETUNE, f"auto: {n_rows} labelled rows for {n_classes} classes ({per_class:.0f} a class, "
-                                f"{FEWSHOT_BELOW_ROWS_PER_CLASS} or more)", hp, True, new_head)
+        return _finetune(f"auto: {n_rows} labelled rows for {n_classes} classes ({per_class:.0f} a class, "
+                         f"{FEWSHOT_BELOW_ROWS_PER_CLASS} or more)", hp, given, new_head)
     hold_out = validation or any(name in given for name in HOLD_OUT_NAMES) or hp.early_stopping or hp.calibrate
     values: dict[str, Any] = {k: v for k, v in FEWSHOT_DEFAULTS.items() if k not in given}
     kept = n_rows - math.floor(n_rows * hp.validation_split_ratio) if hold_out and not validation else n_rows
@@ -116,6 +123,19 @@ def choose(hp: Hyperparameters, given: Collection[str], n_rows: int, n_classes: 
     if "epochs" not in given:
         values["epochs"] = max(1, math.ceil(FEWSHOT_STEPS / max(1, math.ceil(kept / batch))))
     return Recipe(FEWSHOT, reason, hp.with_values(**values), hold_out, new_head)
+
+
+def _finetune(reason: str, hp: Hyperparameters, given: Collection[str], new_head: bool) -> Recipe:
+    """Fine-tuning: the hyperparameters as resolved, and for multi-label data its own defaults for the names not
+    given (MULTI_LABEL_EPOCHS_FACTOR says why)."""
+    values: dict[str, Any] = {}
+    if hp.multi_label and "class_weights" not in given:
+        values["class_weights"] = "balanced"
+    if hp.multi_label and "epochs" not in given:
+        values["epochs"] = hp.epochs * MULTI_LABEL_EPOCHS_FACTOR
+    if values:
+        reason += "; multi-label: " + ", ".join(f"{k}={v}" for k, v in values.items())
+    return Recipe(FINETUNE, reason, hp.with_values(**values) if values else hp, True, new_head)
 
 
 def log_recipe(recipe: Recipe, given: Collection[str], trained: int, split_off: int) -> None:
