@@ -191,3 +191,33 @@ def test_attention_in_bf16_autocast_stays_close_to_fp32_and_drops_nothing_in_eva
         low, _ = kernels.attention(module, q, k, v, mask, dropout=0.5)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), exact, atol=0.05, rtol=0.05)
+
+
+def test_freed_memory_goes_back_to_the_kernel_once_an_epoch_even_where_the_process_keeps_it() -> None:
+    # in a process of its own: the allocator setting, once made, holds for the rest of the process
+    script = """
+import ctypes, sys
+from pathlib import Path
+from textfit.training import kernels
+
+def rss_mb():
+    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+assert kernels.keep_freed_memory()
+blocks = [ctypes.create_string_buffer(1 << 20) for _ in range(300)]  # 300 MB on the heap, every page touched
+del blocks[:-1]  # the last one keeps the heap's top in use: only an explicit trim can give the rest back
+before = rss_mb()
+assert kernels.release_freed_memory()
+print(before - rss_mb())
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert float(out.stdout) > 250  # MB handed back
+
+
+def test_disabled_kernels_leave_freed_memory_resident(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "enabled", False)
+    assert kernels.release_freed_memory() is False

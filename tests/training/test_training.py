@@ -217,6 +217,24 @@ def test_the_kept_weights_are_those_of_the_best_epoch(tiny_bert: Path) -> None:
     assert set(training._trained_weights(model)) == {"classifier.weight", "classifier.bias"}
 
 
+def test_a_better_epoch_is_copied_into_the_tensors_of_the_last_copy(tiny_bert: Path) -> None:
+    """One copy of the trained weights at a time: a better epoch overwrites the tensors the last one filled
+    (two copies at once would add their size to a job's peak memory), and holds the new values."""
+    model, _ = tiny_model(tiny_bert)
+    first = training._trained_weights(model)
+    pointers = {k: v.data_ptr() for k, v in first.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    second = training._trained_weights(model, into=first)
+    assert second is first and {k: v.data_ptr() for k, v in second.items()} == pointers
+    assert all(torch.equal(second[n], p) for n, p in model.named_parameters())
+    # a dict that does not hold every trained weight (a checkpoint of another model) is not written into
+    model.base_model.requires_grad_(False)
+    fresh = training._trained_weights(model, into=first)
+    assert fresh is not first and set(fresh) == {"classifier.weight", "classifier.bias"}
+
+
 @pytest.mark.parametrize(("precision", "expected"), [("bf16", "eager"), ("fp32", kernels.ATTENTION)])
 def test_steps_on_a_cpu_run_the_faster_attention_and_validation_the_models_own(
         tiny_bert: Path, caplog: pytest.LogCaptureFixture, precision: str, expected: str) -> None:

@@ -16,6 +16,10 @@ all-MiniLM-L6-v2 in training mode, batch 32, 2 cores, bf16:
   re-faults the embedding table's gradient (47 MB) page by page: 21 ms of system time a step at 14 tokens.
   `keep_freed_memory` raises the thresholds, so freed blocks are reused: 102 -> 89 ms a step, for about 40 MB
   more resident memory.
+- Freed blocks stay resident under either threshold setting, and as batches of other shapes and the validation
+  pass free them the heap fragments: a whole default job on 4,000 review-length texts peaked 246 MB above its
+  first epoch. `release_freed_memory` hands their pages back once an epoch (malloc_trim); with the best
+  weights copied in place (training/loop.py) the job's peak went from 2,686 to 2,579 MB in the same time.
 - Eager attention keeps every layer's softmax output, dropped probabilities and dropout mask for the backward
   pass; `attention` recomputes them there instead: in fp32 at 128 tokens 1,593 instead of 1,628 ms a step and
   1,969 instead of 2,375 MB (in bf16 it is slower than eager, so training.py runs it in fp32 only).
@@ -165,6 +169,23 @@ def keep_freed_memory() -> bool:
     train`), or a program that trains in its own process and wants the speed calls this once.
     """
     return enabled and _set_thresholds()
+
+
+def release_freed_memory() -> bool:
+    """Hand the pages of freed blocks back to the kernel (glibc's malloc_trim), once an epoch: blocks freed
+    between batches of other shapes, and the validation pass's, otherwise stay resident however the allocator
+    thresholds are set, and a job's peak grows with them over the epochs. Changes no setting of the process;
+    False where the C library is not glibc, or with `enabled` False."""
+    trim = _malloc_trim()
+    return enabled and trim is not None and bool(trim(0))
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 @functools.cache

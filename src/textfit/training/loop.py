@@ -511,6 +511,7 @@ def train(model: architectures.Model, train_data: Encoded, val_data: Encoded | N
             scored = evaluate(model, val_data, hp.batch_size, device, val_dtype, hp.regularizers_l2, val_feats)
             metrics.val_loss, metrics.val_accuracy = scored.loss, scored.accuracy
             metrics.val_f1_micro, metrics.val_f1_macro = scored.f1_micro, scored.f1_macro
+        kernels.release_freed_memory()
         metrics.seconds = time.perf_counter() - start
         result.history.append(metrics)
         log_epoch(epoch, hp.epochs, metrics)
@@ -520,7 +521,7 @@ def train(model: architectures.Model, train_data: Encoded, val_data: Encoded | N
         if _is_better(metrics, best):
             best, result.best_epoch = metrics, epoch
             if val_data is not None:  # without validation the last epoch is kept: the weights as they are
-                best_state = _trained_weights(model)
+                best_state = _trained_weights(model, into=best_state)
         stop = False
         if val_data is not None and hp.early_stopping:
             # Keras EarlyStopping: an improvement must beat the best by more than min_delta.
@@ -545,10 +546,17 @@ def train(model: architectures.Model, train_data: Encoded, val_data: Encoded | N
     return result
 
 
-def _trained_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+def _trained_weights(model: nn.Module, into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """A copy of the weights training changes, off the training device: the frozen encoder of
-    train_only_on_top_layer (or a mean-pooled head's unused layers) is not copied, as it never changes."""
-    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    train_only_on_top_layer (or a mean-pooled head's unused layers) is not copied, as it never changes. Copied
+    into `into`'s tensors where it holds them all, so that a better epoch does not hold two copies at once."""
+    trained = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    if into is not None and into.keys() == trained.keys() and all(
+            into[n].shape == p.shape and into[n].dtype == p.dtype for n, p in trained.items()):
+        for n, p in trained.items():
+            into[n].copy_(p)
+        return into
+    return {n: p.to("cpu", copy=True) for n, p in trained.items()}
 
 
 def _stop_requested(checkpoint: Checkpointer, device: torch.device) -> bool:
