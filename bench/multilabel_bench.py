@@ -95,12 +95,13 @@ def micro_f1(y: np.ndarray, predicted: np.ndarray) -> float:
     return 2 * tp / max(float(predicted.sum() + y.sum()), 1.0)
 
 
-def run_textfit(root: Path, labels: list[str], epochs: int, seq: int) -> dict[str, float]:
-    """textfit's defaults with multi_label=True (the epochs, rate, recipe and thresholds its own)."""
+def run_textfit(root: Path, labels: list[str], epochs: int, seq: int, extra: dict[str, str] | None = None
+                ) -> dict[str, float]:
+    """textfit's defaults with multi_label=True (the epochs, rate, recipe and thresholds its own), and `extra`."""
     from textfit import TextClassifier
     from textfit.data.channels import read_channel
 
-    hp = {"multi_label": "True", "max_seq_length": str(seq)}
+    hp = {"multi_label": "True", "max_seq_length": str(seq), **(extra or {})}
     if epochs:
         hp["epochs"] = str(epochs)
     start = time.perf_counter()
@@ -213,6 +214,8 @@ def main() -> None:
     parser.add_argument("--root")
     parser.add_argument("--learning-rate", type=float, default=0.0)
     parser.add_argument("--validation-ratio", type=float, default=0.0)
+    parser.add_argument("--textfit-hp", default="{}",
+                        help='textfit hyperparameters over its defaults, as JSON: \'{"class_weights": "none"}\'')
     parser.add_argument("--trainer-grouped", action="store_true",
                         help="length-grouped batches for the Trainer (here they keep it from learning: see above)")
     args = parser.parse_args()
@@ -220,7 +223,7 @@ def main() -> None:
         root = Path(args.root)
         labels = json.loads((root / "labels.json").read_text())
         if args.child == "textfit":
-            out = run_textfit(root, labels, args.epochs, args.max_seq_length)
+            out = run_textfit(root, labels, args.epochs, args.max_seq_length, json.loads(args.textfit_hp))
         else:
             out = run_trainer(root, labels, args.trainer_epochs, args.max_seq_length, args.learning_rate,
                               args.validation_ratio, args.trainer_grouped)
@@ -242,6 +245,7 @@ def main() -> None:
             proc = subprocess.run([sys.executable, __file__, "--child", name, "--root", str(root), "--epochs",
                                    str(args.epochs), "--trainer-epochs", str(args.trainer_epochs),
                                    "--max-seq-length", str(args.max_seq_length), *extra,
+                                   "--textfit-hp", args.textfit_hp,
                                    *(["--trainer-grouped"] if args.trainer_grouped else [])],
                                   capture_output=True, text=True, check=False)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -3,6 +3,8 @@ element position, reproducibly; and they stay inside the block that asks for the
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
@@ -196,7 +198,7 @@ def test_attention_in_bf16_autocast_stays_close_to_fp32_and_drops_nothing_in_eva
 def test_freed_memory_goes_back_to_the_kernel_once_an_epoch_even_where_the_process_keeps_it() -> None:
     # in a process of its own: the allocator setting, once made, holds for the rest of the process
     script = """
-import ctypes, sys
+import ctypes
 from pathlib import Path
 from textfit.training import kernels
 
@@ -211,9 +213,6 @@ before = rss_mb()
 assert kernels.release_freed_memory()
 print(before - rss_mb())
 """
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert float(out.stdout) > 250  # MB handed back
 
