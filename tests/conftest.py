@@ -119,6 +119,36 @@ def build_tiny_family(family: str, folder: Path, **config: object) -> Path:
     return folder
 
 
+def build_bpe_tokenizer(folder: Path) -> Path:
+    """A byte-level BPE tokenizer as RoBERTa's is made (<s> ... </s>, a space before each word), trained here."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    trained = ByteLevelBPETokenizer()
+    trained.train_from_iterator(TOKENIZER_CORPUS, vocab_size=300, min_frequency=1,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    trained.save(str(folder / "raw.json"))
+    RobertaTokenizerFast(tokenizer_file=str(folder / "raw.json")).save_pretrained(folder / "bpe")
+    return folder / "bpe"
+
+
+def build_unigram_tokenizer(folder: Path) -> Path:
+    """A Unigram (SentencePiece-style) tokenizer as XLM-R's is made, trained here."""
+    from tokenizers import SentencePieceUnigramTokenizer
+    from transformers import XLMRobertaTokenizerFast
+
+    trained = SentencePieceUnigramTokenizer()
+    trained.train_from_iterator(TOKENIZER_CORPUS, vocab_size=120,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk_token="<unk>")
+    trained.save(str(folder / "raw.json"))
+    XLMRobertaTokenizerFast(tokenizer_file=str(folder / "raw.json")).save_pretrained(folder / "unigram")
+    return folder / "unigram"
+
+
+TOKENIZER_CORPUS = ["the film was good and great", "the plot was bad and awful", "Très bon film, j'ai adoré!",
+                    "an unremarkable, slow-moving story 😀", "ünïcödé and emoji 🎬 in one line"] * 20
+
+
 def wait_for_ping(url: str, timeout: float = 60) -> None:
     """Until a server at `url` answers /ping with 200 (or the timeout)."""
     import httpx

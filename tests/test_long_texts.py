@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import FAST, NEGATIVE, NEUTRAL, POSITIVE, write_csv
+from tests.conftest import (
+    FAST,
+    NEGATIVE,
+    NEUTRAL,
+    POSITIVE,
+    TOKENIZER_CORPUS,
+    build_bpe_tokenizer,
+    build_unigram_tokenizer,
+    write_csv,
+)
 from textfit import TextClassifier
 from textfit.classifier import LONG_TEXT_SHARE, WINDOW_BELOW_ROWS_PER_CLASS, _long_texts
 from textfit.data import batching
@@ -155,3 +164,97 @@ def test_a_text_is_read_as_at_most_max_windows_windows(tiny_bert: Path) -> None:
     assert owners.count(0) == 1 and owners.count(1) == batching.MAX_WINDOWS and owners.count(2) == 2
     assert owners == sorted(owners)
     assert all(len(ids) <= 16 for ids in data.input_ids)
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
+def test_head_tail_reads_a_long_texts_first_and_last_tokens(kind: str, tiny_bert: Path, tmp_path: Path) -> None:
+    """WordPiece, byte-level BPE (a space marks a word's start) and Unigram, through transformers' tokenizer
+    and the ONNX server's: a long text's row is its first quarter of tokens and its last ones, as the whole
+    text tokenizes, inside the same special tokens; the tail starts at a word; its spans are its words; a short
+    text is as truncation reads it."""
+    from transformers import AutoTokenizer
+
+    from textfit.model.export import GraphTokenizer
+
+    folder = {"wordpiece": lambda: tiny_bert, "bpe": lambda: build_bpe_tokenizer(tmp_path),
+              "unigram": lambda: build_unigram_tokenizer(tmp_path)}[kind]()
+    words = " ".join(TOKENIZER_CORPUS[:5]).split() if kind != "wordpiece" else POSITIVE + NEUTRAL + NEGATIVE
+    text = " ".join(words * 6) + "  the END awful"[: None if kind != "wordpiece" else 0] + " bad sad"
+    rows = []
+    for tokenizer in (AutoTokenizer.from_pretrained(folder), GraphTokenizer(folder)):
+        whole = tokenizer([text], truncation=True, max_length=10_000, return_special_tokens_mask=True)
+        own = [i for i, s in zip(whole["input_ids"][0], whole["special_tokens_mask"][0]) if not s]
+        plain = batching.encode(tokenizer, [text, "bad film"], 24)
+        data = batching.encode(tokenizer, [text, "bad film"], 24, head_tail=True)
+        row, first = data.input_ids[0], plain.input_ids[0]
+        assert data.truncated == plain.truncated == 1 and data.input_ids[1] == plain.input_ids[1]
+        before, after = (1, 1)  # <s> ... </s> and [CLS] ... [SEP]
+        head, tail = batching.head_tail_split(before, after, 24)
+        assert (head, tail) == (6, 16)
+        assert row[: before + head] == first[: before + head] and row[-after:] == first[-after:]
+        got_tail = row[before + head: len(row) - after]
+        assert tail - 4 <= len(got_tail) <= tail and got_tail == own[len(own) - len(got_tail):]
+        assert got_tail != first[before + head: len(first) - after]  # not what truncation reads
+        (ids, spans, special), = batching.spans(tokenizer, [text], 24, head_tail=True)[0:1][0]
+        assert ids == row and len(spans) == len(ids) and special[0] and special[-1] and not any(special[1:-1])
+        tail_spans = spans[before + head: len(row) - after]
+        assert text[tail_spans[0][0] - 1].isspace() or text[tail_spans[0][0]].isspace()  # a word's start
+        assert tail_spans[-1][1] == len(text)
+        rows.append(row)
+    assert rows[0] == rows[1]
+
+
+@pytest.fixture(scope="module")
+def head_tail(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An artifact trained with long_texts=head_tail on rows whose class shows only in their last words."""
+    root = tmp_path_factory.mktemp("head_tail")
+    write_csv(root / "train" / "data.csv", tail_rows(96, seed=1))
+    write_csv(root / "validation" / "data.csv", VALIDATION)
+    clf = TextClassifier(str(tiny_bert), {**SHORT_WINDOWS, "long_texts": "head_tail"}).fit(
+        read_channel(root / "train"), validation=read_channel(root / "validation"))
+    return save_artifact(clf, root / "model")
+
+
+def test_a_head_tail_model_learns_from_the_tail_that_truncation_cuts(head_tail: Path, tiny_bert: Path,
+                                                                    tmp_path: Path) -> None:
+    write_csv(tmp_path / "train" / "data.csv", tail_rows(96, seed=1))
+    truncating = TextClassifier(str(tiny_bert), {**SHORT_WINDOWS, "long_texts": "truncate"}).fit(
+        read_channel(tmp_path / "train"))
+    texts, truth = [t for _, t in VALIDATION], np.array([y for y, _ in VALIDATION])
+    clf = TextClassifier.load(head_tail)
+    assert clf.long_texts_ == "head_tail"
+    assert np.mean(clf.predict_proba(texts).argmax(axis=1) == truth) >= 0.9
+    assert np.mean(truncating.predict_proba(texts).argmax(axis=1) == truth) <= 0.75  # the first 16 tokens: neutral
+    report = json.loads((head_tail / "validation_report.json").read_text())
+    assert report["accuracy"] >= 0.9
+    assert "read as its head and tail" in (head_tail / "README.md").read_text()
+
+
+def test_head_tail_is_served_and_predicted_alike_on_both_back_ends(head_tail: Path, tmp_path: Path) -> None:
+    from textfit.cli import main
+
+    torch_clf, onnx_clf = TextClassifier.load(head_tail), TextClassifier.load(head_tail, backend="onnx")
+    texts = [t for _, t in VALIDATION[:8]] + [TURNING]
+    expected = torch_clf.predict_proba(texts)
+    np.testing.assert_allclose(onnx_clf.predict_proba(texts), expected, atol=1e-5)
+    assert not np.allclose(expected, torch_clf.predict_proba(texts, long_texts="truncate"), atol=1e-3)
+    with TestClient(create_app(onnx_clf, ServeSettings(max_wait_ms=0))) as c:
+        answer = c.post("/invocations", content=TURNING.encode(), headers={"Content-Type": "application/x-text"})
+    np.testing.assert_allclose(answer.json()["probabilities"], expected[-1], atol=1e-5)
+    (tmp_path / "in.txt").write_text(TURNING + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", "--model", str(head_tail), "--input", str(tmp_path / "in.txt"), "--output", str(out)]) == 0
+    np.testing.assert_allclose(json.loads(out.read_text())["probabilities"], expected[-1], atol=1e-5)
+
+
+def test_a_head_tail_explanation_scores_the_words_it_reads(head_tail: Path) -> None:
+    """At 16 tokens (14 of the text's own: 4 head, 10 tail) a 24-word row is read as its first 4 and last 10
+    words: gradients reach those and no word between."""
+    clf = TextClassifier.load(head_tail)
+    text = VALIDATION[0][1]
+    record, = clf.explain([text], all_labels=True)
+    for words in record["explanations"].values():
+        assert [w["word"] for w in words] == text.split()
+        assert all(text[w["start"]:w["end"]] == w["word"] for w in words)
+        scores = [w["score"] for w in words]
+        assert all(s == 0 for s in scores[4:14]) and all(s != 0 for s in scores[:4] + scores[14:])

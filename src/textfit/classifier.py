@@ -159,8 +159,11 @@ def _position_checked(hp: Hyperparameters, config: Any, given: Collection[str], 
     return hp.with_values(max_seq_length=limit)
 
 
-def _log_truncated(data: batching.Encoded, max_length: int, what: str) -> None:
-    if data.truncated:
+def _log_truncated(data: batching.Encoded, max_length: int, what: str, head_tail: bool = False) -> None:
+    if data.truncated and head_tail:
+        log.info("%d of %d %s texts are longer than max_seq_length=%d tokens and were read as head and tail (their "
+                 "first and last tokens, %d in all)", data.truncated, len(data), what, max_length, max_length)
+    elif data.truncated:
         log.info("%d of %d %s texts are longer than max_seq_length=%d tokens and were truncated (only their "
                  "first %d tokens count in training)", data.truncated, len(data), what, max_length, max_length)
 
@@ -407,11 +410,13 @@ class TextClassifier(Predicting, ClassifierMixin, BaseEstimator):
         names = architectures.input_names(model, tokenizer)
         types = "token_type_ids" in names
         n_labels = len(start.classes.names) if hp.multi_label else 0
+        # A head_tail model learns from what it will read: each long text's head and tail.
+        head_tail = hp.long_texts == "head_tail"
         train_data = batching.encode(tokenizer, x_train, hp.max_seq_length, y_train, token_types=types,
-                                     n_labels=n_labels)
+                                     n_labels=n_labels, head_tail=head_tail)
         val_data = batching.encode(tokenizer, x_val, hp.max_seq_length, y_val, token_types=types,
-                                   n_labels=n_labels) if x_val else None
-        _log_truncated(train_data, hp.max_seq_length, "training")
+                                   n_labels=n_labels, head_tail=head_tail) if x_val else None
+        _log_truncated(train_data, hp.max_seq_length, "training", head_tail)
         hp = _long_texts(hp, train_data, recipes.rows_per_class(len(train_ch.texts), len(start.classes.names)))
         log.info("Classes (%d): %s", len(start.classes.names), ", ".join(start.classes.names))
         if recipe.name == recipes.FEWSHOT and recipe.new_head and isinstance(model, architectures.MeanPooled):
@@ -465,7 +470,7 @@ class TextClassifier(Predicting, ClassifierMixin, BaseEstimator):
             return {**report.as_dict(), "micro_f1_at_0.5": at_half.micro_f1, "class_weights": self.hyperparameters_.class_weights}
         # The report is of the served computation: windows where the model reads long texts so. The temperature
         # is fitted on the logits of the texts' first max_seq_length tokens, and applies to every window alike.
-        prefix_only = self.long_texts_ == "truncate"
+        prefix_only = self.long_texts_ != "window"
         # The first windows' logits: the served probabilities of a truncating model, and what a temperature fits.
         logits = self.predict_logits(texts) if prefix_only or self.hyperparameters_.calibrate else None
         before = metrics.report(labels, softmax(logits) if logits is not None and prefix_only

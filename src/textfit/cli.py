@@ -26,6 +26,7 @@ from textfit.errors import (
     TextfitError,
     TrainingInterrupted,
 )
+from textfit.hyperparameters import READS
 from textfit.jobs.sagemaker import write_failure
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         log.info("Wrote %d predictions to %s", summary.records, args.output)
     if summary.accuracy is not None:
         log.info("accuracy: %.4f (%d of %d labelled rows)", summary.accuracy, summary.correct, summary.labelled)
-    _log_truncated(summary.truncated, summary.records, clf)
+    _log_truncated(summary.truncated, summary.records, clf, args.long_texts)
     return 0
 
 
@@ -183,11 +184,13 @@ def _predict_on_ray(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_truncated(truncated: int, total: int, clf: Any) -> None:
+def _log_truncated(truncated: int, total: int, clf: Any, long_texts: str | None) -> None:
     if truncated:
         limit = f"max_seq_length={clf.hyperparameters_.max_seq_length}" if clf is not None else "max_seq_length"
-        log.info("%d of %d texts are longer than %s tokens: only their first tokens counted; --long-texts window "
-                 "classifies all of each text", truncated, total, limit)
+        read = ("their first and last tokens" if (long_texts or getattr(clf, "long_texts_", None)) == "head_tail"
+                else "their first tokens")
+        log.info("%d of %d texts are longer than %s tokens: only %s counted; --long-texts window classifies all "
+                 "of each text", truncated, total, limit, read)
 
 
 @contextlib.contextmanager
@@ -344,12 +347,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         multi = evaluate_multi_label(clf, args.data, args.output, long_texts=args.long_texts, counts=counts,
                                      explain=args.explain, explain_method=args.explain_method)
         print(format_multi_label_report(multi))
-        _log_truncated(counts["truncated"], multi.rows, clf)
+        _log_truncated(counts["truncated"], multi.rows, clf, args.long_texts)
         return 0
     report = evaluate(clf, args.data, args.output, long_texts=args.long_texts, counts=counts, explain=args.explain,
                       explain_method=args.explain_method)
     print(format_report(report))
-    _log_truncated(counts["truncated"], report.rows, clf)
+    _log_truncated(counts["truncated"], report.rows, clf, args.long_texts)
     if args.output:
         log.info("Wrote metrics.json and plots to %s", args.output)
     return 0
@@ -572,9 +575,10 @@ def _inference_options(parser: argparse.ArgumentParser, default_backend: str | N
     parser.add_argument("--backend", choices=["torch", "onnx"], default=default_backend,
                         help=f"inference engine (default: {said or default_backend})")
     parser.add_argument("--quantized", action="store_true", help="with onnx: the int8 model (faster, less exact)")
-    parser.add_argument("--long-texts", choices=["truncate", "window"], default=None,
-                        help="texts over max_seq_length: truncate, or average overlapping windows (default: what the "
-                             "model chose in training, its long_texts hyperparameter)")
+    parser.add_argument("--long-texts", choices=list(READS), default=None,
+                        help="texts over max_seq_length: truncate, head_tail (first and last tokens), or average "
+                             "overlapping windows (default: what the model chose in training, its long_texts "
+                             "hyperparameter)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,9 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "nesterov", "rmsprop", "adagrad", "adadelt
 REINITIALIZE = ("Auto", "True", "False")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RECIPES = ("auto", "finetune", "fewshot")
-LONG_TEXTS = ("auto", "truncate", "window")
+# How a model reads a text longer than max_seq_length tokens (long_texts, besides auto).
+READS = ("truncate", "head_tail", "window")
+LONG_TEXTS = ("auto", *READS)
 
 # Other spellings seen in SageMaker's material (README: Hyperparameters, aliases): the JumpStart scripts'
 # `train_only_top_layer`, the tuning page's `eps`, and the v1.x dashed names. Dashes are normalised first.
@@ -103,8 +105,9 @@ class Hyperparameters:
     or auto (fewshot when the training data has few rows per class; README: Small data)."""
     long_texts: str = field(default="auto", metadata={"choices": LONG_TEXTS, "extra": True})
     """textfit extra: how the trained model reads a text longer than max_seq_length tokens when it predicts:
-    truncate (its first max_seq_length tokens alone count), window (overlapping windows of max_seq_length tokens,
-    their probabilities averaged), or auto (window when at least a quarter of the training texts were longer and
+    truncate (its first max_seq_length tokens alone count), head_tail (its first quarter of them and its last
+    tokens for the rest, in training too), window (overlapping windows of max_seq_length tokens, their
+    probabilities averaged), or auto (window when at least a quarter of the training texts were longer and
     the set has fewer than 100 rows a class, truncate otherwise). The artifact records the choice;
     `--long-texts` overrides it per command."""
 

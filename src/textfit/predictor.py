@@ -23,7 +23,7 @@ from textfit.core.shapes import check_model_files, check_tokenizer_config
 from textfit.data import batching
 from textfit.data.channels import ClassSet
 from textfit.errors import ArtifactError, DataError, HyperparameterError
-from textfit.hyperparameters import Hyperparameters, parse_hyperparameters
+from textfit.hyperparameters import READS, Hyperparameters, parse_hyperparameters
 from textfit.model import artifact, export
 from textfit.reports.records import verbose_record
 
@@ -138,18 +138,24 @@ class Predicting:
     def _check_fitted(self) -> None:
         """Nothing to check for a loaded Predictor; the estimator raises before fit."""
 
-    def predict_logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Raw scores before the softmax, one row per text (truncated at max_seq_length tokens)."""
-        return self._logits(texts, batch_size)[0]
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 64, *, long_texts: str | None = None
+                       ) -> np.ndarray:
+        """Raw scores before the softmax, one row per text: of its first max_seq_length tokens, or of its head
+        and tail where `long_texts` (None: the model's) is head_tail."""
+        return self._logits(texts, batch_size, head_tail=self._reads_head_tail(long_texts))[0]
 
-    def _logits(self, texts: Sequence[str], batch_size: int, overlap: int | None = None, count: bool = False
-                ) -> tuple[np.ndarray, batching.Encoded]:
+    def _reads_head_tail(self, long_texts: str | None) -> bool:
+        return self.resolve_long_texts(long_texts) == "head_tail"
+
+    def _logits(self, texts: Sequence[str], batch_size: int, overlap: int | None = None, count: bool = False,
+                head_tail: bool = False) -> tuple[np.ndarray, batching.Encoded]:
         """Logits of each row (a text, or with `overlap` a window of one) and the encoded rows (with `count`,
         knowing how many texts were truncated). Rows that fit in one batch are one forward pass in the order
         given (the server's queue forms its batches so); more are grouped by length into batches."""
         self._check_fitted()
         data = batching.encode(self.tokenizer_, texts, self.hyperparameters_.max_seq_length, window_overlap=overlap,
-                               token_types="token_type_ids" in self.input_names_, count_truncated=count)
+                               token_types="token_type_ids" in self.input_names_, count_truncated=count,
+                               head_tail=head_tail)
         if 0 < len(data) <= batch_size:
             return self.runner_(batching.pad(data, range(len(data)))), data
         rows = np.zeros((len(data), len(self.classes_)), dtype=np.float32)
@@ -164,8 +170,9 @@ class Predicting:
         Args:
             texts: the texts; they are batched by length and padded per batch (up to `batch_size` of them: one
                 batch, as given).
-            long_texts: "truncate" cuts texts at max_seq_length tokens; "window" classifies overlapping windows
-                of a longer text (up to 64) and averages their probabilities, weighted by window length (for a
+            long_texts: "truncate" cuts texts at max_seq_length tokens; "head_tail" reads a longer text's first
+                quarter of them and its last tokens for the rest; "window" classifies overlapping windows of a
+                longer text (up to 64) and averages their probabilities, weighted by window length (for a
                 multi-label model, the most confident window per label); None: the model's `long_texts_`, chosen
                 in training (hyperparameter long_texts).
             counts: if given, "truncated" is increased by the number of texts cut at max_seq_length tokens.
@@ -174,8 +181,8 @@ class Predicting:
         long_texts = self.resolve_long_texts(long_texts)
         if not isinstance(texts, str) and len(texts) == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
-        if long_texts == "truncate":
-            logits, data = self._logits(texts, batch_size, count=counts is not None)
+        if long_texts != "window":
+            logits, data = self._logits(texts, batch_size, count=counts is not None, head_tail=long_texts == "head_tail")
             if counts is not None:
                 counts["truncated"] = counts.get("truncated", 0) + data.truncated
             return sigmoid(logits) if self.multi_label_ else softmax(logits)
@@ -209,7 +216,7 @@ class Predicting:
             p = self.predict_proba(texts, batch_size, long_texts="window").astype(np.float64)
             p = np.clip(p, 1e-30, 1.0)
             return np.log(p) - np.log1p(-np.clip(p, 0.0, 1 - 1e-16)) if self.multi_label_ else np.log(p)
-        return self._log_scores_of(self.predict_logits(texts, batch_size))
+        return self._log_scores_of(self.predict_logits(texts, batch_size, long_texts=long_texts))
 
     def _log_scores_of(self, logits: np.ndarray) -> np.ndarray:
         """Logits as log scores: log-softmax, or for a multi-label model the logits (log-odds) themselves."""
@@ -221,10 +228,10 @@ class Predicting:
         return (1.0 / (1.0 + np.exp(-log_scores)) if self.multi_label_ else np.exp(log_scores)).astype(np.float32)
 
     def resolve_long_texts(self, long_texts: str | None) -> str:
-        """truncate or window: `long_texts`, or the model's when None."""
+        """truncate, head_tail or window: `long_texts`, or the model's when None."""
         long_texts = self.long_texts_ if long_texts is None else long_texts
-        if long_texts not in ("truncate", "window"):
-            raise DataError(f"long_texts={long_texts!r} is not valid; use truncate or window")
+        if long_texts not in READS:
+            raise DataError(f"long_texts={long_texts!r} is not valid; use {', '.join(READS[:-1])} or {READS[-1]}")
         return long_texts
 
     def explain(self, texts: Sequence[str], *, method: str | None = None, all_labels: bool = False,
@@ -263,7 +270,7 @@ class Predicting:
                                              max_words=max_words)
         else:
             explanations.check_max_words(max_words)
-            results = self._integrated_gradients(texts, read, extents, long_texts == "window", all_labels,
+            results = self._integrated_gradients(texts, read, extents, long_texts, all_labels,
                                                  1 if method == "gradient" else steps)
         return [self.explanation_record(*result, all_labels=all_labels) for result in results]
 
@@ -272,8 +279,11 @@ class Predicting:
         model reads (None where the tokenizer cannot say)."""
         windows = long_texts == "window"
         limit = self.hyperparameters_.max_seq_length
-        texts = [t[:batching.reads(limit, windows)] for t in texts]  # the model reads no further
-        read = batching.spans(self.tokenizer_, texts, limit, limit // 4 if windows else None)
+        # The model reads no further. A head_tail model's explanation reads as far as windows would: the tail of
+        # a text longer than that (over 100,000 characters at 128 tokens) is the tail of what it was cut to.
+        texts = [t[:batching.reads(limit, windows or long_texts == "head_tail")] for t in texts]
+        read = batching.spans(self.tokenizer_, texts, limit, limit // 4 if windows else None,
+                              head_tail=long_texts == "head_tail")
         extents: list[int | None] = [None] * len(texts) if read is None else [
             max((end for _, offsets, special in parts for (_, end), s in zip(offsets, special) if not s),
                 default=0) for parts in read]
@@ -295,7 +305,7 @@ class Predicting:
         return record
 
     def _integrated_gradients(self, texts: list[str], read: list[Any] | None, extents: list[int | None],
-                              windows: bool, all_labels: bool, steps: int
+                              long_texts: str, all_labels: bool, steps: int
                               ) -> list[tuple[list[explanations.Word], np.ndarray, np.ndarray]]:
         """Each text's words, Integrated Gradients scores (words x labels; the labels not explained 0) and its
         own row of log scores."""
@@ -316,7 +326,7 @@ class Predicting:
         def log_score(logits: torch.Tensor) -> torch.Tensor:
             return logits if multi else torch.log_softmax(logits, dim=-1)
 
-        fulls = self.log_scores(texts, long_texts="window" if windows else "truncate")  # one batched pass
+        fulls = self.log_scores(texts, long_texts=long_texts)  # one batched pass
         out = []
         for text, parts, extent, full in zip(texts, read, extents, fulls):
             found = explanations.words(text, extent)

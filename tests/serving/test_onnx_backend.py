@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from tests.conftest import TOKENIZER_CORPUS, build_bpe_tokenizer, build_unigram_tokenizer
 from textfit import TextClassifier
 from textfit.serving.server import ServeSettings, create_app
 
@@ -143,36 +144,6 @@ def test_a_large_request_in_slices_among_others_gets_its_rows_in_order(onnx: Tex
         np.testing.assert_allclose(response.json()[0]["probabilities"], onnx.predict_proba([text])[0], atol=1e-5)
 
 
-def _bpe(folder: Path) -> Path:
-    """A byte-level BPE tokenizer as RoBERTa's is made (<s> ... </s>, a space before each word), trained here."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaTokenizerFast
-
-    trained = ByteLevelBPETokenizer()
-    trained.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1,
-                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    trained.save(str(folder / "raw.json"))
-    RobertaTokenizerFast(tokenizer_file=str(folder / "raw.json")).save_pretrained(folder / "bpe")
-    return folder / "bpe"
-
-
-def _unigram(folder: Path) -> Path:
-    """A Unigram (SentencePiece-style) tokenizer as XLM-R's is made, trained here."""
-    from tokenizers import SentencePieceUnigramTokenizer
-    from transformers import XLMRobertaTokenizerFast
-
-    trained = SentencePieceUnigramTokenizer()
-    trained.train_from_iterator(CORPUS, vocab_size=120, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-                                unk_token="<unk>")
-    trained.save(str(folder / "raw.json"))
-    XLMRobertaTokenizerFast(tokenizer_file=str(folder / "raw.json")).save_pretrained(folder / "unigram")
-    return folder / "unigram"
-
-
-CORPUS = ["the film was good and great", "the plot was bad and awful", "Très bon film, j'ai adoré!",
-          "an unremarkable, slow-moving story 😀", "ünïcödé and emoji 🎬 in one line"] * 20
-
-
 @pytest.mark.parametrize("kind", ["minilm", "bpe", "unigram"])
 def test_the_graph_tokenizer_gives_autotokenizers_ids_for_every_kind(kind: str, tmp_path: Path) -> None:
     """WordPiece (the embedded MiniLM's, BERT's), byte-level BPE (RoBERTa's) and Unigram (XLM-R's): the
@@ -184,12 +155,13 @@ def test_the_graph_tokenizer_gives_autotokenizers_ids_for_every_kind(kind: str, 
 
     from textfit.model import export, zoo
 
-    folder = {"minilm": lambda: Path(zoo.resolve_model(None).path), "bpe": lambda: _bpe(tmp_path),
-              "unigram": lambda: _unigram(tmp_path)}[kind]()
+    folder = {"minilm": lambda: Path(zoo.resolve_model(None).path), "bpe": lambda: build_bpe_tokenizer(tmp_path),
+              "unigram": lambda: build_unigram_tokenizer(tmp_path)}[kind]()
     theirs = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     theirs.save_pretrained(tmp_path / "artifact")  # as TextClassifier.save writes it
     ours = export.GraphTokenizer(tmp_path / "artifact")
-    texts = [*CORPUS[:5], "a " * 40 + "very long text", "x", "  leading and trailing spaces  ", "MIXED Case Words"]
+    texts = [*TOKENIZER_CORPUS[:5], "a " * 40 + "very long text", "x", "  leading and trailing spaces  ",
+             "MIXED Case Words"]
     for options in ({"truncation": True, "max_length": 8},
                     {"truncation": True, "max_length": 512},
                     {"truncation": True, "max_length": 10, "stride": 3, "return_overflowing_tokens": True}):

@@ -32,6 +32,10 @@ MAX_CHARS_PER_TOKEN = 1024
 # longest article has 4,300), cut first to what they can hold at CHARS_PER_TOKEN: a 6 MB request then costs what
 # a long report does, not 15,000 windows.
 MAX_WINDOWS = 64
+# Head + tail: a text longer than max_length read as the first HEAD_SHARE of the tokens that fit and its last
+# tokens for the rest (Sun et al. 2019, "How to Fine-Tune BERT for Text Classification?": 128 + 382 of 510
+# tokens read long reviews and news better than the first or the last 510 alone).
+HEAD_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ def _unreadable(texts: list[str]) -> DataError | None:
 
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequence[Any] | None = None,
            window_overlap: int | None = None, token_types: bool | None = None, n_labels: int = 0,
-           count_truncated: bool = True) -> Encoded:
+           count_truncated: bool = True, head_tail: bool = False) -> Encoded:
     """Tokenize all texts in one call (the fast tokenizer parallelises it), truncated to max_length tokens.
 
     With `window_overlap`, a text longer than max_length becomes several overlapping windows instead (at most
@@ -119,10 +123,12 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequen
     `token_types`: whether the model takes token_type_ids (default: whether the tokenizer makes them).
     `count_truncated`: count the texts longer than max_length (one more tokenization of the full rows; a
     server answering requests has no use for the count, so it skips it).
+    `head_tail`: a text longer than max_length becomes its first and last tokens (HEAD_SHARE) instead.
     """
     texts = check_texts(texts)
     try:
-        return _encode(tokenizer, texts, max_length, labels, window_overlap, token_types, n_labels, count_truncated)
+        return _encode(tokenizer, texts, max_length, labels, window_overlap, token_types, n_labels,
+                       count_truncated or head_tail, head_tail)
     except TypeError:  # what a fast tokenizer raises for a string that is no valid Unicode
         unreadable = _unreadable(texts)
         if unreadable is None:
@@ -131,12 +137,17 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequen
 
 
 def _encode(tokenizer: Any, texts: list[str], max_length: int, labels: Sequence[Any] | None,
-            window_overlap: int | None, token_types: bool | None, n_labels: int, count_truncated: bool) -> Encoded:
+            window_overlap: int | None, token_types: bool | None, n_labels: int, count_truncated: bool,
+            head_tail: bool) -> Encoded:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     has_types = "token_type_ids" in tokenizer.model_input_names if token_types is None else token_types
     if window_overlap is None:
-        ids, truncated = _tokenize_window(tokenizer, texts, max_length, count_truncated)
-        return Encoded(ids, None if labels is None else list(labels), pad_id, has_types, truncated=truncated,
+        ids, longer = _tokenize_window(tokenizer, texts, max_length, count_truncated)
+        if head_tail and longer:
+            specials = _specials(tokenizer, max_length)
+            for i in longer:
+                ids[i] = _with_tail(tokenizer, ids[i], texts[i], specials)
+        return Encoded(ids, None if labels is None else list(labels), pad_id, has_types, truncated=len(longer),
                        n_labels=n_labels)
     budget = max_length * MAX_WINDOWS * CHARS_PER_TOKEN
     enc = tokenizer([t[:budget] for t in texts], truncation=True, max_length=max_length, stride=window_overlap,
@@ -155,11 +166,11 @@ def reads(max_length: int, windows: bool) -> int:
     return max_length * (MAX_WINDOWS * CHARS_PER_TOKEN if windows else MAX_CHARS_PER_TOKEN)
 
 
-def spans(tokenizer: Any, texts: Sequence[str], max_length: int, window_overlap: int | None = None
-          ) -> list[list[tuple[list[int], list[tuple[int, int]], list[bool]]]] | None:
-    """Each text's tokens as the model reads them (its first max_length, or with `window_overlap` each of its
-    windows): (ids, character spans into the text, special-token flags) a window; None for a tokenizer that
-    cannot say where its tokens are (one with no fast version)."""
+def spans(tokenizer: Any, texts: Sequence[str], max_length: int, window_overlap: int | None = None,
+          head_tail: bool = False) -> list[list[tuple[list[int], list[tuple[int, int]], list[bool]]]] | None:
+    """Each text's tokens as the model reads them (its first max_length, with `head_tail` a longer text's head
+    and tail, or with `window_overlap` each of its windows): (ids, character spans into the text, special-token
+    flags) a window; None for a tokenizer that cannot say where its tokens are (one with no fast version)."""
     windows = window_overlap is not None
     cut = [t[:reads(max_length, windows)] for t in texts]
     try:
@@ -174,6 +185,18 @@ def spans(tokenizer: Any, texts: Sequence[str], max_length: int, window_overlap:
                                             owners):
         if len(out[owner]) < MAX_WINDOWS:
             out[owner].append((list(ids), [tuple(o) for o in offsets], [bool(s) for s in special]))
+    if head_tail:
+        full = [i for i, parts in enumerate(out) if len(parts[0][0]) >= max_length]
+        longer = _tokenize(tokenizer, [cut[i] for i in full], max_length + 1) if full else []
+        for i in (i for i, row in zip(full, longer) if len(row) > max_length):
+            ids, offsets, special = out[i][0]
+            own = [k for k, s in enumerate(special) if not s]
+            before, after = own[0], len(ids) - own[-1] - 1
+            head, tail = head_tail_split(before, after, len(ids))
+            tail_ids, tail_spans = _tail(tokenizer, cut[i], tail)
+            keep, end = before + head, len(ids) - after
+            out[i] = [(ids[:keep] + tail_ids + ids[end:], offsets[:keep] + tail_spans + offsets[end:],
+                       special[:keep] + [False] * len(tail_ids) + special[end:])]
     return out
 
 
@@ -182,8 +205,9 @@ def _tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[list[in
 
 
 def _tokenize_window(tokenizer: Any, texts: list[str], max_length: int, count: bool = True
-                     ) -> tuple[list[list[int]], int]:
-    """The first max_length tokens of each text, tokenizing a bounded prefix; and how many texts were longer."""
+                     ) -> tuple[list[list[int]], list[int]]:
+    """The first max_length tokens of each text, tokenizing a bounded prefix; and (with `count`) which texts
+    were longer."""
     budget = max_length * CHARS_PER_TOKEN
     ids = _tokenize(tokenizer, [t[:budget] for t in texts], max_length)
     while budget < max_length * MAX_CHARS_PER_TOKEN:
@@ -194,11 +218,82 @@ def _tokenize_window(tokenizer: Any, texts: list[str], max_length: int, count: b
         for i, row in zip(short, _tokenize(tokenizer, [texts[i][:budget] for i in short], max_length)):
             ids[i] = row
     if not count:
-        return ids, 0
+        return ids, []
     # A full window may be a text of exactly max_length tokens: one token more tells them apart.
     full = [i for i, row in enumerate(ids) if len(row) >= max_length]
     longer = _tokenize(tokenizer, [texts[i][: budget] for i in full], max_length + 1) if full else []
-    return ids, sum(len(row) > max_length for row in longer)
+    return ids, [i for i, row in zip(full, longer) if len(row) > max_length]
+
+
+def _specials(tokenizer: Any, max_length: int) -> tuple[int, int]:
+    """How many special tokens the tokenizer puts before and after a text's own: ([CLS], [SEP]) is (1, 1), XLNet's
+    (0, 2). Read from a one-word text, through the call both of textfit's tokenizers take."""
+    mask = list(tokenizer(["a"], truncation=True, max_length=max_length, return_special_tokens_mask=True
+                          )["special_tokens_mask"][0])
+    own = [i for i, s in enumerate(mask) if not s]
+    return (own[0], len(mask) - own[-1] - 1) if own else (len(mask), 0)
+
+
+def _tail(tokenizer: Any, text: str, n: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """The last `n` tokens of a text and their character spans in it, tokenizing a bounded suffix that grows as
+    _tokenize_window's prefix does. The suffix starts at a space (the first word then tokenizes as after a space
+    in the text, which byte-level BPE marks) and the tail at a word's start, not inside a word."""
+    budget = max(n, 1) * CHARS_PER_TOKEN
+    while True:
+        start = max(0, len(text) - budget)
+        cut = start > 0 and not text[start - 1].isspace()
+        if cut and (space := _next_space(text, start)) is not None:
+            start, cut = space, False
+        ids, spans = _tokens(tokenizer, text[start:])
+        spans = [(a + start, b + start) for a, b in spans]
+        if start == 0 or len(ids) > n or budget >= n * MAX_CHARS_PER_TOKEN:
+            first = len(ids) - min(n, len(ids) - cut)
+            while spans and 0 < first < len(ids) and not _starts_word(text, spans[first][0]):
+                first += 1
+            return ids[first:], spans[first:]
+        budget *= CLIP_GROWTH
+
+
+def _tokens(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """A text's own tokens (no special ones) and their character spans ([] from a tokenizer that has none: one
+    with no fast version)."""
+    options = {"truncation": True, "max_length": 4 * len(text) + 8, "return_special_tokens_mask": True}
+    try:
+        enc = tokenizer([text], **options, return_offsets_mapping=True)
+        spans = [tuple(o) for o, s in zip(enc["offset_mapping"][0], enc["special_tokens_mask"][0]) if not s]
+    except NotImplementedError:  # transformers' Python tokenizers have no offsets
+        enc, spans = tokenizer([text], **options), []
+    return [i for i, s in zip(enc["input_ids"][0], enc["special_tokens_mask"][0]) if not s], spans
+
+
+def _starts_word(text: str, at: int) -> bool:
+    """Whether a token starting at `at` starts a word: after a space, on one (a space-marking token), or first."""
+    return at == 0 or text[at - 1].isspace() or text[at].isspace()
+
+
+def _next_space(text: str, start: int, within: int = 64) -> int | None:
+    """The first whitespace at or after `start`, within `within` characters; None if there is none."""
+    for i in range(start, min(len(text), start + within)):
+        if text[i].isspace():
+            return i
+    return None
+
+
+def head_tail_split(before: int, after: int, length: int) -> tuple[int, int]:
+    """For a text read as `length` tokens with `before` and `after` special ones: how many of its own tokens
+    the head keeps, and how many tail tokens follow."""
+    room = length - before - after
+    head = round(room * HEAD_SHARE)
+    return head, room - head
+
+
+def _with_tail(tokenizer: Any, first: list[int], text: str, specials: tuple[int, int]) -> list[int]:
+    """A long text's first max_length tokens remade as head + tail: its first tokens, then its last ones, inside
+    the same special tokens."""
+    before, after = specials
+    head, tail = head_tail_split(before, after, len(first))
+    ids, _ = _tail(tokenizer, text, tail)
+    return first[: before + head] + ids + first[len(first) - after:]
 
 
 def pad(data: Encoded, rows: Sequence[int]) -> dict[str, np.ndarray]:

@@ -127,5 +127,8 @@ def _long_texts(hp: dict[str, str]) -> str:
 
         return (f"A text longer than {length} tokens is read as overlapping windows of {length} tokens (up to {MAX_WINDOWS}) "
                 f"whose probabilities are averaged; `long_texts=\"truncate\"` reads only its first {length} tokens.")
+    if hp.get("long_texts") == "head_tail":
+        return (f"A text longer than {length} tokens is read as its head and tail: its first quarter of {length} "
+                f"tokens and its last tokens for the rest, as in training.")
     return (f"Only the first {length} tokens of a text count; `long_texts=\"window\"` reads a longer one as "
             f"overlapping windows.")

@@ -51,7 +51,7 @@ class ServeSettings:
     """Seconds a client may take to send a request body; then 408."""
     default_accept: str = "application/json"
     long_texts: str | None = None
-    """truncate or window; None: what the model chose in training (its long_texts hyperparameter)."""
+    """truncate, head_tail or window; None: what the model chose in training (its long_texts hyperparameter)."""
     batch: bool = False
     """A batch transform's container (SAGEMAKER_BATCH): its records come back one to one (inference.py)."""
     batch_strategy: str = "MULTI_RECORD"
