@@ -67,6 +67,7 @@ NUMERIC = [(path, action.option_strings[-1], action, parser)
 def test_the_walk_finds_the_numeric_flags() -> None:
     flags = {(" ".join(path), flag) for path, flag, _, _ in NUMERIC}
     expected = {("serve", "--max-batch"), ("serve", "--max-queue"), ("serve", "--max-connections"),
+                ("serve", "--batches-in-flight"),
                 ("serve", "--max-wait-ms"), ("serve", "--max-body-mb"), ("serve", "--threads"), ("serve", "--port"),
                 ("serve", "--max-header-kb"), ("serve", "--max-headers"), ("serve", "--header-timeout"),
                 ("serve", "--body-timeout"), ("serve", "--keep-alive"), ("predict", "--workers"),
@@ -175,6 +176,7 @@ def test_the_api_ranges_are_the_flags_ranges() -> None:
     serve = next(p for path, p in _subcommands(build_parser()) if path == ("serve",))
     flags = {a.option_strings[-1]: a.type for a in serve._actions if isinstance(a.type, Range)}
     pairs = {"--max-batch": (SERVE_RANGES["max_batch"], 1), "--max-queue": (SERVE_RANGES["max_queue"], 1),
+             "--batches-in-flight": (SERVE_RANGES["batches_in_flight"], 1),
              "--max-wait-ms": (SERVE_RANGES["max_wait_ms"], 1), "--body-timeout": (SERVE_RANGES["body_timeout_s"], 1),
              "--max-body-mb": (SERVE_RANGES["max_body_bytes"], 1024 * 1024),
              "--max-connections": (CONNECTION_RANGES["max_connections"], 1),

@@ -253,7 +253,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServeSettings.from_environment(
         body_timeout_s=args.body_timeout, max_body_bytes=int(args.max_body_mb * 1024 * 1024) if args.max_body_mb else None,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-        long_texts=args.long_texts, metrics=not args.no_metrics, explain_max_words=args.explain_words)
+        batches_in_flight=args.batches_in_flight, long_texts=args.long_texts, metrics=not args.no_metrics, explain_max_words=args.explain_words)
     limits = ConnectionLimits(max_connections=args.max_connections, max_header_bytes=args.max_header_kb * 1024,
                               max_headers=args.max_headers, header_timeout_s=args.header_timeout,
                               keep_alive_s=args.keep_alive)
@@ -653,6 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "time, its cost in texts of inference less one (default: TEXTFIT_EXPLAIN_MAX_WORDS or 64)")
     serve.add_argument("--max-wait-ms", type=float_in(0, 10_000), default=2.0,
                        help="wait for more requests before a batch")
+    serve.add_argument("--batches-in-flight", type=int_in(1, 64), default=2,
+                       help="batches computed at once: the next is formed while one runs (default 2)")
     serve.add_argument("--max-queue", type=int_in(1, 1_000_000), default=512,
                        help="requests waiting for inference; beyond it: 503 Retry-After (default 512)")
     serve.add_argument("--max-body-mb", type=float_in(0, 1024, lo_open=True),

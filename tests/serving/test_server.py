@@ -138,6 +138,32 @@ def test_a_full_queue_is_503_with_retry_after(clf: TextClassifier, monkeypatch: 
                       headers={"Content-Type": "application/json"}).status_code == 200
 
 
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_batches_compute_at_once_up_to_batches_in_flight(clf: TextClassifier, monkeypatch: pytest.MonkeyPatch,
+                                                         in_flight: int) -> None:
+    """Two requests, a batch each (max_batch 1): their forward passes meet at a barrier of two, which only
+    batches computed at once can pass; one at a time, the first waits out the barrier and breaks it. The answers
+    are right either way."""
+    meet, predict, together = threading.Barrier(2, timeout=2), clf.log_scores, []
+
+    def meeting(texts: list[str], **kw: object) -> np.ndarray:
+        try:
+            meet.wait()
+            together.append(True)
+        except threading.BrokenBarrierError:
+            together.append(False)
+        return predict(texts, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(clf, "log_scores", meeting)
+    settings = ServeSettings(max_batch=1, max_wait_ms=0, batches_in_flight=in_flight)
+    with TestClient(create_app(clf, settings)) as c, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda text: c.post("/invocations", content=text), [GOOD, "a dreadful, boring film"]))
+    assert [a.status_code for a in answers] == [200, 200]
+    np.testing.assert_allclose([a.json()["probabilities"] for a in answers],
+                               clf.predict_proba([GOOD, "a dreadful, boring film"]), atol=1e-5)
+    assert together[:2] == ([True, True] if in_flight == 2 else [False, False])
+
+
 def test_execution_parameters_and_metrics(client: TestClient) -> None:
     # no BatchStrategy: the service and the SageMaker SDK spell it differently, and both default to multi-record
     assert client.get("/execution-parameters").json() == {"MaxConcurrentTransforms": 4, "MaxPayloadInMB": 1}
