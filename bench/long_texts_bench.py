@@ -1,6 +1,7 @@
 """Long texts: how textfit reads them, against the Trainer's 128-token recipe and TF-IDF, on all of a set's rows.
 
     python bench/long_texts_bench.py [--set bbc|manpages] [--only default,head_tail,trainer,tfidf] [--epochs N]
+                                     [--rows N]
 
 Each way is trained on the set's training rows and scored on its held-out test rows, in one run:
 - `default`: `TextClassifier()` with no hyperparameters (long_texts=auto, which picks truncate for sets this
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--set", choices=["bbc", "manpages"], default="bbc")
     parser.add_argument("--only", default="default,head_tail,trainer,tfidf")
     parser.add_argument("--epochs", type=int, default=None, help="default: the model's (5 for the MiniLM)")
+    parser.add_argument("--rows", type=int, default=None, help="only this many training rows (a quick check)")
     args = parser.parse_args()
     only = args.only.split(",")
 
@@ -120,6 +122,8 @@ def main() -> None:
     from textfit.model.zoo import resolve_model
 
     train, test, names = load_set(args.set)
+    if args.rows:
+        train, test = train[: args.rows], test[: max(1, args.rows // 4)]
     tokenizer = load_tokenizer(resolve_model(None).path)
     lengths = [len(ids) for ids in tokenizer([t for _, t in train], verbose=False)["input_ids"]]
     windows = batching.encode(tokenizer, [t for _, t in test], 128, window_overlap=32)

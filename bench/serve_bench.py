@@ -140,7 +140,8 @@ def long_reviews(sentences: list[str], words: int = 300, count: int = 60) -> lis
     return out
 
 
-SERVERS = ("textfit onnx", "textfit onnx int8", "textfit torch", "per-request pipeline", "batching pipeline")
+SERVERS = ("textfit onnx", "textfit onnx one batch at a time", "textfit onnx int8", "textfit torch",
+           "per-request pipeline", "batching pipeline")
 
 
 def main() -> None:
@@ -172,6 +173,7 @@ def main() -> None:
         cli = [sys.executable, "-m", "textfit", "serve", "--model", str(model), "--threads", str(args.threads)]
         pipe = [sys.executable, str(ROOT / "bench" / "baseline_server.py"), str(model)]
         commands = {"textfit onnx": [*cli, "--backend", "onnx", "--port"],
+                    "textfit onnx one batch at a time": [*cli, "--backend", "onnx", "--batches-in-flight", "1", "--port"],
                     "textfit onnx int8": [*cli, "--backend", "onnx", "--quantized", "--port"],
                     "textfit torch": [*cli, "--backend", "torch", "--port"],
                     "per-request pipeline": pipe, "batching pipeline": pipe}
@@ -186,11 +188,11 @@ def main() -> None:
 
     reference = given.get("textfit onnx") or next(iter(given.values()))
     print(f"\n{args.texts} texts, {args.threads} threads a server")
-    print(f"{'server':<22} {'p50 c1 ms':>9} {'p95 c1 ms':>9} {'rps c1':>7} {'p50 c16 ms':>10} {'p95 c16 ms':>10} "
+    print(f"{'server':<31} {'p50 c1 ms':>9} {'p95 c1 ms':>9} {'rps c1':>7} {'p50 c16 ms':>10} {'p95 c16 ms':>10} "
           f"{'rps c16':>8} {'peak MB':>8} {'max |dp|':>9}")
     for name, r in results.items():
         differs = max(abs(a[label] - b[label]) for a, b in zip(given[name], reference, strict=True) for label in a)
-        print(f"{name:<22} {r['p50_c1']:>9.1f} {r['p95_c1']:>9.1f} {r['rps_c1']:>7.1f} {r['p50_c16']:>10.1f} "
+        print(f"{name:<31} {r['p50_c1']:>9.1f} {r['p95_c1']:>9.1f} {r['rps_c1']:>7.1f} {r['p50_c16']:>10.1f} "
               f"{r['p95_c16']:>10.1f} {r['rps_c16']:>8.1f} {r['rss_mb']:>8.0f} {differs:>9.1e}")
     for name in (n for n in results if n.startswith("textfit")):
         r = results[name]
