@@ -93,15 +93,15 @@ def run_trainer(train: Rows, test: Rows, names: list[str], hp: dict[str, object]
         seconds = time.perf_counter() - start
         model = AutoModelForSequenceClassification.from_pretrained(Path(tmp) / "out" / "model").eval()
         tok = AutoTokenizer.from_pretrained(Path(tmp) / "out" / "model")
-    # job_memory_bench's classes are the sorted label values: the channel's labels are the class indices
-    classes = sorted({str(y) for y, _ in train})
+    # trainer_job numbers the classes in the sorted order of the channel's labels (integers here)
+    classes = sorted({y for y, _ in train})
     start = time.perf_counter()
     predicted = []
     with torch.inference_mode():
         for i in range(0, len(test), 64):
             enc = tok([t for _, t in test[i:i + 64]], truncation=True, max_length=int(str(hp["max_seq_length"])),
                       padding=True, return_tensors="pt")
-            predicted += [int(classes[j]) for j in model(**enc).logits.argmax(-1).tolist()]
+            predicted += [classes[j] for j in model(**enc).logits.argmax(-1).tolist()]
     predict_seconds = time.perf_counter() - start
     return float(np.mean(np.array(predicted) == np.array([y for y, _ in test]))), seconds, predict_seconds
 

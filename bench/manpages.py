@@ -4,7 +4,9 @@ Each page under /usr/share/man/man{1,2,3,5,7,8} is rendered by `man -l` (groff) 
 (user commands, system calls, library functions, file formats, overviews, administration commands); at most
 PER_SECTION pages a section and PER_FAMILY of one command family, chosen by a seeded shuffle of the sorted
 file names. The header and footer lines
-are removed (they name the section: "fork(2)"), as is every run of whitespace. The split is bbc.split's
+are removed (they name the section: "fork(2)"), and so are the SEE ALSO and COLOPHON sections (lists of pages
+by section) and the section of every reference to another page ("fork(2)" becomes "fork"), and every run of
+whitespace. The split is bbc.split's
 (stratified 80/20, seed 42). Rendering the pages takes a few minutes once; the rows are cached under
 ~/.cache/textfit-bench/ with a fingerprint of the file names. The set depends on what is installed: the bench
 prints its size and that fingerprint. Nothing of the pages is written into the repository.
@@ -25,6 +27,9 @@ SECTIONS = ("1", "2", "3", "5", "7", "8")
 NAMES = ("user commands", "system calls", "library functions", "file formats", "overviews", "administration")
 PER_SECTION = 400
 MIN_WORDS = 40
+# A reference to another page names its section ("fork(2)"): the page name stays, the section goes.
+REFERENCE = re.compile(r"\b([\w.:+-]+)\(\d\w*\)")
+VERSION = 2  # of the rendering: part of the cache's name
 CACHE = Path.home() / ".cache" / "textfit-bench"
 
 
@@ -60,13 +65,19 @@ def render(path: Path) -> str:
     lines = subprocess.run(["col", "-bx"], input=done.stdout, capture_output=True, check=False
                            ).stdout.decode("utf-8", "replace").splitlines()
     body = [line for line in lines if line.strip()][1:-1]  # header and footer name the section
-    return " ".join(" ".join(body).split())
+    kept, skipping = [], False
+    for line in body:
+        if line[:1].isalpha() and line.isupper():  # a section heading, at the left margin
+            skipping = line.strip() in ("SEE ALSO", "COLOPHON")  # lists of pages by section; the project's note
+        if not skipping:
+            kept.append(line)
+    return " ".join(REFERENCE.sub(r"\1", " ".join(kept)).split())
 
 
 def rows() -> list[tuple[int, str]]:
     chosen = pages()
     digest = hashlib.sha256("\n".join(str(p) for _, p in chosen).encode()).hexdigest()[:12]
-    cache = CACHE / f"manpages-{digest}.csv"
+    cache = CACHE / f"manpages-v{VERSION}-{digest}.csv"
     if not cache.is_file():
         with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
             texts = list(pool.map(render, [p for _, p in chosen]))

@@ -140,7 +140,7 @@ def long_reviews(sentences: list[str], words: int = 300, count: int = 60) -> lis
     return out
 
 
-SERVERS = ("textfit onnx", "textfit onnx one batch at a time", "textfit onnx int8", "textfit torch",
+SERVERS = ("textfit onnx", "textfit onnx two batches at once", "textfit onnx int8", "textfit torch",
            "per-request pipeline", "batching pipeline")
 
 
@@ -173,7 +173,7 @@ def main() -> None:
         cli = [sys.executable, "-m", "textfit", "serve", "--model", str(model), "--threads", str(args.threads)]
         pipe = [sys.executable, str(ROOT / "bench" / "baseline_server.py"), str(model)]
         commands = {"textfit onnx": [*cli, "--backend", "onnx", "--port"],
-                    "textfit onnx one batch at a time": [*cli, "--backend", "onnx", "--batches-in-flight", "1", "--port"],
+                    "textfit onnx two batches at once": [*cli, "--backend", "onnx", "--batches-in-flight", "2", "--port"],
                     "textfit onnx int8": [*cli, "--backend", "onnx", "--quantized", "--port"],
                     "textfit torch": [*cli, "--backend", "torch", "--port"],
                     "per-request pipeline": pipe, "batching pipeline": pipe}

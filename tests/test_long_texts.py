@@ -249,12 +249,28 @@ def test_head_tail_is_served_and_predicted_alike_on_both_back_ends(head_tail: Pa
 
 def test_a_head_tail_explanation_scores_the_words_it_reads(head_tail: Path) -> None:
     """At 16 tokens (14 of the text's own: 4 head, 10 tail) a 24-word row is read as its first 4 and last 10
-    words: gradients reach those and no word between."""
+    words: those are explained, by both methods, and no word between."""
     clf = TextClassifier.load(head_tail)
     text = VALIDATION[0][1]
-    record, = clf.explain([text], all_labels=True)
-    for words in record["explanations"].values():
-        assert [w["word"] for w in words] == text.split()
-        assert all(text[w["start"]:w["end"]] == w["word"] for w in words)
-        scores = [w["score"] for w in words]
-        assert all(s == 0 for s in scores[4:14]) and all(s != 0 for s in scores[:4] + scores[14:])
+    read = text.split()[:4] + text.split()[14:]
+    for method in ("gradient", "occlusion"):
+        record, = clf.explain([text], method=method, all_labels=True)
+        for words in record["explanations"].values():
+            assert [w["word"] for w in words] == read
+            assert all(text[w["start"]:w["end"]] == w["word"] for w in words)
+            assert all(w["score"] != 0 for w in words)
+
+
+def test_head_tail_keeps_a_whole_tail_of_a_text_without_spaces() -> None:
+    """Chinese has no spaces between words: no tail token starts after one, and the tail is its last tokens
+    still, not nothing (the search for a space gives up after WORD_SKIP characters)."""
+    from transformers import AutoTokenizer
+
+    from textfit.model import zoo
+
+    tokenizer = AutoTokenizer.from_pretrained(zoo.resolve_model(None).path)
+    text = "这部电影非常好看我很喜欢它的故事和演员" * 20 + "结局很糟糕"
+    row = batching.encode(tokenizer, [text], 24, head_tail=True).input_ids[0]
+    own = tokenizer([text], truncation=True, max_length=10_000)["input_ids"][0][1:-1]
+    head, tail = batching.head_tail_split(1, 1, 24)
+    assert len(row) == 24 and row[1:1 + head] == own[:head] and row[1 + head:-1] == own[-tail:]

@@ -653,8 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "time, its cost in texts of inference less one (default: TEXTFIT_EXPLAIN_MAX_WORDS or 64)")
     serve.add_argument("--max-wait-ms", type=float_in(0, 10_000), default=2.0,
                        help="wait for more requests before a batch")
-    serve.add_argument("--batches-in-flight", type=int_in(1, 64), default=2,
-                       help="batches computed at once: the next is formed while one runs (default 2)")
+    serve.add_argument("--batches-in-flight", type=int_in(1, 64), default=1,
+                       help="batches computed at once: the next is formed while one runs (default 1)")
     serve.add_argument("--max-queue", type=int_in(1, 1_000_000), default=512,
                        help="requests waiting for inference; beyond it: 503 Retry-After (default 512)")
     serve.add_argument("--max-body-mb", type=float_in(0, 1024, lo_open=True),

@@ -57,10 +57,15 @@ class Word:
     end: int
 
 
-def words(text: str, extent: int | None = None) -> list[Word]:
-    """The words of `text` with their character offsets into it (those ending within `extent` characters)."""
+Reach = tuple[tuple[int, int], ...] | None
+"""The character ranges of a text the model reads, in order ([start, end) each: a truncated text's one, a head
+and tail's two); None: all of it, as far as anyone can tell (a tokenizer without offsets)."""
+
+
+def words(text: str, reach: Reach = None) -> list[Word]:
+    """The words of `text` with their character offsets into it (those starting within `reach`)."""
     found = [Word(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
-    return found if extent is None else [w for w in found if w.start < extent]
+    return found if reach is None else [w for w in found if any(a <= w.start < b for a, b in reach)]
 
 
 def check_method(method: str) -> str:
@@ -105,7 +110,7 @@ class Occlusion:
         return scores, full
 
 
-def occlusion_plan(texts: Sequence[str], extents: Sequence[int | None], max_words: int = MAX_WORDS
+def occlusion_plan(texts: Sequence[str], extents: Sequence[Reach], max_words: int = MAX_WORDS
                    ) -> list[Occlusion]:
     """Each text's plan: its words and their groups, and where its rows start among `variants`'."""
     check_max_words(max_words)
@@ -132,7 +137,7 @@ def cost(texts: Sequence[str], plans: Sequence[Occlusion]) -> int:
     return sum(len(text) * (1 + len(plan.groups)) for text, plan in zip(texts, plans))
 
 
-def occlusion(score: Callable[[list[str]], np.ndarray], texts: Sequence[str], extents: Sequence[int | None],
+def occlusion(score: Callable[[list[str]], np.ndarray], texts: Sequence[str], extents: Sequence[Reach],
               *, max_words: int = MAX_WORDS) -> list[tuple[list[Word], np.ndarray, np.ndarray]]:
     """For each text: its words, a (words x labels) array of scores and the text's own row of label scores, from
     `score(texts)` (a list of texts in, a row of label scores each out)."""

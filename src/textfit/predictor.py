@@ -274,20 +274,18 @@ class Predicting:
                                                  1 if method == "gradient" else steps)
         return [self.explanation_record(*result, all_labels=all_labels) for result in results]
 
-    def explanation_inputs(self, texts: list[str], long_texts: str) -> tuple[list[str], Any, list[int | None]]:
-        """The texts cut to what the model can read, their tokens (batching.spans) and how far into each the
+    def explanation_inputs(self, texts: list[str], long_texts: str
+                           ) -> tuple[list[str], Any, list[explanations.Reach]]:
+        """The texts cut to what the model can read, their tokens (batching.spans) and the parts of each the
         model reads (None where the tokenizer cannot say)."""
-        windows = long_texts == "window"
+        windows, head_tail = long_texts == "window", long_texts == "head_tail"
         limit = self.hyperparameters_.max_seq_length
-        # The model reads no further. A head_tail model's explanation reads as far as windows would: the tail of
-        # a text longer than that (over 100,000 characters at 128 tokens) is the tail of what it was cut to.
-        texts = [t[:batching.reads(limit, windows or long_texts == "head_tail")] for t in texts]
-        read = batching.spans(self.tokenizer_, texts, limit, limit // 4 if windows else None,
-                              head_tail=long_texts == "head_tail")
-        extents: list[int | None] = [None] * len(texts) if read is None else [
-            max((end for _, offsets, special in parts for (_, end), s in zip(offsets, special) if not s),
-                default=0) for parts in read]
-        return texts, read, extents
+        if not head_tail:  # the model reads no further; a head and tail model reads to the end
+            texts = [t[:batching.reads(limit, windows)] for t in texts]
+        read = batching.spans(self.tokenizer_, texts, limit, limit // 4 if windows else None, head_tail=head_tail)
+        reach: list[explanations.Reach] = [None] * len(texts) if read is None else [
+            _reach(text, parts) for text, parts in zip(texts, read)]
+        return texts, read, reach
 
     def explanation_record(self, words: list[explanations.Word], scores: np.ndarray, full: np.ndarray, *,
                            all_labels: bool = False) -> dict[str, Any]:
@@ -304,7 +302,7 @@ class Predicting:
                                       for i, label in enumerate(self.classes_)}
         return record
 
-    def _integrated_gradients(self, texts: list[str], read: list[Any] | None, extents: list[int | None],
+    def _integrated_gradients(self, texts: list[str], read: list[Any] | None, extents: list[explanations.Reach],
                               long_texts: str, all_labels: bool, steps: int
                               ) -> list[tuple[list[explanations.Word], np.ndarray, np.ndarray]]:
         """Each text's words, Integrated Gradients scores (words x labels; the labels not explained 0) and its
@@ -470,3 +468,16 @@ class Predictor(Predicting):
                               loaded.runner, loaded.backend, loaded.input_names)
         predictor.validation_report_ = loaded.report
         return predictor
+
+
+def _reach(text: str, parts: list[tuple[list[int], list[tuple[int, int]], list[bool]]]) -> explanations.Reach:
+    """The character ranges of `text` its tokens (batching.spans' windows) cover: tokens with only whitespace
+    between them are one range; text that no token covers (the middle a head and tail skips) separates two."""
+    spans = sorted((a, b) for _, offsets, special in parts for (a, b), s in zip(offsets, special) if not s and b > a)
+    ranges: list[tuple[int, int]] = []
+    for a, b in spans:
+        if ranges and (a <= ranges[-1][1] or not text[ranges[-1][1]:a].strip()):
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], b))
+        else:
+            ranges.append((a, b))
+    return tuple(ranges)

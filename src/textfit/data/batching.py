@@ -9,6 +9,7 @@ that predicting with ONNX Runtime never imports torch.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,14 @@ MAX_WINDOWS = 64
 # tokens for the rest (Sun et al. 2019, "How to Fine-Tune BERT for Text Classification?": 128 + 382 of 510
 # tokens read long reviews and news better than the first or the last 510 alone).
 HEAD_SHARE = 0.25
+# A tail starts at a word's start where a space comes within this many characters (else where it falls).
+WORD_SKIP = 64
+
+
+# A tokenizer is not safe to call from two threads at once: a fast one raises "Already borrowed", or (settings
+# are per tokenizer, set before each call) one thread's call runs at the other's max_length. The server computes
+# batches on several threads; tokenizing is a small part of a batch's time, so one lock serves every tokenizer.
+_TOKENIZING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -127,8 +136,9 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int, labels: Sequen
     """
     texts = check_texts(texts)
     try:
-        return _encode(tokenizer, texts, max_length, labels, window_overlap, token_types, n_labels,
-                       count_truncated or head_tail, head_tail)
+        with _TOKENIZING:
+            return _encode(tokenizer, texts, max_length, labels, window_overlap, token_types, n_labels,
+                           count_truncated or head_tail, head_tail)
     except TypeError:  # what a fast tokenizer raises for a string that is no valid Unicode
         unreadable = _unreadable(texts)
         if unreadable is None:
@@ -171,13 +181,21 @@ def spans(tokenizer: Any, texts: Sequence[str], max_length: int, window_overlap:
     """Each text's tokens as the model reads them (its first max_length, with `head_tail` a longer text's head
     and tail, or with `window_overlap` each of its windows): (ids, character spans into the text, special-token
     flags) a window; None for a tokenizer that cannot say where its tokens are (one with no fast version)."""
+    with _TOKENIZING:
+        return _spans(tokenizer, texts, max_length, window_overlap, head_tail)
+
+
+def _spans(tokenizer: Any, texts: Sequence[str], max_length: int, window_overlap: int | None, head_tail: bool
+           ) -> list[list[tuple[list[int], list[tuple[int, int]], list[bool]]]] | None:
     windows = window_overlap is not None
     cut = [t[:reads(max_length, windows)] for t in texts]
     try:
         enc = tokenizer(cut, truncation=True, max_length=max_length, padding=False, stride=window_overlap or 0,
                         return_overflowing_tokens=windows, return_offsets_mapping=True,
                         return_special_tokens_mask=True)
-    except NotImplementedError:  # transformers' Python tokenizers have no offsets
+    except NotImplementedError:  # transformers' Python tokenizers may refuse offsets, or leave them out
+        return None
+    if "offset_mapping" not in enc:
         return None
     owners = enc["overflow_to_sample_mapping"] if windows else range(len(texts))
     out: list[list[tuple[list[int], list[tuple[int, int]], list[bool]]]] = [[] for _ in texts]
@@ -193,7 +211,7 @@ def spans(tokenizer: Any, texts: Sequence[str], max_length: int, window_overlap:
             own = [k for k, s in enumerate(special) if not s]
             before, after = own[0], len(ids) - own[-1] - 1
             head, tail = head_tail_split(before, after, len(ids))
-            tail_ids, tail_spans = _tail(tokenizer, cut[i], tail)
+            tail_ids, tail_spans = _tail(tokenizer, texts[i], tail)  # the text's own end, as encode reads it
             keep, end = before + head, len(ids) - after
             out[i] = [(ids[:keep] + tail_ids + ids[end:], offsets[:keep] + tail_spans + offsets[end:],
                        special[:keep] + [False] * len(tail_ids) + special[end:])]
@@ -237,7 +255,8 @@ def _specials(tokenizer: Any, max_length: int) -> tuple[int, int]:
 def _tail(tokenizer: Any, text: str, n: int) -> tuple[list[int], list[tuple[int, int]]]:
     """The last `n` tokens of a text and their character spans in it, tokenizing a bounded suffix that grows as
     _tokenize_window's prefix does. The suffix starts at a space (the first word then tokenizes as after a space
-    in the text, which byte-level BPE marks) and the tail at a word's start, not inside a word."""
+    in the text, which byte-level BPE and SentencePiece mark), and where n tokens would start inside a word, at
+    the next space within WORD_SKIP characters (a text without spaces, such as Chinese, keeps its last n)."""
     budget = max(n, 1) * CHARS_PER_TOKEN
     while True:
         start = max(0, len(text) - budget)
@@ -248,8 +267,14 @@ def _tail(tokenizer: Any, text: str, n: int) -> tuple[list[int], list[tuple[int,
         spans = [(a + start, b + start) for a, b in spans]
         if start == 0 or len(ids) > n or budget >= n * MAX_CHARS_PER_TOKEN:
             first = len(ids) - min(n, len(ids) - cut)
-            while spans and 0 < first < len(ids) and not _starts_word(text, spans[first][0]):
-                first += 1
+            at = spans[first][0] if spans and 0 < first < len(ids) - 1 else 0
+            # Inside a word, the next space from the next token's start less one: the same character whichever
+            # way a tokenizer reports the offset of a token that is a space mark alone (the space's, or the next
+            # character's).
+            inside = at > 0 and not (text[at - 1].isspace() or text[at].isspace())
+            if inside and (space := _next_space(text, spans[first + 1][0] - 1)) is not None:
+                ids, spans = _tokens(tokenizer, text[space:])
+                return ids[-n:], [(a + space, b + space) for a, b in spans[-n:]]
             return ids[first:], spans[first:]
         budget *= CLIP_GROWTH
 
@@ -257,21 +282,18 @@ def _tail(tokenizer: Any, text: str, n: int) -> tuple[list[int], list[tuple[int,
 def _tokens(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """A text's own tokens (no special ones) and their character spans ([] from a tokenizer that has none: one
     with no fast version)."""
-    options = {"truncation": True, "max_length": 4 * len(text) + 8, "return_special_tokens_mask": True}
+    # No truncation that could cut the end: the text is bounded by _tail's budget.
+    options = {"truncation": True, "max_length": 1 << 30, "return_special_tokens_mask": True}
     try:
         enc = tokenizer([text], **options, return_offsets_mapping=True)
-        spans = [tuple(o) for o, s in zip(enc["offset_mapping"][0], enc["special_tokens_mask"][0]) if not s]
-    except NotImplementedError:  # transformers' Python tokenizers have no offsets
-        enc, spans = tokenizer([text], **options), []
+    except NotImplementedError:  # transformers' Python tokenizers may refuse offsets, or leave them out
+        enc = tokenizer([text], **options)
+    spans = ([tuple(o) for o, s in zip(enc["offset_mapping"][0], enc["special_tokens_mask"][0]) if not s]
+             if "offset_mapping" in enc else [])
     return [i for i, s in zip(enc["input_ids"][0], enc["special_tokens_mask"][0]) if not s], spans
 
 
-def _starts_word(text: str, at: int) -> bool:
-    """Whether a token starting at `at` starts a word: after a space, on one (a space-marking token), or first."""
-    return at == 0 or text[at - 1].isspace() or text[at].isspace()
-
-
-def _next_space(text: str, start: int, within: int = 64) -> int | None:
+def _next_space(text: str, start: int, within: int = WORD_SKIP) -> int | None:
     """The first whitespace at or after `start`, within `within` characters; None if there is none."""
     for i in range(start, min(len(text), start + within)):
         if text[i].isspace():
@@ -283,7 +305,7 @@ def head_tail_split(before: int, after: int, length: int) -> tuple[int, int]:
     """For a text read as `length` tokens with `before` and `after` special ones: how many of its own tokens
     the head keeps, and how many tail tokens follow."""
     room = length - before - after
-    head = round(room * HEAD_SHARE)
+    head = int(room * HEAD_SHARE + 0.5)
     return head, room - head
 
 

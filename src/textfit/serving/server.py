@@ -64,10 +64,11 @@ class ServeSettings:
     """Characters of text an explained request may make the server read (each text once a word group it leaves
     out, and once whole); beyond it 413."""
     metrics: bool = True
-    batches_in_flight: int = 2
-    """Batches computed at once: while one runs, the next is formed, tokenized and started, so that the cores do
-    not wait on each other (measured on 2 cores, short texts, concurrency 16: about 1.2x the requests/s of one
-    batch at a time, docs/benchmarks.md); a lone request is one batch either way."""
+    batches_in_flight: int = 1
+    """Batches computed at once, each on all the inference threads: with more than one, the next batch is formed
+    and started while one runs. On 2 cores two gained nothing on short texts (386 against 383 requests/s at
+    concurrency 16) and lost 8% on 128-token texts, where each batch's compute already fills the cores
+    (docs/benchmarks.md): one is the default."""
 
     def __post_init__(self) -> None:
         check_ranges(self, SERVE_RANGES)
@@ -234,6 +235,17 @@ class Batcher:
             task.add_done_callback(finished)
 
     async def _run_batch(self, batch: list[Slice]) -> None:
+        try:
+            await self._compute(batch)
+        except BaseException as exc:  # a fault of the server's own: no request of the batch waits for ever
+            log.error("a batch failed: %s: %s", type(exc).__name__, exc)
+            for request, _, _ in batch:
+                if not request.future.done():
+                    request.future.set_exception(RuntimeError(f"a batch failed ({type(exc).__name__})"))  # a 500
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _compute(self, batch: list[Slice]) -> None:
         texts = [text for request, start, stop in batch for text in request.texts[start:stop]]
         self.observe(len(texts))
         try:
@@ -404,8 +416,7 @@ def create_app(model: Predicting | Callable[[], Predicting], settings: ServeSett
             cut, _, extents = clf.explanation_inputs(texts, clf.resolve_long_texts(settings.long_texts))
             return cut, explanations.occlusion_plan(cut, extents, settings.explain_max_words)
 
-        # on the inference thread: a tokenizer is not safe to call from two threads at once (a fast one raises
-        # "Already borrowed"), and the batches are tokenized there
+        # on an inference thread, off the event loop (batching holds a lock while it tokenizes)
         cut, plans = await asyncio.get_running_loop().run_in_executor(batcher.executor, plan)
         size = explanations.cost(cut, plans)
         if size > settings.explain_max_chars:
