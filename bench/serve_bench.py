@@ -9,7 +9,8 @@ its own process, and drives it with the same load generator (httpx, asyncio) at 
 dominates). Baselines (bench/baseline_server.py): a transformers pipeline called per request, and the same
 pipeline behind a hand-written micro-batching queue (32 texts / 2 ms). Before the load, each server answers 20
 fixed texts and the largest difference of its probabilities from textfit's ONNX fp32 is printed (identical
-answers: under 1e-5). Prints p50/p95 latency, requests/s, the server's peak RSS, and the ratios: requests/s at
+answers: under 1e-5), and "under load" the largest difference of its answers to those texts at concurrency 16,
+batched with others, from its own answers to them alone. Prints p50/p95 latency, requests/s, the server's peak RSS, and the ratios: requests/s at
 concurrency 16 to the batching server's, p50 at concurrency 1 to the per-request server's.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import json
 import os
 import socket
 import statistics
@@ -60,7 +62,8 @@ def start(cmd: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[by
     raise SystemExit(f"server did not start: {' '.join(cmd)}")
 
 
-async def _user(port: int, bodies: list[bytes], counter: Iterator[int], latencies: list[float]) -> None:
+async def _user(port: int, bodies: list[bytes], counter: Iterator[int], latencies: list[float],
+                seen: dict[int, bytes]) -> None:
     """One client on one keep-alive connection: a request, its whole answer, the next request. Requests are
     written as bytes and answers read by their Content-Length: a client that costs the machine little, so
     that the servers, not the load generator, set the pace (httpx's pool reached 382 requests/s at
@@ -77,21 +80,25 @@ async def _user(port: int, bodies: list[bytes], counter: Iterator[int], latencie
                           if line.lower().startswith(b"content-length:"))
             answer = await reader.readexactly(length)
             latencies.append(time.perf_counter() - start)
+            seen.setdefault(i % len(bodies), answer)
             if not head.startswith(b"HTTP/1.1 200"):
                 raise SystemExit(f"request {i}: {head.splitlines()[0].decode()}: {answer[:200].decode()}")
     finally:
         writer.close()
 
 
-async def load(port: int, texts: list[str], requests: int, concurrency: int) -> tuple[list[float], float]:
-    """Latencies of `requests` requests from `concurrency` clients, and the requests answered a second."""
+async def load(port: int, texts: list[str], requests: int, concurrency: int
+               ) -> tuple[list[float], float, dict[int, bytes]]:
+    """Latencies of `requests` requests from `concurrency` clients, the requests answered a second, and the
+    first answer to each text (the body as it came)."""
     bodies = [t.encode() for t in texts]
-    await _user(port, bodies, iter(range(20)), [])  # warm-up
+    await _user(port, bodies, iter(range(20)), [], {})  # warm-up
     latencies: list[float] = []
+    seen: dict[int, bytes] = {}
     counter = iter(range(requests))
     begin = time.perf_counter()
-    await asyncio.gather(*(_user(port, bodies, counter, latencies) for _ in range(concurrency)))
-    return latencies, requests / (time.perf_counter() - begin)
+    await asyncio.gather(*(_user(port, bodies, counter, latencies, seen) for _ in range(concurrency)))
+    return latencies, requests / (time.perf_counter() - begin), seen
 
 
 def answers(url: str, texts: list[str]) -> list[dict[str, float]]:
@@ -115,12 +122,16 @@ def measure(name: str, cmd: list[str], port: int, env: dict[str, str], texts: li
         out: dict[str, float] = {}
         for concurrency in (1, 16):
             n = requests if concurrency == 1 else requests * 3
-            latencies, rps = asyncio.run(load(port, texts, n, concurrency))
+            latencies, rps, seen = asyncio.run(load(port, texts, n, concurrency))
             cuts = statistics.quantiles(latencies, n=20)
             out[f"p50_c{concurrency}"] = statistics.median(latencies) * 1000
             out[f"p95_c{concurrency}"] = cuts[18] * 1000
             out[f"rps_c{concurrency}"] = rps
         out["rss_mb"] = peak_rss_mb(proc.pid)
+        # the fixed texts' answers under concurrency 16 (batched with others) against their answers alone
+        pairs = [(json.loads(seen[i]), given[i]) for i in range(len(fixed)) if i in seen]
+        out["load_dp"] = max((abs(p - alone[label]) for body, alone in pairs
+                              for label, p in zip(body["labels"], body["probabilities"], strict=True)), default=0.0)
         return out, given
     finally:
         proc.terminate()
@@ -189,11 +200,11 @@ def main() -> None:
     reference = given.get("textfit onnx") or next(iter(given.values()))
     print(f"\n{args.texts} texts, {args.threads} threads a server")
     print(f"{'server':<31} {'p50 c1 ms':>9} {'p95 c1 ms':>9} {'rps c1':>7} {'p50 c16 ms':>10} {'p95 c16 ms':>10} "
-          f"{'rps c16':>8} {'peak MB':>8} {'max |dp|':>9}")
+          f"{'rps c16':>8} {'peak MB':>8} {'max |dp|':>9} {'under load':>10}")
     for name, r in results.items():
         differs = max(abs(a[label] - b[label]) for a, b in zip(given[name], reference, strict=True) for label in a)
         print(f"{name:<31} {r['p50_c1']:>9.1f} {r['p95_c1']:>9.1f} {r['rps_c1']:>7.1f} {r['p50_c16']:>10.1f} "
-              f"{r['p95_c16']:>10.1f} {r['rps_c16']:>8.1f} {r['rss_mb']:>8.0f} {differs:>9.1e}")
+              f"{r['p95_c16']:>10.1f} {r['rps_c16']:>8.1f} {r['rss_mb']:>8.0f} {differs:>9.1e} {r['load_dp']:>10.1e}")
     for name in (n for n in results if n.startswith("textfit")):
         r = results[name]
         if "batching pipeline" in results:

@@ -469,9 +469,11 @@ class TextClassifier(Predicting, ClassifierMixin, BaseEstimator):
                      at_half.micro_f1, report.micro_f1)
             return {**report.as_dict(), "micro_f1_at_0.5": at_half.micro_f1, "class_weights": self.hyperparameters_.class_weights}
         # The report is of the served computation: windows where the model reads long texts so. The temperature
-        # is fitted on the logits of the texts' first max_seq_length tokens, and applies to every window alike.
+        # is fitted on the logits of one row a text (its first max_seq_length tokens, or its head and tail), and
+        # applies to every window alike.
         prefix_only = self.long_texts_ != "window"
-        # The first windows' logits: the served probabilities of a truncating model, and what a temperature fits.
+        # One row a text's logits (predict_logits reads as the model does): the served probabilities of a model
+        # that does not read windows, and what a temperature fits.
         logits = self.predict_logits(texts) if prefix_only or self.hyperparameters_.calibrate else None
         before = metrics.report(labels, softmax(logits) if logits is not None and prefix_only
                                 else self.predict_proba(texts), self.classes_)

@@ -58,7 +58,7 @@ class Encoded:
     owners: list[int] | None = None
     """With windows: the text each row (window) belongs to."""
     truncated: int = 0
-    """Texts longer than max_length tokens, cut to their first max_length."""
+    """Texts longer than max_length tokens, cut to their first max_length (or read as head and tail)."""
     n_labels: int = 0
     """Multi-label data: the number of labels, and `labels` holds a list of label indices per row."""
 

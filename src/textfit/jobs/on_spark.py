@@ -61,7 +61,7 @@ def predict(df: DataFrame, model: str | Path, text_col: str = "text", *, batch_s
         batch_size: texts per forward pass; Spark's Arrow batches (spark.sql.execution.arrow.maxRecordsPerBatch)
             are cut into these.
         backend: onnx (default, the served engine) or torch; quantized: the int8 graph.
-        long_texts: truncate or window; None: the model's own choice, as `textfit predict`.
+        long_texts: truncate, head_tail or window; None: the model's own choice, as `textfit predict`.
     """
     from pyspark.sql.types import StructType
 
