@@ -26,7 +26,7 @@ from textfit.errors import ArtifactError, ReportError, TextfitError
 from textfit.hyperparameters import Given
 from textfit.jobs import remote
 from textfit.model import artifact
-from textfit.training import distributed
+from textfit.training import distributed, kernels
 from textfit.training.checkpoints import StopSignal
 from textfit.training.loop import EpochMetrics
 
@@ -100,6 +100,11 @@ def save_artifact(clf: TextClassifier, output: str | Path, *, overwrite: bool = 
         raise ArtifactError(f"onnx={onnx!r} is not valid; use fp32, int8 or none")
 
     _stamp(clf.manifest_)  # a model fitted in memory is saved as an artifact too (tuning's trials)
+
+    # Training's freed buffers back to the kernel before the graph is traced and the reports drawn: on short
+    # texts saving, not training, set the whole job's peak (1,341 MB against training's 1,167 on 4,000 Debian
+    # descriptions; 1,252 with this).
+    kernels.release_freed_memory()
 
     def write(folder: Path) -> None:
         if onnx != "none":  # first: the manifest's digests then cover the graph
