@@ -82,7 +82,6 @@ def run_trainer(train: Rows, test: Rows, names: list[str], hp: dict[str, object]
     from job_memory_bench import trainer_job
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from textfit.data.channels import read_channel  # noqa: F401 - the job reads the channel written below
     from textfit.training.loop import cpu_has_bf16
 
     with tempfile.TemporaryDirectory() as tmp:

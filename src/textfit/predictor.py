@@ -142,10 +142,7 @@ class Predicting:
                        ) -> np.ndarray:
         """Raw scores before the softmax, one row per text: of its first max_seq_length tokens, or of its head
         and tail where `long_texts` (None: the model's) is head_tail."""
-        return self._logits(texts, batch_size, head_tail=self._reads_head_tail(long_texts))[0]
-
-    def _reads_head_tail(self, long_texts: str | None) -> bool:
-        return self.resolve_long_texts(long_texts) == "head_tail"
+        return self._logits(texts, batch_size, head_tail=self.resolve_long_texts(long_texts) == "head_tail")[0]
 
     def _logits(self, texts: Sequence[str], batch_size: int, overlap: int | None = None, count: bool = False,
                 head_tail: bool = False) -> tuple[np.ndarray, batching.Encoded]:

@@ -204,17 +204,14 @@ def _spans(tokenizer: Any, texts: Sequence[str], max_length: int, window_overlap
         if len(out[owner]) < MAX_WINDOWS:
             out[owner].append((list(ids), [tuple(o) for o in offsets], [bool(s) for s in special]))
     if head_tail:
-        full = [i for i, parts in enumerate(out) if len(parts[0][0]) >= max_length]
-        longer = _tokenize(tokenizer, [cut[i] for i in full], max_length + 1) if full else []
-        for i in (i for i, row in zip(full, longer) if len(row) > max_length):
+        for i in _longer(tokenizer, [parts[0][0] for parts in out], cut, max_length):
             ids, offsets, special = out[i][0]
             own = [k for k, s in enumerate(special) if not s]
             before, after = own[0], len(ids) - own[-1] - 1
             head, tail = head_tail_split(before, after, len(ids))
             tail_ids, tail_spans = _tail(tokenizer, texts[i], tail)  # the text's own end, as encode reads it
-            keep, end = before + head, len(ids) - after
-            out[i] = [(ids[:keep] + tail_ids + ids[end:], offsets[:keep] + tail_spans + offsets[end:],
-                       special[:keep] + [False] * len(tail_ids) + special[end:])]
+            out[i] = [(_splice(ids, before + head, after, tail_ids), _splice(offsets, before + head, after, tail_spans),
+                       _splice(special, before + head, after, [False] * len(tail_ids)))]
     return out
 
 
@@ -237,10 +234,21 @@ def _tokenize_window(tokenizer: Any, texts: list[str], max_length: int, count: b
             ids[i] = row
     if not count:
         return ids, []
-    # A full window may be a text of exactly max_length tokens: one token more tells them apart.
-    full = [i for i, row in enumerate(ids) if len(row) >= max_length]
-    longer = _tokenize(tokenizer, [texts[i][: budget] for i in full], max_length + 1) if full else []
-    return ids, [i for i, row in zip(full, longer) if len(row) > max_length]
+    return ids, _longer(tokenizer, ids, texts, max_length, budget)
+
+
+def _longer(tokenizer: Any, rows: list[list[int]], texts: Sequence[str], max_length: int,
+            limit: int | None = None) -> list[int]:
+    """Which texts are longer than max_length tokens, given their first rows (of the texts' first `limit`
+    characters): a full row may be a text of exactly max_length tokens, and one token more tells them apart."""
+    full = [i for i, row in enumerate(rows) if len(row) >= max_length]
+    longer = _tokenize(tokenizer, [texts[i][:limit] for i in full], max_length + 1) if full else []
+    return [i for i, row in zip(full, longer) if len(row) > max_length]
+
+
+def _splice(row: list[Any], keep: int, after: int, middle: list[Any]) -> list[Any]:
+    """A row's first `keep` items, then `middle`, then its last `after` items (its closing special tokens)."""
+    return row[:keep] + middle + row[len(row) - after:]
 
 
 def _specials(tokenizer: Any, max_length: int) -> tuple[int, int]:
@@ -314,8 +322,7 @@ def _with_tail(tokenizer: Any, first: list[int], text: str, specials: tuple[int,
     the same special tokens."""
     before, after = specials
     head, tail = head_tail_split(before, after, len(first))
-    ids, _ = _tail(tokenizer, text, tail)
-    return first[: before + head] + ids + first[len(first) - after:]
+    return _splice(first, before + head, after, _tail(tokenizer, text, tail)[0])
 
 
 def pad(data: Encoded, rows: Sequence[int]) -> dict[str, np.ndarray]:
